@@ -1,0 +1,206 @@
+"""The paper's denoiser: a diffusion transformer (DiT) over tokens.
+
+Token embedding -> N pre-norm blocks (rotary self-attention, GELU MLP x4, adaLN modulation from a
+sinusoidal time embedding) -> adaLN final norm -> untied output head over every id (MASK included;
+the objective removes MASK's mass). The adaLN projections and the output layer start at zero, so
+each block starts as the identity and the first prediction is uniform (as in DiT, Peebles & Xie).
+
+Causal mode (``causal=True``) turns the same backbone into the AR baseline.
+
+The model implements the optional parts of the denoiser protocol (``unmask.denoiser``):
+``where`` selects the positions the output head runs on, and ``attention_mask`` hides padding.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass
+class DiTConfig:
+    vocab_size: int
+    length: int = 1024
+    n_layers: int = 12
+    hidden: int = 768
+    n_heads: int = 12
+    cond_dim: int = 128
+    mlp_ratio: int = 4
+    dropout: float = 0.1
+    time_conditioning: bool = False
+    causal: bool = False
+    rope_base: float = 10000.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+MODEL_PRESETS: dict[str, dict[str, int]] = {
+    "tiny": {"n_layers": 8, "hidden": 512, "n_heads": 8},
+    "small": {"n_layers": 12, "hidden": 768, "n_heads": 12},
+    "medium": {"n_layers": 24, "hidden": 1024, "n_heads": 16},
+}
+
+
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """Sinusoidal features of the time t in [0, 1], scaled to [0, 1000] as in DDPM/DiT."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    angles = 1000.0 * t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
+
+
+class TimeEmbedding(nn.Module):
+    """t -> conditioning vector c of size cond_dim (sinusoidal features, then a 2-layer MLP)."""
+
+    def __init__(self, cond_dim: int, frequency_dim: int = 256) -> None:
+        super().__init__()
+        self.frequency_dim = frequency_dim
+        self.mlp = nn.Sequential(nn.Linear(frequency_dim, cond_dim), nn.SiLU(), nn.Linear(cond_dim, cond_dim))
+
+    def forward(self, t: Tensor) -> Tensor:
+        return self.mlp(timestep_embedding(t, self.frequency_dim))
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding (Su et al.): rotates query/key channel pairs by position * frequency."""
+
+    def __init__(self, head_dim: int, base: float) -> None:
+        super().__init__()
+        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, length: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        angles = torch.outer(torch.arange(length, device=device, dtype=torch.float32), self.inv_freq)
+        return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """x: [B, H, L, D]; rotate the two halves of the head dimension."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    rotated = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+    return rotated.to(x.dtype)
+
+
+def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    return x * (1 + scale) + shift
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block with adaLN: x + gate * f(modulate(norm(x)))."""
+
+    def __init__(self, config: DiTConfig) -> None:
+        super().__init__()
+        d = config.hidden
+        self.n_heads = config.n_heads
+        self.causal = config.causal
+        self.norm1 = nn.LayerNorm(d, bias=False)
+        self.qkv = nn.Linear(d, 3 * d, bias=False)
+        self.attn_out = nn.Linear(d, d, bias=False)
+        self.norm2 = nn.LayerNorm(d, bias=False)
+        self.mlp = nn.Sequential(
+            nn.Linear(d, config.mlp_ratio * d),
+            nn.GELU(approximate="tanh"),
+            nn.Linear(config.mlp_ratio * d, d),
+        )
+        self.adaLN = nn.Linear(config.cond_dim, 6 * d)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor, c: Tensor, rotary: tuple[Tensor, Tensor], attn_mask: Tensor | None) -> Tensor:
+        b, length, d = x.shape
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN(c)[:, None].chunk(6, dim=-1)
+
+        h = modulate(self.norm1(x), shift1, scale1)
+        q, k, v = self.qkv(h).view(b, length, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+        q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+        dropout_p = self.dropout.p if self.training else 0.0
+        if attn_mask is None:
+            h = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=self.causal)
+        else:
+            h = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
+        h = self.attn_out(h.transpose(1, 2).reshape(b, length, d))
+        x = x + gate1 * self.dropout(h)
+
+        h = self.mlp(modulate(self.norm2(x), shift2, scale2))
+        return x + gate2 * self.dropout(h)
+
+
+class DiT(nn.Module):
+    """The MDLM denoiser: ``model(x_t, t) -> logits [B, L, V]`` (see :mod:`unmask.denoiser`)."""
+
+    supports_positions = True
+    supports_attention_mask = True
+
+    def __init__(self, config: DiTConfig) -> None:
+        super().__init__()
+        if config.hidden % config.n_heads:
+            raise ValueError(f"hidden size {config.hidden} is not divisible by n_heads {config.n_heads}")
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.hidden)
+        self.time_embed = TimeEmbedding(config.cond_dim)
+        self.rotary = Rotary(config.hidden // config.n_heads, config.rope_base)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.norm_final = nn.LayerNorm(config.hidden, bias=False)
+        self.adaLN_final = nn.Linear(config.cond_dim, 2 * config.hidden)
+        self.head = nn.Linear(config.hidden, config.vocab_size)
+        self.reset_parameters()
+
+    @classmethod
+    def from_preset(cls, name: str, vocab_size: int, **overrides: object) -> DiT:
+        if name not in MODEL_PRESETS:
+            raise ValueError(f"unknown model preset {name!r}; choose one of {', '.join(MODEL_PRESETS)}")
+        return cls(DiTConfig(vocab_size=vocab_size, **{**MODEL_PRESETS[name], **overrides}))
+
+    def reset_parameters(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        nn.init.normal_(self.embed.weight, std=0.02)
+        # Zero-initialised adaLN and output layer: blocks start as the identity, logits at zero.
+        for module in [*(block.adaLN for block in self.blocks), self.adaLN_final, self.head]:
+            nn.init.zeros_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def num_parameters(self, *, embeddings: bool = True) -> int:
+        total = sum(p.numel() for p in self.parameters())
+        return total if embeddings else total - self.embed.weight.numel() - self.head.weight.numel()
+
+    def forward(
+        self,
+        x_t: Tensor,
+        t: Tensor | None = None,
+        *,
+        where: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+    ) -> Tensor:
+        """Logits [B, L, V], or [N, V] at the True positions of ``where`` [B, L] (row-major)."""
+        b, length = x_t.shape
+        if length > self.config.length:
+            raise ValueError(f"sequence length {length} exceeds the model's length {self.config.length}")
+        # Without time conditioning the model sees t = 0 always: SUBS makes t redundant (paper 3.2.3).
+        if t is None or not self.config.time_conditioning:
+            t = torch.zeros(b, device=x_t.device)
+        c = F.silu(self.time_embed(t))
+        rotary = self.rotary(length, x_t.device)
+        attn_mask = None
+        if attention_mask is not None and not bool(attention_mask.all()):
+            attn_mask = attention_mask[:, None, None, :].bool()
+            if self.config.causal:
+                attn_mask = attn_mask & torch.ones(length, length, dtype=torch.bool, device=x_t.device).tril()
+
+        x = self.embed(x_t)
+        for block in self.blocks:
+            x = block(x, c, rotary, attn_mask)
+
+        shift, scale = self.adaLN_final(c)[:, None].chunk(2, dim=-1)
+        if where is None:
+            return self.head(modulate(self.norm_final(x), shift, scale))
+        rows = where.nonzero()[:, 0]
+        h = modulate(self.norm_final(x[where]), shift[rows, 0], scale[rows, 0])
+        return self.head(h)

@@ -1,0 +1,264 @@
+"""The MDLM objective: SUBS parameterization, continuous and discrete NELBO, ablations, AR loss.
+
+All losses are per sequence, in nats, summed over the positions that count (``loss_mask``); a
+per-token figure is the sum over a data set divided by the number of counted tokens.
+
+Notation follows the paper (Sahoo et al. 2024) and ``mdlm-facts.md``: x0 is the clean
+sequence, x_t its masked version at time t, alpha_t the schedule, and
+p_theta(x0 | x_t) the denoiser's prediction after the SUBS substitutions.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from unmask.denoiser import Denoiser, denoise
+from unmask.schedules import Schedule, get_schedule
+
+MIN_MASK_RATE = 1e-3
+
+
+def min_time(schedule: Schedule, min_mask_rate: float = MIN_MASK_RATE) -> float:
+    """The earliest time drawn: where a fraction ``min_mask_rate`` of tokens is masked.
+
+    The NELBO integrand -alpha'/(1 - alpha) E[...] dt equals (1/m) E[...] dm in the masking rate
+    m = 1 - alpha_t, so every schedule estimates the same integral. Flooring m rather than t
+    (the reference floors t at 1e-3, which for log-linear is the same) keeps the 1/m weight finite
+    and leaves out the same sliver, about min_mask_rate * L nats at most, for every schedule.
+    """
+    floor = schedule.time_of_alpha(torch.tensor(1.0 - min_mask_rate, dtype=torch.float64))
+    return float(floor.clamp(0.0, 1.0))
+
+
+def masked_log_probs(logits: Tensor, mask_id: int) -> Tensor:
+    """log p_theta(x0 | x_t) at masked positions: SUBS zero-masking (MASK gets probability 0).
+
+    Computed in float32 whatever the logits' dtype, so bf16 autocast never reaches the softmax.
+    """
+    logits = logits.float().index_fill(-1, torch.tensor([mask_id], device=logits.device), float("-inf"))
+    return torch.log_softmax(logits, dim=-1)
+
+
+def subs_log_probs(logits: Tensor, x_t: Tensor, mask_id: int) -> Tensor:
+    """The full SUBS parameterization over raw logits [..., L, V] (paper section 3.2.3).
+
+    1. zero masking probability: MASK never gets mass;
+    2. carry-over unmasking: where x_t is not MASK the prediction is x_t with probability 1.
+    """
+    log_probs = masked_log_probs(logits, mask_id)
+    unmasked = x_t != mask_id
+    carried = torch.full_like(log_probs, float("-inf"))
+    carried.scatter_(-1, x_t.unsqueeze(-1), 0.0)
+    return torch.where(unmasked.unsqueeze(-1), carried, log_probs)
+
+
+def sample_times(
+    n: int,
+    *,
+    antithetic: bool = True,
+    t_min: float = 0.0,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> Tensor:
+    """n times uniform in [t_min, 1]; antithetic: t_i = ((u + i) / n) mod 1 with one shared u.
+
+    Each t_i is still uniform on its own, so the estimate stays unbiased, but the batch covers
+    [0, 1] evenly, which cuts the variance (paper section 3.5, "low-discrepancy sampler").
+    """
+    if antithetic:
+        u = torch.rand(1, generator=generator, device=device, dtype=torch.float64)
+        steps = torch.arange(n, device=device, dtype=torch.float64) / n
+        u = (u + steps) % 1.0
+    else:
+        u = torch.rand(n, generator=generator, device=device, dtype=torch.float64)
+    return (t_min + (1 - t_min) * u).float()
+
+
+def _repeat_rows(x: Tensor | None, times: int) -> Tensor | None:
+    # Row k * B + b is copy k of sequence b: this matches the antithetic layout of the times.
+    return None if x is None else x.repeat(times, *([1] * (x.dim() - 1)))
+
+
+def _mask_tokens(
+    x0: Tensor, one_minus_alpha: Tensor, mask_id: int, loss_mask: Tensor, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor]:
+    """Forward process q(x_t | x0): each counted token becomes MASK with probability 1 - alpha_t."""
+    u = torch.rand(x0.shape, generator=generator, device=x0.device)
+    masked = (u < one_minus_alpha.unsqueeze(-1)) & loss_mask
+    return torch.where(masked, mask_id, x0), masked
+
+
+def _per_row_sum(values: Tensor, where: Tensor) -> Tensor:
+    """Sum values [N] (row-major over the True entries of where [R, L]) back into rows [R]."""
+    rows = where.nonzero()[:, 0]
+    return torch.zeros(where.shape[0], device=values.device, dtype=values.dtype).index_add_(0, rows, values)
+
+
+def _times_for(
+    x0: Tensor,
+    t: Tensor | None,
+    num_t: int,
+    antithetic: bool,
+    t_min: float,
+    generator: torch.Generator | None,
+) -> Tensor:
+    """Times as a flat [num_t * B] tensor in the row layout of :func:`_repeat_rows`."""
+    batch = x0.shape[0]
+    if t is None:
+        return sample_times(
+            batch * num_t, antithetic=antithetic, t_min=t_min, generator=generator, device=x0.device
+        )
+    t = t.to(x0.device, torch.float32)
+    if t.dim() == 1:
+        t = t.unsqueeze(1)
+    if t.shape[0] != batch:
+        raise ValueError(f"t has {t.shape[0]} rows but x0 has {batch} sequences")
+    return t.T.reshape(-1)
+
+
+def nelbo(
+    denoiser: Denoiser,
+    x0: Tensor,
+    *,
+    schedule: Schedule | str,
+    mask_id: int,
+    num_t: int = 1,
+    t: Tensor | None = None,
+    antithetic: bool = True,
+    loss_mask: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    carry_over: bool = True,
+    min_mask_rate: float = MIN_MASK_RATE,
+) -> Tensor:
+    """Continuous-time NELBO per sequence in nats (paper eq. 10), averaged over num_t times.
+
+        NELBO(x0) = E_t E_{x_t ~ q(.|x0)} [ -alpha'_t / (1 - alpha_t) * sum_{i: x_t^i = MASK} -log p_theta(x0^i | x_t) ]
+
+    ``t`` ([B] or [B, num_t]) replaces the random draw. ``loss_mask`` [B, L] marks the tokens that
+    count; the others (padding) are never masked, never scored, and hidden from attention when the
+    denoiser supports an attention mask. ``carry_over=False`` is the paper's ablation that also
+    scores unmasked positions (the denoiser must then predict tokens it can see).
+    """
+    schedule = get_schedule(schedule)
+    t_min = 0.0 if t is not None else min_time(schedule, min_mask_rate)
+    times = _times_for(x0, t, num_t, antithetic, t_min, generator)
+    copies = times.shape[0] // x0.shape[0]
+    keep = torch.ones_like(x0, dtype=torch.bool) if loss_mask is None else loss_mask.bool()
+    x0_rep, keep_rep = _repeat_rows(x0, copies), _repeat_rows(keep, copies)
+
+    x_t, masked = _mask_tokens(x0_rep, schedule.one_minus_alpha(times), mask_id, keep_rep, generator)
+    scored = masked if carry_over else keep_rep
+    attention_mask = None if loss_mask is None else keep_rep
+    logits = denoise(denoiser, x_t, times, where=scored, attention_mask=attention_mask)
+    token_nll = -masked_log_probs(logits, mask_id).gather(-1, x0_rep[scored].unsqueeze(-1)).squeeze(-1)
+    # Times are uniform on [t_min, 1]: the interval's length turns the mean into the integral.
+    per_row = (1 - t_min) * schedule.loss_weight(times) * _per_row_sum(token_nll, scored)
+    return per_row.view(copies, x0.shape[0]).mean(0)
+
+
+def nelbo_discrete(
+    denoiser: Denoiser,
+    x0: Tensor,
+    *,
+    schedule: Schedule | str,
+    mask_id: int,
+    steps: int,
+    num_t: int = 1,
+    antithetic: bool = True,
+    loss_mask: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    carry_over: bool = True,
+    zero_masking: bool = True,
+) -> Tensor:
+    """Discrete-time NELBO with T = ``steps`` (paper eq. 8), per sequence in nats.
+
+    With i ~ U{1..T}, s = (i - 1) / T, t = i / T, an unbiased estimate of the sum over steps is
+
+        T * E[ (alpha_s - alpha_t) / (1 - alpha_t) * sum_{masked} -log p_theta(x0^i | x_t) ].
+
+    It is >= the continuous bound and falls towards it as T grows. The ablations:
+    ``carry_over=False`` also scores unmasked positions; ``zero_masking=False`` lets the denoiser
+    put mass on MASK and uses the D3PM posterior KL (which copies unmasked tokens by itself).
+    """
+    schedule = get_schedule(schedule)
+    batch = x0.shape[0]
+    u = sample_times(batch * num_t, antithetic=antithetic, generator=generator, device=x0.device)
+    step = torch.clamp((u.double() * steps).floor() + 1, max=steps)
+    t, s = (step / steps).float(), ((step - 1) / steps).float()
+    keep = torch.ones_like(x0, dtype=torch.bool) if loss_mask is None else loss_mask.bool()
+    x0_rep, keep_rep = _repeat_rows(x0, num_t), _repeat_rows(keep, num_t)
+
+    x_t, masked = _mask_tokens(x0_rep, schedule.one_minus_alpha(t), mask_id, keep_rep, generator)
+    scored = masked if (carry_over or not zero_masking) else keep_rep
+    attention_mask = None if loss_mask is None else keep_rep
+    logits = denoise(denoiser, x_t, t, where=scored, attention_mask=attention_mask)
+    unmask_prob = schedule.unmask_probability(t, s)
+    rows = scored.nonzero()[:, 0]
+    if zero_masking:
+        token_nll = -masked_log_probs(logits, mask_id).gather(-1, x0_rep[scored].unsqueeze(-1)).squeeze(-1)
+        per_row = steps * unmask_prob * _per_row_sum(token_nll, scored)
+    else:
+        token_kl = _d3pm_masked_kl(
+            torch.log_softmax(logits.float(), dim=-1),
+            x0_rep[scored],
+            mask_id,
+            schedule.alpha(t)[rows],
+            schedule.alpha(s)[rows],
+            unmask_prob[rows],
+        )
+        per_row = steps * _per_row_sum(token_kl, scored)
+    return per_row.view(num_t, batch).mean(0)
+
+
+def _d3pm_masked_kl(
+    log_probs: Tensor, x0: Tensor, mask_id: int, alpha_t: Tensor, alpha_s: Tensor, unmask_prob: Tensor
+) -> Tensor:
+    """KL(q(x_s | x_t = MASK, x0) || p_theta(x_s | x_t)) per masked position, without zero masking.
+
+    With theta_m = p_theta(MASK | x_t) allowed to be > 0, the D3PM posterior puts mass
+    (alpha_s - alpha_t) theta_x on a token x and (1 - alpha_s) + alpha_s theta_m on MASK, over the
+    normaliser (1 - alpha_t)(1 + r_t) with r_t = alpha_t theta_m / (1 - alpha_t). The true posterior
+    unmasks to x0 with probability P = unmask_prob, so the KL is
+
+        P (log(1 + r_t) - log theta_x0) + (1 - P) (log(1 + r_t) - log(1 + r_s)).
+
+    With theta_m = 0 it reduces to the SUBS term P * -log theta_x0.
+    """
+    theta_m = log_probs[:, mask_id].exp()
+    log_theta_x0 = log_probs.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+    log1p_r_t = torch.log1p(alpha_t * theta_m / (1 - alpha_t))
+    stay = 1 - unmask_prob
+    # At s = 0 (alpha_s = 1) the MASK branch has probability 0; guard its infinite log.
+    log1p_r_s = torch.where(stay > 0, torch.log1p(alpha_s * theta_m / (1 - alpha_s).clamp_min(1e-30)), 0.0)
+    return unmask_prob * (log1p_r_t - log_theta_x0) + stay * (log1p_r_t - log1p_r_s)
+
+
+def ar_loss(
+    model: Denoiser,
+    x0: Tensor,
+    *,
+    mask_id: int | None = None,
+    loss_mask: Tensor | None = None,
+) -> Tensor:
+    """Autoregressive next-token NLL per sequence in nats, for the AR baseline on the same backbone.
+
+    ``model`` must be causal (a :class:`unmask.models.DiT` with ``causal=True``). Position i
+    predicts token i + 1; ``loss_mask`` marks the tokens that count as targets.
+    """
+    keep = torch.ones_like(x0, dtype=torch.bool) if loss_mask is None else loss_mask.bool()
+    scored = torch.zeros_like(keep)
+    scored[:, :-1] = keep[:, 1:]
+    t = torch.zeros(x0.shape[0], device=x0.device)
+    attention_mask = None if loss_mask is None else keep
+    logits = denoise(model, x0, t, where=scored, attention_mask=attention_mask)
+    log_probs = torch.log_softmax(logits.float(), dim=-1) if mask_id is None else masked_log_probs(logits, mask_id)
+    targets = x0[:, 1:][scored[:, :-1]]
+    token_nll = -log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return _per_row_sum(token_nll, scored)
+
+
+def ar_token_count(x0: Tensor, loss_mask: Tensor | None = None) -> Tensor:
+    """Number of targets per sequence that :func:`ar_loss` scores (every counted token but the first)."""
+    keep = torch.ones_like(x0, dtype=torch.bool) if loss_mask is None else loss_mask.bool()
+    return keep[:, 1:].sum(1)

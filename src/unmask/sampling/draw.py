@@ -1,0 +1,51 @@
+"""Token draws from p_theta(x0 | x_t): SUBS zero masking, temperature, top-k, nucleus, float64.
+
+Categorical draws are made by inverse CDF in float64. Float32 Gumbel noise truncates the tail of
+the noise distribution, which lowers the effective temperature: samples look better (lower
+generative perplexity) and less diverse (lower entropy) than the model really is (Zheng et al.
+2024, arXiv 2409.02908).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def filtered_probs(
+    logits: Tensor,
+    mask_id: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+) -> Tensor:
+    """Float64 probabilities [N, V] after zero masking, temperature, top-k and nucleus filtering.
+
+    ``temperature == 0`` gives a one-hot at the argmax. top-k keeps the k most likely ids; top-p
+    keeps the smallest set of most likely ids whose mass reaches p (the most likely id always
+    stays). Filtering renormalises what remains; k >= V and p = 1 change nothing.
+    """
+    logits = logits.double().index_fill(-1, torch.tensor([mask_id], device=logits.device), float("-inf"))
+    if temperature == 0:
+        return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).double()
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if top_k is not None and top_k < probs.shape[-1]:
+        kth = probs.topk(top_k, dim=-1).values[..., -1:]
+        probs = torch.where(probs >= kth, probs, 0.0)
+    if top_p is not None and top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        mass_before = sorted_probs.cumsum(-1) - sorted_probs
+        keep_sorted = mass_before < top_p * sorted_probs.sum(-1, keepdim=True)
+        keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+        probs = torch.where(keep, probs, 0.0)
+    return probs / probs.sum(-1, keepdim=True)
+
+
+def draw_categorical(probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """One id per row of float64 probabilities [N, V], by inverse CDF with a float64 uniform."""
+    cdf = probs.cumsum(-1)
+    u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device, dtype=torch.float64)
+    ids = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(-1)
+    # u * total can round to exactly the total; stay on the last id with mass.
+    return torch.minimum(ids, (probs > 0).long().cumsum(-1).argmax(-1))
