@@ -1,0 +1,87 @@
+import pytest
+import torch
+
+from unmask import DiT, DiTConfig, nelbo
+from unmask.models import MODEL_PRESETS
+
+
+def test_small_preset_has_the_papers_parameter_count():
+    with torch.device("meta"):
+        model = DiT.from_preset("small", vocab_size=50258)
+    total = model.num_parameters()
+    assert abs(total - 169.6e6) < 0.1e6, total
+    blocks = sum(p.numel() for p in model.blocks.parameters())
+    assert abs(blocks - 92.1e6) < 0.1e6
+
+
+def test_presets():
+    assert MODEL_PRESETS["tiny"] == {"n_layers": 8, "hidden": 512, "n_heads": 8}
+    assert MODEL_PRESETS["medium"] == {"n_layers": 24, "hidden": 1024, "n_heads": 16}
+    with pytest.raises(ValueError, match="unknown model preset"):
+        DiT.from_preset("huge", vocab_size=10)
+
+
+def test_zero_init_gives_uniform_predictions():
+    model = DiT(DiTConfig(vocab_size=10, length=8, n_layers=2, hidden=32, n_heads=4, cond_dim=16))
+    logits = model(torch.randint(0, 10, (2, 8)), torch.rand(2))
+    assert (logits == 0).all()
+
+
+def _random(causal=False, time_conditioning=False):
+    torch.manual_seed(0)
+    model = DiT(DiTConfig(vocab_size=10, length=8, n_layers=2, hidden=32, n_heads=4, cond_dim=16, causal=causal,
+                          time_conditioning=time_conditioning, dropout=0.0))
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    return model
+
+
+def test_causal_mode_sees_no_future_tokens():
+    model = _random(causal=True)
+    x = torch.randint(0, 10, (1, 8))
+    y = x.clone()
+    y[0, 5] = (x[0, 5] + 1) % 10
+    a, b = model(x), model(y)
+    assert torch.allclose(a[:, :5], b[:, :5], atol=1e-6)
+    assert not torch.allclose(a[:, 5:], b[:, 5:])
+    bidirectional = _random()
+    assert not torch.allclose(bidirectional(x)[:, :5], bidirectional(y)[:, :5])
+
+
+def test_time_conditioning_switch():
+    x = torch.randint(0, 10, (1, 8))
+    off, on = _random(), _random(time_conditioning=True)
+    assert torch.equal(off(x, torch.tensor([0.1])), off(x, torch.tensor([0.9])))
+    assert not torch.allclose(on(x, torch.tensor([0.1])), on(x, torch.tensor([0.9])))
+
+
+def test_positions_and_attention_mask():
+    model = _random().eval()
+    x = torch.randint(0, 10, (3, 8))
+    where = torch.rand(3, 8) < 0.5
+    assert torch.allclose(model(x, where=where), model(x)[where], atol=1e-5)
+    keep = torch.ones(3, 8, dtype=torch.bool)
+    keep[:, 5:] = False
+    masked = model(x, attention_mask=keep)
+    assert torch.allclose(masked[:, :5], model(x[:, :5]), atol=1e-5)
+    with pytest.raises(ValueError, match="exceeds"):
+        model(torch.zeros(1, 9, dtype=torch.long))
+
+
+@pytest.mark.slow
+def test_tiny_dit_overfits_a_repeated_text():
+    text = b"the cat sat on the mat. "
+    x0 = torch.tensor(list(text * 3)[:64]).unsqueeze(0).repeat(16, 1)
+    torch.manual_seed(0)
+    model = DiT(DiTConfig(vocab_size=257, length=64, n_layers=2, hidden=64, n_heads=4, cond_dim=32, dropout=0.0))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    losses = []
+    for _ in range(300):
+        loss = nelbo(model, x0, schedule="loglinear", mask_id=256, generator=g).mean() / 64
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    first, last = sum(losses[:10]) / 10, sum(losses[-20:]) / 20
+    assert last < first / 5, (first, last)

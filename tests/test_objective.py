@@ -1,0 +1,184 @@
+"""The objective against an enumerable distribution, where the truth is known exactly."""
+
+import pytest
+import torch
+from toy import ToyDistribution, WrongDenoiser
+
+from unmask import DiT, DiTConfig, ar_loss, nelbo, nelbo_discrete, subs_log_probs
+from unmask.denoiser import FullHead
+from unmask.objective import masked_log_probs
+
+SCHEDULES = ["loglinear", "linear", "cosine", "cosine_squared", "geometric", "polynomial"]
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return ToyDistribution(vocab=3, length=4, seed=1)
+
+
+def _estimate(fn, repeats, **kwargs):
+    values = torch.stack([fn(**kwargs) for _ in range(repeats)])
+    return values.mean(0), values.std(0) / repeats**0.5
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_continuous_nelbo_equals_exact_nll(toy, schedule):
+    g = torch.Generator().manual_seed(0)
+    x0 = toy.draw(6, g)
+    mean, se = _estimate(
+        nelbo, 150, denoiser=toy.denoiser(), x0=x0, schedule=schedule, mask_id=toy.mask_id, num_t=64, generator=g
+    )
+    z = (mean + toy.log_prob(x0)) / se
+    assert z.abs().max() < 4.5, z
+
+
+def test_explicit_times_and_shapes(toy):
+    x0 = toy.draw(3, torch.Generator().manual_seed(1))
+    den = toy.denoiser()
+    t = torch.tensor([[0.2, 0.7], [0.5, 0.5], [1.0, 0.3]])
+    out = nelbo(den, x0, schedule="loglinear", mask_id=toy.mask_id, t=t, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (3,)
+    g = torch.Generator().manual_seed(0)
+    out = nelbo(den, x0, schedule="loglinear", mask_id=toy.mask_id, t=t[:, 0], generator=g)
+    assert out.shape == (3,)
+    with pytest.raises(ValueError, match="rows"):
+        nelbo(den, x0, schedule="loglinear", mask_id=toy.mask_id, t=torch.rand(2))
+
+
+def test_antithetic_times_cut_the_variance():
+    # A denoiser that, like a real one, is surer of the answer the more context it sees: the
+    # estimate then depends mostly on t, which is what low-discrepancy times stratify.
+    x0 = torch.randint(0, 7, (16, 256), generator=torch.Generator().manual_seed(2))
+
+    def denoiser(x_t, t):
+        context = (x_t != 7).float().mean(1, keepdim=True)
+        logits = torch.zeros(*x_t.shape, 8)
+        return logits.scatter(-1, x0.unsqueeze(-1), 4.0 * context.unsqueeze(-1).expand(-1, x_t.shape[1], 1))
+
+    g = torch.Generator().manual_seed(0)
+    kw = dict(denoiser=denoiser, x0=x0, schedule="loglinear", mask_id=7, generator=g)
+    plain = torch.stack([nelbo(**kw, antithetic=False).mean() for _ in range(200)])
+    anti = torch.stack([nelbo(**kw, antithetic=True).mean() for _ in range(200)])
+    assert anti.var() < 0.5 * plain.var()
+    assert abs(float(anti.mean() - plain.mean())) < 4 * float(plain.std()) / 200**0.5
+
+
+def test_discrete_bound_is_above_continuous_and_falls_with_T(toy):
+    g = torch.Generator().manual_seed(3)
+    x0 = toy.draw(400, g)
+    nll = -toy.log_prob(x0).mean()
+    den = toy.denoiser()
+    gaps = []
+    for steps in (1, 2, 4, 16):
+        bound = nelbo_discrete(den, x0, schedule="loglinear", mask_id=toy.mask_id, steps=steps, num_t=32, generator=g)
+        gaps.append(float(bound.mean() - nll))
+    assert gaps[0] > gaps[1] > gaps[2] > gaps[3] > 0.0, gaps
+    # T = 1 is a single parallel step: the gap is the total correlation of the distribution.
+    assert gaps[0] > 0.3
+
+
+def test_wrong_denoiser_gives_a_larger_bound_on_average(toy):
+    g = torch.Generator().manual_seed(4)
+    x0 = toy.draw(300, g)
+    kw = dict(x0=x0, schedule="loglinear", mask_id=toy.mask_id, num_t=16)
+    exact = nelbo(toy.denoiser(), generator=torch.Generator().manual_seed(9), **kw).mean()
+    wrong = nelbo(WrongDenoiser(toy), generator=torch.Generator().manual_seed(9), **kw).mean()
+    assert wrong > exact + 0.05
+
+
+def test_ablations_are_valid_upper_bounds(toy):
+    g = torch.Generator().manual_seed(5)
+    x0 = toy.draw(200, g)
+    kw = dict(x0=x0, schedule="loglinear", mask_id=toy.mask_id, steps=8, num_t=8)
+    wrong = WrongDenoiser(toy)
+    subs = nelbo_discrete(wrong, generator=torch.Generator().manual_seed(1), **kw)
+    no_carry = nelbo_discrete(wrong, carry_over=False, generator=torch.Generator().manual_seed(1), **kw)
+    # Same draws: scoring unmasked positions too only adds non-negative terms.
+    assert (no_carry >= subs - 1e-5).all() and no_carry.mean() > subs.mean()
+    # Without zero masking but with a denoiser that puts no mass on MASK, the D3PM KL is the SUBS term.
+    d3pm = nelbo_discrete(wrong, zero_masking=False, generator=torch.Generator().manual_seed(1), **kw)
+    assert torch.allclose(d3pm, subs, atol=1e-4)
+
+
+def test_d3pm_kl_charges_mass_on_mask(toy):
+    class LeakyMask:
+        def __call__(self, x_t, t):
+            logits = toy.denoiser()(x_t, t)
+            logits[..., toy.mask_id] = 0.0  # mass on MASK: what zero masking forbids
+            return logits
+
+    x0 = toy.draw(100, torch.Generator().manual_seed(6))
+    kw = dict(x0=x0, schedule="loglinear", mask_id=toy.mask_id, steps=8, num_t=8)
+    exact = nelbo_discrete(toy.denoiser(), generator=torch.Generator().manual_seed(2), **kw)
+    leaky = nelbo_discrete(LeakyMask(), zero_masking=False, generator=torch.Generator().manual_seed(2), **kw)
+    assert leaky.mean() > exact.mean()
+
+
+def test_subs_parameterization():
+    logits = torch.randn(2, 5, 7)
+    x_t = torch.tensor([[6, 1, 6, 3, 6], [0, 6, 6, 6, 2]])
+    log_probs = subs_log_probs(logits, x_t, mask_id=6)
+    probs = log_probs.exp()
+    assert torch.allclose(probs.sum(-1), torch.ones(2, 5))
+    assert (probs[..., 6] == 0).all(), "MASK is never predicted"
+    unmasked = x_t != 6
+    carried = probs[unmasked].gather(-1, x_t[unmasked].unsqueeze(-1))
+    assert (carried == 1).all(), "unmasked tokens are carried over with probability 1"
+    assert torch.allclose(log_probs[~unmasked], masked_log_probs(logits, 6)[~unmasked])
+
+
+def _tiny_dit(**overrides):
+    torch.manual_seed(0)
+    config = DiTConfig(vocab_size=12, length=16, n_layers=2, hidden=32, n_heads=4, cond_dim=16, **overrides)
+    model = DiT(config).eval()
+    for p in model.parameters():  # leave the zero init: random outputs make the checks meaningful
+        torch.nn.init.normal_(p, std=0.2)
+    return model
+
+
+def test_masked_only_head_equals_full_head():
+    model = _tiny_dit()
+    x0 = torch.randint(0, 11, (4, 16))
+    kw = dict(x0=x0, schedule="loglinear", mask_id=11, num_t=3)
+    fast = nelbo(model, generator=torch.Generator().manual_seed(0), **kw)
+    plain = nelbo(FullHead(model), generator=torch.Generator().manual_seed(0), **kw)
+    assert torch.allclose(fast, plain, rtol=1e-5, atol=1e-5)
+    fast = nelbo_discrete(model, steps=10, generator=torch.Generator().manual_seed(0), **kw)
+    plain = nelbo_discrete(FullHead(model), steps=10, generator=torch.Generator().manual_seed(0), **kw)
+    assert torch.allclose(fast, plain, rtol=1e-5, atol=1e-5)
+
+
+def test_loss_is_zero_at_unmasked_positions():
+    model = _tiny_dit()
+    x0 = torch.randint(0, 11, (2, 16))
+    # t tiny: almost nothing is masked; masking nothing gives exactly zero loss.
+    out = nelbo(model, x0, schedule="loglinear", mask_id=11, t=torch.full((2,), 1e-9))
+    assert (out == 0).all()
+
+
+def test_padding_is_neither_scored_nor_seen():
+    model = _tiny_dit()
+    short = torch.tensor([[1, 2, 3, 4, 5, 6]])
+    padded = torch.tensor([[1, 2, 3, 4, 5, 6, 0, 0, 0, 0]])
+    loss_mask = padded.new_zeros(padded.shape, dtype=torch.bool)
+    loss_mask[:, :6] = True
+    t = torch.tensor([0.7])
+    a = nelbo(model, short, schedule="loglinear", mask_id=11, t=t, generator=torch.Generator().manual_seed(3))
+    b = nelbo(model, padded, schedule="loglinear", mask_id=11, t=t, loss_mask=loss_mask,
+              generator=torch.Generator().manual_seed(3))
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_ar_loss_is_next_token_cross_entropy():
+    model = _tiny_dit(causal=True)
+    x0 = torch.randint(0, 11, (3, 16))
+    logits = model(x0).float()
+    logits[..., 11] = float("-inf")
+    expected = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, 12), x0[:, 1:].reshape(-1), reduction="none"
+    ).view(3, 15).sum(1)
+    assert torch.allclose(ar_loss(model, x0, mask_id=11), expected, atol=1e-4)
+    loss_mask = torch.ones_like(x0, dtype=torch.bool)
+    loss_mask[:, 10:] = False
+    part = ar_loss(model, x0, mask_id=11, loss_mask=loss_mask)
+    assert (part < ar_loss(model, x0, mask_id=11)).all()

@@ -1,0 +1,136 @@
+"""Samplers against the exact denoiser of an enumerable distribution."""
+
+import pytest
+import torch
+from toy import ToyDistribution
+
+from unmask import DiT, DiTConfig, sample
+from unmask.denoiser import FullHead
+from unmask.sampling import DrawConfig, draw_categorical, filtered_probs, generate
+
+N = 20000
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return ToyDistribution(vocab=3, length=4, seed=1)
+
+
+def _draw(toy, n=N, seed=0, **kwargs):
+    return generate(
+        toy.denoiser(), batch_size=n, length=toy.length, mask_id=toy.mask_id,
+        generator=torch.Generator().manual_seed(seed), **kwargs,
+    )
+
+
+def test_first_hitting_reproduces_the_distribution(toy):
+    out = _draw(toy, sampler="first_hitting")
+    assert toy.tv_distance(out.tokens) < 0.03
+    assert out.num_calls == toy.length  # one network call per generated token
+
+
+def test_one_step_ancestral_is_the_product_of_marginals(toy):
+    out = _draw(toy, sampler="ancestral", steps=1)
+    assert toy.tv_distance(out.tokens, toy.product_of_marginals()) < 0.04
+    assert toy.tv_distance(out.tokens) > 0.2
+
+
+def test_ancestral_approaches_the_truth_as_steps_grow(toy):
+    distances = [toy.tv_distance(_draw(toy, sampler="ancestral", steps=steps).tokens) for steps in (1, 4, 64)]
+    assert distances[0] > distances[1] > distances[2]
+    assert distances[2] < 0.04
+
+
+@pytest.mark.parametrize("sampler", ["first_hitting", "cached"])
+def test_template_gives_the_exact_conditional(toy, sampler):
+    template = torch.tensor([toy.mask_id, 1, toy.mask_id, 0])
+    out = _draw(toy, sampler=sampler, steps=256, template=template)
+    assert (out.tokens[:, 1] == 1).all() and (out.tokens[:, 3] == 0).all(), "fixed tokens never change"
+    assert toy.tv_distance(out.tokens, toy.conditional(template)) < 0.03
+
+
+def test_cached_calls_only_when_something_unmasks(toy):
+    den = toy.denoiser()
+    masked_counts = [3 * toy.length]
+    out = generate(den, batch_size=3, length=toy.length, mask_id=toy.mask_id, sampler="cached", steps=200,
+                   generator=torch.Generator().manual_seed(1),
+                   on_step=lambda x: masked_counts.append(int((x == toy.mask_id).sum())))
+    steps_that_unmasked = sum(after < before for before, after in zip(masked_counts, masked_counts[1:]))
+    assert out.num_calls == den.calls == steps_that_unmasked < 200
+    plain = generate(toy.denoiser(), batch_size=3, length=toy.length, mask_id=toy.mask_id, sampler="ancestral",
+                     steps=200, generator=torch.Generator().manual_seed(1))
+    assert plain.num_calls == 200
+    assert torch.equal(plain.tokens, out.tokens)
+
+
+def test_seeded_generators_reproduce_samples(toy):
+    a = _draw(toy, n=64, seed=7, sampler="first_hitting").tokens
+    b = _draw(toy, n=64, seed=7, sampler="first_hitting").tokens
+    c = _draw(toy, n=64, seed=8, sampler="first_hitting").tokens
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def _random_dit():
+    torch.manual_seed(0)
+    model = DiT(DiTConfig(vocab_size=20, length=12, n_layers=2, hidden=32, n_heads=4, cond_dim=16)).eval()
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    return model
+
+
+@pytest.mark.parametrize("sampler", ["ancestral", "cached", "first_hitting"])
+def test_positions_only_head_gives_the_same_samples(sampler):
+    model = _random_dit()
+    kw = dict(batch_size=5, length=12, mask_id=19, steps=16, sampler=sampler)
+    fast = sample(model, generator=torch.Generator().manual_seed(3), **kw)
+    plain = sample(FullHead(model), generator=torch.Generator().manual_seed(3), **kw)
+    assert torch.equal(fast, plain)
+    assert not (fast == 19).any()
+
+
+def test_final_step_fills_what_the_schedule_leaves_masked():
+    model = _random_dit()
+    # linear-in-sigma has alpha_0 < 1: a few positions can stay masked after the grid.
+    for final_step in ("sample", "argmax"):
+        out = generate(model, batch_size=4, length=12, mask_id=19, schedule="linear", steps=2,
+                       final_step=final_step, generator=torch.Generator().manual_seed(0))
+        assert not (out.tokens == 19).any()
+
+
+def test_filtered_probs_controls():
+    logits = torch.tensor([[2.0, 1.0, 0.5, -1.0, 3.0]])
+    plain = filtered_probs(logits, mask_id=4)
+    assert plain[0, 4] == 0 and plain.dtype == torch.float64
+    assert torch.allclose(filtered_probs(logits, 4, top_k=5), plain)
+    assert torch.allclose(filtered_probs(logits, 4, top_p=1.0), plain)
+    assert (filtered_probs(logits, 4, top_k=2)[0, 2:] == 0).all()
+    nucleus = filtered_probs(logits, 4, top_p=0.6)
+    assert nucleus[0, 0] > 0 and (nucleus[0, 1:] == 0).all()
+    assert filtered_probs(logits, 4, temperature=0.0)[0].argmax() == 0
+    cold = filtered_probs(logits, 4, temperature=0.5)
+    assert cold[0, 0] > plain[0, 0]
+
+
+def test_categorical_draw_matches_probabilities():
+    probs = torch.tensor([[0.0, 0.2, 0.0, 0.5, 0.3]], dtype=torch.float64).repeat(50000, 1)
+    ids = draw_categorical(probs, torch.Generator().manual_seed(0))
+    freq = torch.bincount(ids, minlength=5).double() / len(ids)
+    assert torch.allclose(freq, probs[0], atol=0.01)
+    assert freq[0] == 0 and freq[2] == 0
+
+
+def test_temperature_zero_is_deterministic(toy):
+    cfg = DrawConfig(temperature=0.0)
+    a = generate(toy.denoiser(), batch_size=4, length=4, mask_id=toy.mask_id, sampler="cached", steps=4,
+                 draw=cfg, generator=torch.Generator().manual_seed(0)).tokens
+    b = generate(toy.denoiser(), batch_size=4, length=4, mask_id=toy.mask_id, sampler="cached", steps=4,
+                 draw=cfg, generator=torch.Generator().manual_seed(0)).tokens
+    assert torch.equal(a, b)
+
+
+def test_bad_arguments():
+    model = _random_dit()
+    with pytest.raises(ValueError, match="unknown sampler"):
+        sample(model, batch_size=1, length=12, mask_id=19, sampler="magic")
+    with pytest.raises(ValueError, match="template"):
+        sample(model, batch_size=2, length=12, mask_id=19, template=torch.zeros(3, 12, dtype=torch.long))
