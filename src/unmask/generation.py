@@ -1,0 +1,124 @@
+"""Text in, text out: prompts, infilling templates and decoding around the samplers.
+
+A template is text in which ``[MASK]`` marks one token to generate; ``[MASK:N]`` marks N in a
+row (writing ``[MASK]`` N times does the same). Everything else in the template is fixed and is
+never changed by the sampler.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from unmask.data import Tokenizer
+from unmask.pipeline import Pipeline
+from unmask.precision import autocast
+from unmask.sampling import DrawConfig, generate
+from unmask.sampling.autoregressive import generate_autoregressive
+
+PLACEHOLDER = re.compile(r"\[MASK(?::(\d+))?\]")
+
+
+class PromptError(ValueError):
+    """A prompt or template that cannot be used; the message names the fix."""
+
+
+def parse_template(text: str, tokenizer: Tokenizer) -> list[int]:
+    """Token ids of a template, with ``tokenizer.mask_id`` wherever a placeholder stands."""
+    ids: list[int] = []
+    position = 0
+    for match in PLACEHOLDER.finditer(text):
+        # A piece before a placeholder drops its trailing spaces: the generated token carries its
+        # own leading space in byte-level BPE, as in ordinary text.
+        ids += tokenizer.encode(text[position : match.start()].rstrip(" "))
+        count = int(match.group(1) or 1)
+        if count < 1:
+            raise PromptError(f"placeholder {match.group(0)} must ask for at least one token")
+        ids += [tokenizer.mask_id] * count
+        position = match.end()
+    ids += tokenizer.encode(text[position:])
+    if tokenizer.mask_id not in ids:
+        raise PromptError("the template has no [MASK] placeholder; mark the spans to generate with [MASK] or [MASK:N]")
+    return ids
+
+
+def build_template(
+    tokenizer: Tokenizer,
+    *,
+    model_length: int,
+    length: int | None = None,
+    prompt: str | None = None,
+    template: str | None = None,
+) -> Tensor:
+    """The sampler's template [L]: BOS, then the prompt or the parsed template, then MASK up to ``length``.
+
+    Without a template the length defaults to the model's; with one, to the template's own.
+    """
+    if prompt is not None and template is not None:
+        raise PromptError("give either --prompt or --template, not both (a template can start with the prompt text)")
+    fixed = [tokenizer.bos_id]
+    if template is not None:
+        fixed += parse_template(template, tokenizer)
+    elif prompt:
+        fixed += tokenizer.encode(prompt)
+    target = length or (len(fixed) if template is not None else model_length)
+    if target > model_length:
+        raise PromptError(f"length {target} exceeds the model's length {model_length}; shorten the prompt or --length")
+    if len(fixed) > target:
+        what = "template" if template is not None else "prompt"
+        raise PromptError(
+            f"the {what} is {len(fixed) - 1} tokens but only {target - 1} fit (length {target}); shorten it"
+        )
+    return torch.tensor(fixed + [tokenizer.mask_id] * (target - len(fixed)))
+
+
+@dataclass
+class TextSamples:
+    texts: list[str]
+    tokens: Tensor
+    num_calls: int
+    seconds: float
+
+
+def generate_text(
+    pipeline: Pipeline,
+    *,
+    num_samples: int = 4,
+    steps: int = 128,
+    sampler: str = "cached",
+    length: int | None = None,
+    prompt: str | None = None,
+    template: str | None = None,
+    seed: int = 0,
+    draw: DrawConfig | None = None,
+    precision: str = "auto",
+    on_step: Callable[[Tensor], None] | None = None,
+) -> TextSamples:
+    """Sample ``num_samples`` texts from a loaded model (MDLM or the AR baseline)."""
+    tokenizer, model = pipeline.tokenizer, pipeline.model
+    fixed = build_template(
+        tokenizer, model_length=pipeline.config.data.length, length=length, prompt=prompt, template=template
+    )
+    device = pipeline.device
+    generator = torch.Generator(device).manual_seed(seed)
+    started = time.perf_counter()
+    with autocast(precision, device):
+        if pipeline.is_autoregressive:
+            out = generate_autoregressive(
+                model, batch_size=num_samples, length=len(fixed), mask_id=tokenizer.mask_id, template=fixed,
+                generator=generator, draw=draw,
+            )
+        else:
+            out = generate(
+                model, batch_size=num_samples, length=len(fixed), mask_id=tokenizer.mask_id,
+                schedule=pipeline.config.objective.schedule, steps=steps, sampler=sampler, template=fixed,
+                generator=generator, draw=draw, on_step=on_step,
+            )
+    seconds = time.perf_counter() - started
+    texts = [tokenizer.decode(row.tolist()) for row in out.tokens]
+    return TextSamples(texts=texts, tokens=out.tokens, num_calls=out.num_calls, seconds=seconds)

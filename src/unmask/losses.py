@@ -1,0 +1,49 @@
+"""The objective a configuration selects, for training and evaluation alike.
+
+Returns per-sequence losses in nats and the number of tokens each one scores, so that callers
+can form per-token figures over any number of batches, processes or time samples.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from unmask.config import ObjectiveConfig
+from unmask.denoiser import Denoiser
+from unmask.objective import ar_loss, ar_token_count, nelbo, nelbo_discrete
+
+
+def sequence_losses(
+    model: Denoiser,
+    batch: dict[str, Tensor],
+    objective: ObjectiveConfig,
+    mask_id: int,
+    *,
+    generator: torch.Generator | None = None,
+    num_t: int = 1,
+    discrete_steps: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """(loss [B], scored tokens [B]) for a batch {"input_ids", "loss_mask"}.
+
+    ``discrete_steps`` overrides the configuration's choice of bound (evaluation at several T).
+    """
+    x0, loss_mask = batch["input_ids"], batch["loss_mask"]
+    padded = None if bool(loss_mask.all()) else loss_mask
+    if objective.name == "ar":
+        return ar_loss(model, x0, mask_id=mask_id, loss_mask=padded), ar_token_count(x0, loss_mask)
+    steps = objective.discrete_steps if discrete_steps is None else discrete_steps
+    common = dict(
+        schedule=objective.schedule,
+        mask_id=mask_id,
+        num_t=num_t,
+        antithetic=objective.antithetic,
+        loss_mask=padded,
+        generator=generator,
+        carry_over=objective.carry_over,
+    )
+    if steps > 0:
+        loss = nelbo_discrete(model, x0, steps=steps, zero_masking=objective.zero_masking, **common)
+    else:
+        loss = nelbo(model, x0, **common)
+    return loss, loss_mask.sum(1)
