@@ -13,11 +13,11 @@ import json
 import sys
 from pathlib import Path
 
+from unmask.checkpoint import CheckpointError
 from unmask.config import ConfigError, apply_overrides, load_preset, preset_names, set_value
 from unmask.data import DataError
 from unmask.generation import PromptError
 from unmask.sampling import SAMPLERS
-from unmask.train.checkpoint import CheckpointError
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError, PromptError)
 
@@ -176,7 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # key=value overrides may stand anywhere among the options, not only at the end.
+    args, extra = parser.parse_known_args(argv)
+    stray = [item for item in extra if item.startswith("-") or "=" not in item or args.command != "train"]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     try:
         return args.func(args)
     except USER_ERRORS as err:

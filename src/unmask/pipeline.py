@@ -7,10 +7,10 @@ from pathlib import Path
 
 import torch
 
+from unmask.checkpoint import CheckpointError, load_config, load_weights, read_tensors, resolve_checkpoint
 from unmask.config import Config
 from unmask.data import Tokenizer, load_tokenizer
 from unmask.models import DiT, DiTConfig
-from unmask.train.checkpoint import CheckpointError, load_config, load_weights, read_tensors, resolve_checkpoint
 
 
 def build_model(config: Config, vocab_size: int) -> DiT:

@@ -1,6 +1,5 @@
-"""Training: the loop, the optimisation recipe, checkpoints and metrics."""
+"""Training: the loop, the optimisation recipe and metrics (checkpoints: :mod:`unmask.checkpoint`)."""
 
-from unmask.train.checkpoint import CheckpointError
 from unmask.train.loop import Trainer, TrainResult, train
 
-__all__ = ["CheckpointError", "TrainResult", "Trainer", "train"]
+__all__ = ["TrainResult", "Trainer", "train"]

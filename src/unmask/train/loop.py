@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from unmask.checkpoint import load_config, load_training_state, load_weights, resolve_checkpoint, save_checkpoint
 from unmask.config import Config, ConfigError, validate
 from unmask.data import TokenBlocks, Tokenizer, batch_iterator, eval_batches, get_tokenizer, iter_documents
 from unmask.data import load_tokenizer as load_saved_tokenizer
@@ -26,7 +27,6 @@ from unmask.losses import sequence_losses
 from unmask.models.compiled import MaybeCompiled
 from unmask.pipeline import build_model, resolve_device
 from unmask.precision import autocast, resolve_precision
-from unmask.train.checkpoint import load_config, load_training_state, load_weights, resolve_checkpoint, save_checkpoint
 from unmask.train.logging import MetricsLogger
 from unmask.train.optim import EMA, build_optimizer, lr_factor
 
