@@ -104,3 +104,15 @@ def test_bad_input_gets_one_clear_line(tmp_path, corpus_file, tiny_overrides, tr
 def test_console_script_runs():
     out = subprocess.run([sys.executable, "-m", "unmask", "--help"], capture_output=True, text=True, check=True)
     assert "train" in out.stdout and "sample" in out.stdout
+
+
+def test_sampling_strategies_from_the_cli(trained, tmp_path):
+    common = ["sample", str(trained), "--num-samples", "2", "--steps", "8"]
+    assert main([*common, "--order", "margin", "--top-k", "5", "--temperature", "0.8"]) == 0
+    assert main([*common, "--threshold", "0.5", "--top-p", "0.9"]) == 0
+    assert main([*common, "--remask", "cap", "--eta", "0.1"]) == 0
+    assert main([*common, "--length", "96", "--prompt", "it is", "--stop-at-eos",
+                 "--json", str(tmp_path / "long.json")]) == 0
+    long = json.loads((tmp_path / "long.json").read_text())["samples"]
+    assert all(s["text"].startswith("it is") for s in long)
+    assert all(len(s["tokens"]) <= 96 for s in long)

@@ -18,7 +18,7 @@ from torch import Tensor
 from unmask.data import Tokenizer
 from unmask.pipeline import Pipeline
 from unmask.precision import autocast
-from unmask.sampling import DrawConfig, generate
+from unmask.sampling import DrawConfig, Remasking, generate, generate_long
 from unmask.sampling.autoregressive import generate_autoregressive
 
 PLACEHOLDER = re.compile(r"\[MASK(?::(\d+))?\]")
@@ -96,29 +96,51 @@ def generate_text(
     template: str | None = None,
     seed: int = 0,
     draw: DrawConfig | None = None,
+    order: str = "random",
+    threshold: float | None = None,
+    remasking: Remasking | None = None,
+    overlap: int | None = None,
+    stop_at_eos: bool = False,
     precision: str = "auto",
     on_step: Callable[[Tensor], None] | None = None,
 ) -> TextSamples:
-    """Sample ``num_samples`` texts from a loaded model (MDLM or the AR baseline)."""
+    """Sample ``num_samples`` texts from a loaded model (MDLM or the AR baseline).
+
+    A ``length`` beyond the model's runs semi-autoregressively: windows of the model's length,
+    each starting with the last ``overlap`` tokens of the previous one (default: half a window),
+    ``steps`` steps per window. ``stop_at_eos`` stops at the first EOS of every sample.
+    """
     tokenizer, model = pipeline.tokenizer, pipeline.model
-    fixed = build_template(
-        tokenizer, model_length=pipeline.config.data.length, length=length, prompt=prompt, template=template
-    )
+    window = pipeline.config.data.length
     device = pipeline.device
     generator = torch.Generator(device).manual_seed(seed)
+    strategy = dict(steps=steps, sampler=sampler, order=order, threshold=threshold, remasking=remasking,
+                    schedule=pipeline.config.objective.schedule, draw=draw)
     started = time.perf_counter()
     with autocast(precision, device):
-        if pipeline.is_autoregressive:
-            out = generate_autoregressive(
-                model, batch_size=num_samples, length=len(fixed), mask_id=tokenizer.mask_id, template=fixed,
-                generator=generator, draw=draw,
-            )
+        if length is not None and length > window and not pipeline.is_autoregressive:
+            if template is not None:
+                raise PromptError(f"a template must fit the model's length {window}; --length extends only prompts")
+            prefix = build_template(tokenizer, model_length=window, length=window, prompt=prompt)
+            prefix = prefix[prefix != tokenizer.mask_id]
+            out = generate_long(model, batch_size=num_samples, total_length=length, window=window,
+                                mask_id=tokenizer.mask_id, overlap=overlap, prefix=prefix,
+                                stop_id=tokenizer.eos_id if stop_at_eos else None, generator=generator, **strategy)
         else:
-            out = generate(
-                model, batch_size=num_samples, length=len(fixed), mask_id=tokenizer.mask_id,
-                schedule=pipeline.config.objective.schedule, steps=steps, sampler=sampler, template=fixed,
-                generator=generator, draw=draw, on_step=on_step,
-            )
+            fixed = build_template(tokenizer, model_length=window, length=length, prompt=prompt, template=template)
+            if pipeline.is_autoregressive:
+                out = generate_autoregressive(model, batch_size=num_samples, length=len(fixed),
+                                              mask_id=tokenizer.mask_id, template=fixed, generator=generator, draw=draw)
+            else:
+                out = generate(model, batch_size=num_samples, length=len(fixed), mask_id=tokenizer.mask_id,
+                               template=fixed, generator=generator, on_step=on_step, **strategy)
     seconds = time.perf_counter() - started
-    texts = [tokenizer.decode(row.tolist()) for row in out.tokens]
+    texts = [decode_sample(tokenizer, row.tolist(), stop_at_eos) for row in out.tokens]
     return TextSamples(texts=texts, tokens=out.tokens, num_calls=out.num_calls, seconds=seconds)
+
+
+def decode_sample(tokenizer: Tokenizer, ids: list[int], stop_at_eos: bool = False) -> str:
+    """Text of a sample; with ``stop_at_eos`` only what comes before its first EOS after the start."""
+    if stop_at_eos and tokenizer.eos_id in ids[1:]:
+        ids = ids[: ids.index(tokenizer.eos_id, 1)]
+    return tokenizer.decode(ids)
