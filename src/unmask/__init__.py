@@ -6,6 +6,7 @@ The small public API; everything else is importable from its module.
 from unmask.denoiser import Denoiser, denoise
 from unmask.models import DiT, DiTConfig
 from unmask.objective import ar_loss, nelbo, nelbo_discrete, subs_log_probs
+from unmask.pipeline import Pipeline, load
 from unmask.sampling import SampleOutput, generate, sample
 from unmask.schedules import Schedule, get_schedule
 
@@ -15,12 +16,14 @@ __all__ = [
     "DiT",
     "DiTConfig",
     "Denoiser",
+    "Pipeline",
     "SampleOutput",
     "Schedule",
     "ar_loss",
     "denoise",
     "generate",
     "get_schedule",
+    "load",
     "nelbo",
     "nelbo_discrete",
     "sample",
