@@ -1,0 +1,353 @@
+"""The sampler frontier: quality against cost for every sampler and step count of one checkpoint.
+
+For each (sampler, steps) the checkpoint generates ``num_samples`` texts from the same seed; the
+texts are scored under one AR evaluator (generative perplexity) beside their unigram entropy, and
+the cost is counted twice: network calls (per batch, averaged over batches) and wall time of the
+generation alone. A sampler is worth choosing where no other one reaches a lower perplexity at
+the same cost without collapsing the entropy (repetitive text also scores a low perplexity).
+Wall time is measured after a one-call warm-up; on a shared machine it is noisy, the call
+count is not.
+
+Sampler labels (see :mod:`unmask.sampling.loop` and :mod:`unmask.sampling.strategies`):
+
+- ``ancestral``: random order, the network called at every step.
+- ``cached``: the same samples, no call at a step where nothing unmasks.
+- ``first_hitting``: one position per call, exact; the step count does not apply (one point).
+- ``confidence``, ``margin``, ``entropy``: ordered decoding, the most certain positions first.
+- ``threshold-TAU``: confidence order, and every position with confidence above TAU unmasks.
+- ``remdm-STRATEGY`` or ``remdm-STRATEGY-ETA``: ReMDM remasking (cap, rescale, conf, loop),
+  eta 0.02 unless given.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from unmask.evaluate.generative import Evaluator, generative_perplexity, load_evaluator
+from unmask.generation import build_template
+from unmask.pipeline import load
+from unmask.precision import autocast
+from unmask.sampling import ORDERS, REMASKING, Remasking, generate
+
+DEFAULT_SAMPLERS = ("cached", "first_hitting", "confidence", "threshold-0.9", "remdm-cap")
+DEFAULT_STEPS = (16, 32, 64, 128)
+DEFAULT_ETA = 0.02
+LABEL_FORMS = (
+    "ancestral", "cached", "first_hitting", *[o for o in ORDERS if o != "random"], "threshold-TAU (0 < TAU < 1)",
+    *[f"remdm-{s}[-ETA]" for s in REMASKING],
+)
+
+
+@dataclass
+class FrontierPoint:
+    """One sampler at one step count: its cost (calls per batch, seconds) and quality (PPL, entropy)."""
+
+    sampler: str
+    steps: int
+    num_calls: float
+    seconds: float
+    gen_ppl: float
+    entropy: float
+    num_samples: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SamplerOptions:
+    """The :func:`unmask.sampling.generate` options a label stands for."""
+
+    label: str
+    sampler: str = "cached"
+    order: str = "random"
+    threshold: float | None = None
+    remasking: Remasking | None = None
+
+    @property
+    def uses_steps(self) -> bool:
+        return self.sampler != "first_hitting"
+
+    def generate_kwargs(self) -> dict:
+        return {"sampler": self.sampler, "order": self.order, "threshold": self.threshold,
+                "remasking": self.remasking}
+
+
+def _bad_label(label: str, why: str = "") -> ValueError:
+    reason = f" ({why})" if why else ""
+    return ValueError(f"unknown sampler {label!r}{reason}; valid forms: {', '.join(LABEL_FORMS)}")
+
+
+def parse_sampler(label: str) -> SamplerOptions:
+    """The generation options of a sampler label; ValueError listing the valid forms otherwise."""
+    name = label.strip()
+    if name in ("ancestral", "cached", "first_hitting"):
+        return SamplerOptions(name, sampler=name)
+    if name in ORDERS and name != "random":
+        return SamplerOptions(name, order=name)
+    if name.startswith("threshold-"):
+        try:
+            tau = float(name.removeprefix("threshold-"))
+        except ValueError:
+            raise _bad_label(label, "TAU must be a number") from None
+        if not 0 < tau < 1:
+            raise _bad_label(label, "TAU must be in (0, 1)")
+        return SamplerOptions(name, order="confidence", threshold=tau)
+    if name.startswith("remdm-"):
+        strategy, _, eta_text = name.removeprefix("remdm-").partition("-")
+        if strategy not in REMASKING:
+            raise _bad_label(label, f"remasking must be one of {', '.join(REMASKING)}")
+        try:
+            eta = float(eta_text) if eta_text else DEFAULT_ETA
+            remasking = Remasking(strategy=strategy, eta=eta)
+        except ValueError as err:
+            raise _bad_label(label, str(err).splitlines()[0]) from None
+        return SamplerOptions(name, remasking=remasking)
+    raise _bad_label(label)
+
+
+def _unique(items: Sequence) -> list:
+    return list(dict.fromkeys(items))
+
+
+def sweep(
+    checkpoint: str | Path,
+    *,
+    evaluator: str | Evaluator,
+    samplers: Sequence[str] = DEFAULT_SAMPLERS,
+    steps: Sequence[int] = DEFAULT_STEPS,
+    num_samples: int = 16,
+    batch_size: int = 16,
+    length: int | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    precision: str = "auto",
+    on_point: Callable[[FrontierPoint], None] | None = None,
+) -> list[FrontierPoint]:
+    """Generate and score ``num_samples`` texts for every sampler label and step count.
+
+    Every point starts from the same seed, with BOS fixed at position 0 and ``length`` positions
+    in all (default: the model's). ``evaluator`` is an :class:`Evaluator` or a spec for
+    :func:`load_evaluator`, loaded once. ``first_hitting`` gives one point, whatever ``steps``;
+    its ``steps`` is the number of unmasking steps it took. ``on_point`` sees each point as it is done.
+    """
+    return _sweep(checkpoint, evaluator=evaluator, samplers=samplers, steps=steps, num_samples=num_samples,
+                  batch_size=batch_size, length=length, seed=seed, device=device, precision=precision,
+                  on_point=on_point).points
+
+
+@dataclass
+class _Sweep:
+    points: list[FrontierPoint]
+    evaluator: Evaluator
+    length: int
+
+
+def _sweep(
+    checkpoint: str | Path,
+    *,
+    evaluator: str | Evaluator,
+    samplers: Sequence[str],
+    steps: Sequence[int],
+    num_samples: int,
+    batch_size: int,
+    length: int | None,
+    seed: int,
+    device: str,
+    precision: str,
+    on_point: Callable[[FrontierPoint], None] | None,
+) -> _Sweep:
+    options = list({o.label: o for o in map(parse_sampler, samplers)}.values())  # in order, once each
+    step_counts = _unique(int(s) for s in steps)
+    if not options:
+        raise ValueError("give at least one sampler")
+    if not step_counts and any(o.uses_steps for o in options):
+        raise ValueError("give at least one step count")
+    if any(s < 1 for s in step_counts):
+        raise ValueError(f"step counts must be >= 1, got {step_counts}")
+    if num_samples < 1 or batch_size < 1:
+        raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples} and {batch_size}")
+
+    pipeline = load(checkpoint, device=device)
+    if pipeline.is_autoregressive:
+        raise ValueError(f"{checkpoint} is an AR checkpoint; the frontier sweeps the samplers of an MDLM checkpoint")
+    tokenizer = pipeline.tokenizer
+    template = build_template(tokenizer, model_length=pipeline.config.data.length, length=length)
+    template = template.to(pipeline.device)
+    generated = template == tokenizer.mask_id  # the positions the samplers fill (not the BOS)
+    scorer = load_evaluator(evaluator, device=str(pipeline.device)) if isinstance(evaluator, str) else evaluator
+
+    def run(option: SamplerOptions, num_steps: int, count: int) -> tuple[torch.Tensor, float, int, float]:
+        """Tokens, mean calls per batch, steps taken and generation seconds of ``count`` samples."""
+        generator = torch.Generator(pipeline.device).manual_seed(seed)
+        rows, calls, steps_taken, seconds = [], [], 0, 0.0
+        for start in range(0, count, batch_size):
+            size = min(batch_size, count - start)
+            started = time.perf_counter()
+            with autocast(precision, pipeline.device):
+                out = generate(
+                    pipeline.model, batch_size=size, length=len(template), mask_id=tokenizer.mask_id,
+                    schedule=pipeline.config.objective.schedule, steps=num_steps, template=template,
+                    generator=generator, **option.generate_kwargs(),
+                )
+            if pipeline.device.type == "cuda":
+                torch.cuda.synchronize(pipeline.device)
+            seconds += time.perf_counter() - started
+            rows.append(out.tokens)
+            calls.append(out.num_calls)
+            steps_taken = max(steps_taken, out.num_steps)
+        return torch.cat(rows), sum(calls) / len(calls), steps_taken, seconds
+
+    # Warm up (one network call): one-time costs stay out of the first point's time.
+    run(parse_sampler("cached"), 1, min(batch_size, num_samples))
+
+    points = []
+    for option in options:
+        # first_hitting ignores the step count: one point.
+        for num_steps in step_counts if option.uses_steps else [1]:
+            tokens, calls, steps_taken, seconds = run(option, num_steps, num_samples)
+            texts = [tokenizer.decode(row.tolist()) for row in tokens]
+            sample_ids = [[i for i in row[generated].tolist() if i not in tokenizer.special_ids] for row in tokens]
+            result = generative_perplexity(texts, scorer, sample_token_ids=sample_ids)
+            point = FrontierPoint(sampler=option.label, steps=num_steps if option.uses_steps else steps_taken,
+                                  num_calls=calls, seconds=seconds, gen_ppl=result.gen_ppl,
+                                  entropy=result.entropy, num_samples=len(texts))
+            points.append(point)
+            if on_point is not None:
+                on_point(point)
+    return _Sweep(points=points, evaluator=scorer, length=len(template))
+
+
+def _sorted(points: Sequence[FrontierPoint]) -> list[FrontierPoint]:
+    return sorted(points, key=lambda p: (p.sampler, p.steps))
+
+
+COLUMNS = ("sampler", "steps", "calls", "seconds", "gen PPL", "entropy")
+
+
+def _row(point: FrontierPoint) -> list[str]:
+    return [point.sampler, str(point.steps), f"{point.num_calls:.1f}", f"{point.seconds:.3f}",
+            f"{point.gen_ppl:.2f}", f"{point.entropy:.3f}"]
+
+
+def format_table(points: Sequence[FrontierPoint]) -> str:
+    """A markdown table, sorted by sampler then steps (calls per batch, seconds for all samples)."""
+    rows = [list(COLUMNS), *(_row(p) for p in _sorted(points))]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+
+    def line(cells: list[str]) -> str:
+        padded = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))]
+        return "| " + " | ".join(padded) + " |"
+
+    rule = "|" + "|".join("-" * (w + 1) + (":" if i else "-") for i, w in enumerate(widths)) + "|"
+    return "\n".join([line(rows[0]), rule, *(line(r) for r in rows[1:])])
+
+
+def write_table(points: Sequence[FrontierPoint], path: str | Path) -> Path:
+    """Write the table as markdown, or as CSV when ``path`` ends in ``.csv``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() == ".csv":
+        with path.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["sampler", "steps", "num_calls", "seconds", "gen_ppl", "entropy", "num_samples"])
+            for p in _sorted(points):
+                writer.writerow([p.sampler, p.steps, p.num_calls, p.seconds, p.gen_ppl, p.entropy, p.num_samples])
+    else:
+        path.write_text(format_table(points) + "\n")
+    return path
+
+
+def _pyplot():
+    """matplotlib.pyplot on the Agg backend (no display needed), or a clear error naming the install."""
+    if importlib.util.find_spec("matplotlib") is None:
+        raise ModuleNotFoundError("the frontier plot needs matplotlib: `pip install matplotlib` "
+                                  "(or `pip install unmask[plot]`)")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+
+
+def plot(points: Sequence[FrontierPoint], path: str | Path, *, title: str | None = None) -> Path:
+    """A PNG with two panels, gen. PPL against network calls and against wall time (log2 x),
+    one line per sampler across its step counts, each point labelled with its unigram entropy."""
+    plt = _pyplot()
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    by_sampler: dict[str, list[FrontierPoint]] = {}
+    for point in _sorted(points):
+        by_sampler.setdefault(point.sampler, []).append(point)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
+    panels = ((axes[0], "num_calls", "network calls per batch"), (axes[1], "seconds", "wall time of generation (s)"))
+    ppls = [p.gen_ppl for p in points if math.isfinite(p.gen_ppl) and p.gen_ppl > 0]
+    for ax, field, xlabel in panels:
+        for i, (label, series) in enumerate(by_sampler.items()):
+            xs = [max(getattr(p, field), 1e-6) for p in series]
+            ys = [p.gen_ppl for p in series]
+            # Distinct, hollow markers keep samplers that coincide (same samples) apart.
+            ax.plot(xs, ys, marker=MARKERS[i % len(MARKERS)], markersize=7, markerfacecolor="none", label=label)
+            for x, y, p in zip(xs, ys, series):
+                ax.annotate(f"{p.entropy:.2f}", (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
+        ax.set_xscale("log", base=2)  # step counts double: evenly spaced points
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        if ppls and max(ppls) / min(ppls) > 10:
+            ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.grid(True, which="major", alpha=0.3)
+    axes[0].set_ylabel("generative perplexity (lower is better)")
+    axes[0].legend(title="sampler (labels: unigram entropy, nats)", fontsize=8, title_fontsize=8, loc="best")
+    fig.suptitle(title or "sampler frontier", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def run_frontier(
+    checkpoint: str | Path,
+    *,
+    out_dir: str | Path,
+    evaluator: str | Evaluator,
+    samplers: Sequence[str] = DEFAULT_SAMPLERS,
+    steps: Sequence[int] = DEFAULT_STEPS,
+    num_samples: int = 16,
+    batch_size: int = 16,
+    length: int | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    precision: str = "auto",
+    on_point: Callable[[FrontierPoint], None] | None = None,
+) -> list[FrontierPoint]:
+    """:func:`sweep`, then frontier.json, frontier.md and frontier.png in ``out_dir``."""
+    _pyplot()  # fail before the sweep, not after it, when matplotlib is missing
+    done = _sweep(checkpoint, evaluator=evaluator, samplers=samplers, steps=steps, num_samples=num_samples,
+                  batch_size=batch_size, length=length, seed=seed, device=device, precision=precision,
+                  on_point=on_point)
+    points, name = done.points, done.evaluator.name
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"checkpoint": str(checkpoint), "evaluator": name, "num_samples": num_samples,
+              "batch_size": batch_size, "length": done.length, "seed": seed,
+              "points": [p.to_dict() for p in _sorted(points)]}
+    (out / "frontier.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_table(points, out / "frontier.md")
+    plot(points, out / "frontier.png", title=f"{checkpoint}: gen. PPL under {name}")
+    return points
