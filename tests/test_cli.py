@@ -116,3 +116,28 @@ def test_sampling_strategies_from_the_cli(trained, tmp_path):
     long = json.loads((tmp_path / "long.json").read_text())["samples"]
     assert all(s["text"].startswith("it is") for s in long)
     assert all(len(s["tokens"]) <= 96 for s in long)
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_a_checkpoint_and_resume_continues(tmp_path, corpus_file, tiny_overrides):
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "unmask", "train", "--preset", "tiny", "--data", str(corpus_file), "--out", str(run),
+           "--quiet", *tiny_overrides, "train.max_steps=100000", "train.save_every=100000", "train.eval_every=100000"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "--resume" in err and "Traceback" not in err
+    latest = (run / "checkpoints" / "latest").read_text().strip()
+    step = int(latest.removeprefix("step_"))
+    assert step >= 3 and (run / "checkpoints" / latest / "model.safetensors").is_file()
+    assert main(["train", "--preset", "tiny", "--data", str(corpus_file), "--out", str(run), "--quiet", "--resume",
+                 *tiny_overrides, "--max-steps", str(step + 2)]) == 0
+    assert (run / "checkpoints" / "latest").read_text().strip() == f"step_{step + 2:08d}"

@@ -12,6 +12,9 @@ A run directory holds ``config.yaml`` and ``checkpoints/step_XXXXXXXX/`` folders
 A checkpoint is written to a hidden temporary folder and renamed into place, and the file
 ``checkpoints/latest`` is replaced atomically afterwards, so a crash at any moment leaves the
 previous checkpoint intact and never a half-written one under a real name.
+
+A multi-process run writes sharded checkpoints instead (``dcp/`` in place of the safetensors
+files; see :mod:`unmask.checkpoint_dist`); ``unmask export`` turns one into the layout above.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ class CheckpointError(ValueError):
 
 
 LATEST = "latest"
+SHARDED_DIR = "dcp"  # torch.distributed.checkpoint files of a multi-process run
 
 
 def checkpoint_name(step: int) -> str:
@@ -124,32 +128,78 @@ def save_checkpoint(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
+    write_checkpoint_files(tmp, step=step, model=model, ema=ema, ema_updates=ema_updates, optimizer=optimizer,
+                           config=config, tokenizer_dir=tokenizer_dir, extra=extra)
+    publish(tmp, final, keep)
+    return final
+
+
+def write_checkpoint_files(
+    folder: Path,
+    *,
+    step: int,
+    model: torch.nn.Module,
+    ema: dict[str, torch.Tensor] | None,
+    ema_updates: int,
+    optimizer: torch.optim.Optimizer,
+    config: Config,
+    tokenizer_dir: Path,
+    extra: dict[str, Any] | None = None,
+    rng: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """The files of a single-process checkpoint, in ``folder`` (``rng``: default this process's state)."""
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, folder / "model.safetensors")
     if ema is not None:
-        save_file(ema, tmp / "ema.safetensors")
+        save_file(ema, folder / "ema.safetensors")
     tensors, param_groups = _optimizer_tensors(optimizer)
-    save_file({**tensors, **_rng_tensors()}, tmp / "optimizer.safetensors")
+    save_file({**tensors, **(_rng_tensors() if rng is None else rng)}, folder / "optimizer.safetensors")
     state = {"step": step, "ema_updates": ema_updates, "param_groups": param_groups, **(extra or {})}
-    (tmp / "state.json").write_text(json.dumps(state, indent=2))
-    config.save(tmp / "config.yaml")
-    shutil.copytree(tokenizer_dir, tmp / "tokenizer")
-    for path in tmp.rglob("*"):
+    (folder / "state.json").write_text(json.dumps(state, indent=2))
+    config.save(folder / "config.yaml")
+    shutil.copytree(tokenizer_dir, folder / "tokenizer")
+    fsync_tree(folder)
+
+
+def fsync_tree(folder: Path) -> None:
+    for path in folder.rglob("*"):
         if path.is_file():
             with open(path, "rb") as f:
                 os.fsync(f.fileno())
+
+
+def publish(tmp: Path, final: Path, keep: int) -> None:
+    """Rename a complete checkpoint folder into place, point ``latest`` at it, prune old ones."""
+    root = final.parent
     if final.exists():
-        shutil.rmtree(final)
+        _discard(final)
     os.replace(tmp, final)
     _fsync_dir(root)
     write_atomic(root / LATEST, final.name)
     _prune(root, keep)
-    return final
+
+
+def _discard(folder: Path) -> None:
+    """Delete a checkpoint folder so that no crash leaves it half-deleted under its real name."""
+    aside = folder.with_name(f".{folder.name}.old")
+    if aside.exists():
+        shutil.rmtree(aside)
+    os.replace(folder, aside)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _prune(root: Path, keep: int) -> None:
     steps = sorted(p for p in root.glob("step_*") if p.is_dir())
     for old in steps[: max(0, len(steps) - keep)]:
-        shutil.rmtree(old, ignore_errors=True)
+        _discard(old)
+
+
+def is_sharded(checkpoint: Path) -> bool:
+    """True for the sharded checkpoint of a multi-process run (``unmask.checkpoint_dist``)."""
+    return (checkpoint / SHARDED_DIR / ".metadata").is_file()
+
+
+def is_checkpoint(path: Path) -> bool:
+    return (path / "model.safetensors").is_file() or is_sharded(path)
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -157,13 +207,13 @@ def resolve_checkpoint(path: str | Path) -> Path:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path} does not exist; pass a run directory or a checkpoint folder")
-    if (path / "model.safetensors").is_file():
+    if is_checkpoint(path):
         return path
     root = path / "checkpoints"
     latest = root / LATEST
     if latest.is_file():
         candidate = root / latest.read_text().strip()
-        if (candidate / "model.safetensors").is_file():
+        if is_checkpoint(candidate):
             return candidate
     raise CheckpointError(f"{path} holds no checkpoint; train first (unmask train --out {path}) or pass a checkpoint")
 

@@ -7,7 +7,14 @@ from pathlib import Path
 
 import torch
 
-from unmask.checkpoint import CheckpointError, load_config, load_weights, read_tensors, resolve_checkpoint
+from unmask.checkpoint import (
+    CheckpointError,
+    is_sharded,
+    load_config,
+    load_weights,
+    read_tensors,
+    resolve_checkpoint,
+)
 from unmask.config import Config
 from unmask.data import Tokenizer, load_tokenizer
 from unmask.models import DiT, DiTConfig
@@ -73,9 +80,14 @@ def load(path: str | Path, *, weights: str = "ema", device: str = "auto") -> Pip
         raise CheckpointError(f"{checkpoint} has no tokenizer folder; the checkpoint is incomplete")
     tokenizer = load_tokenizer(checkpoint / "tokenizer")
     model = build_model(config, tokenizer.vocab_size)
-    file = checkpoint / ("ema.safetensors" if weights == "ema" else "model.safetensors")
-    if not file.is_file():
-        file = checkpoint / "model.safetensors"
-    load_weights(model, read_tensors(file), file)
+    if is_sharded(checkpoint):  # of a multi-process run: consolidated here, in memory
+        from unmask.checkpoint_dist import consolidated_weights
+
+        load_weights(model, consolidated_weights(checkpoint, model, weights), checkpoint)
+    else:
+        file = checkpoint / ("ema.safetensors" if weights == "ema" else "model.safetensors")
+        if not file.is_file():
+            file = checkpoint / "model.safetensors"
+        load_weights(model, read_tensors(file), file)
     model.to(resolve_device(device)).eval()
     return Pipeline(model=model, tokenizer=tokenizer, config=config, checkpoint=checkpoint)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from unmask.data import TokenBlocks, eval_batches
-from unmask.evaluate.likelihood import evaluate_likelihood
+from unmask.data import TokenBlocks
+from unmask.distributed import setup
+from unmask.evaluate.likelihood import evaluate_dataset
 from unmask.pipeline import load
 
 
@@ -30,22 +30,22 @@ def evaluate_checkpoint(
     ``data`` defaults to the checkpoint's own corpus (``split`` "validation"); any other file, folder
     or dataset name is re-tokenized with the checkpoint's tokenizer and wrapped into blocks as the
     paper does for zero-shot evaluation (a local file or folder is used whole: ``split`` "all").
-    ``discrete_steps`` adds the discrete-time bound for each T given.
+    ``discrete_steps`` adds the discrete-time bound for each T given. Under torchrun every process
+    evaluates a share of the batches and all get the single-process result.
     """
-    pipeline = load(path, device=device)
+    parallel = setup(device)  # under torchrun: join the job; each process evaluates its share of the batches
+    pipeline = load(path, device=str(parallel.device))
     config = pipeline.config
     source = data or config.data.source
     if split is None:
         split = "validation" if data is None or not Path(data).exists() else "all"
     layout = config.data.layout if data is None else "wrapped"
-    blocks = TokenBlocks(source, pipeline.tokenizer, split=split, length=config.data.length, layout=layout,
-                         cache_dir=config.data.cache_dir)
-
-    def batches():  # a fresh pass over the same blocks for every bound
-        return islice(eval_batches(blocks, batch_size), max_batches)
-
-    common = dict(num_t=num_t, seed=seed, device=pipeline.device, precision=precision)
-    main = evaluate_likelihood(pipeline.model, batches(), config.objective, pipeline.mask_id, **common)
+    blocks = parallel.main_first(lambda: TokenBlocks(source, pipeline.tokenizer, split=split,
+                                                     length=config.data.length, layout=layout,
+                                                     cache_dir=config.data.cache_dir))
+    common = dict(batch_size=batch_size, max_batches=max_batches, num_t=num_t, seed=seed, device=pipeline.device,
+                  precision=precision, parallel=parallel)
+    main = evaluate_dataset(pipeline.model, blocks, config.objective, pipeline.mask_id, **common)
     report: dict[str, Any] = {
         "checkpoint": str(pipeline.checkpoint),
         "objective": config.objective.name,
@@ -58,8 +58,8 @@ def evaluate_checkpoint(
     }
     if config.objective.name == "mdlm":
         for steps in discrete_steps:
-            result = evaluate_likelihood(
-                pipeline.model, batches(), config.objective, pipeline.mask_id, discrete_steps=steps, **common
+            result = evaluate_dataset(
+                pipeline.model, blocks, config.objective, pipeline.mask_id, discrete_steps=steps, **common
             )
             report["discrete"][str(steps)] = result.to_dict()
     return report

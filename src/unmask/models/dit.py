@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 
 @dataclass
@@ -67,23 +68,27 @@ class TimeEmbedding(nn.Module):
 
 
 class Rotary(nn.Module):
-    """Rotary position embedding (Su et al.): rotates query/key channel pairs by position * frequency."""
+    """Rotary position embedding (Su et al.): rotates query/key channel pairs by position * frequency.
 
-    def __init__(self, head_dim: int, base: float) -> None:
+    The cos/sin tables are computed once in float32 for the model's length and cast to the
+    activations' dtype per call (under bf16 autocast the rotation runs in bf16, as q and k do).
+    """
+
+    def __init__(self, head_dim: int, base: float, max_length: int) -> None:
         super().__init__()
         inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        angles = torch.outer(torch.arange(max_length, dtype=torch.float32), inv_freq)
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
 
-    def forward(self, length: int, device: torch.device) -> tuple[Tensor, Tensor]:
-        angles = torch.outer(torch.arange(length, device=device, dtype=torch.float32), self.inv_freq)
-        return angles.cos(), angles.sin()
+    def forward(self, length: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        return self.cos[:length].to(dtype), self.sin[:length].to(dtype)
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """x: [B, H, L, D]; rotate the two halves of the head dimension."""
-    x1, x2 = x.float().chunk(2, dim=-1)
-    rotated = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
-    return rotated.to(x.dtype)
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
 
 
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
@@ -134,6 +139,7 @@ class DiT(nn.Module):
 
     supports_positions = True
     supports_attention_mask = True
+    activation_checkpointing = False  # recompute each block in the backward pass (parallel.activation_checkpointing)
 
     def __init__(self, config: DiTConfig) -> None:
         super().__init__()
@@ -142,7 +148,7 @@ class DiT(nn.Module):
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.hidden)
         self.time_embed = TimeEmbedding(config.cond_dim)
-        self.rotary = Rotary(config.hidden // config.n_heads, config.rope_base)
+        self.rotary = Rotary(config.hidden // config.n_heads, config.rope_base, config.length)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.norm_final = nn.LayerNorm(config.hidden, bias=False)
         self.adaLN_final = nn.Linear(config.cond_dim, 2 * config.hidden)
@@ -187,7 +193,8 @@ class DiT(nn.Module):
         if t is None or not self.config.time_conditioning:
             t = torch.zeros(b, device=x_t.device)
         c = F.silu(self.time_embed(t))
-        rotary = self.rotary(length, x_t.device)
+        dtype = torch.get_autocast_dtype(x_t.device.type) if torch.is_autocast_enabled(x_t.device.type) else None
+        rotary = self.rotary(length, dtype or self.embed.weight.dtype)
         attn_mask = None
         if attention_mask is not None and not bool(attention_mask.all()):
             attn_mask = attention_mask[:, None, None, :].bool()
@@ -196,7 +203,11 @@ class DiT(nn.Module):
 
         x = self.embed(x_t)
         for block in self.blocks:
-            x = block(x, c, rotary, attn_mask)
+            if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+                # Keep only the block's input; recompute its activations in the backward pass.
+                x = checkpoint(block, x, c, rotary, attn_mask, use_reentrant=False)
+            else:
+                x = block(x, c, rotary, attn_mask)
 
         shift, scale = self.adaLN_final(c)[:, None].chunk(2, dim=-1)
         if where is None:
