@@ -85,3 +85,28 @@ def test_tiny_dit_overfits_a_repeated_text():
         losses.append(loss.item())
     first, last = sum(losses[:10]) / 10, sum(losses[-20:]) / 20
     assert last < first / 5, (first, last)
+
+
+def test_cpu_dropout_keeps_the_expectation():
+    from unmask.models.dropout import Dropout, keep_mask
+
+    keep, rate = keep_mask(torch.Size([400, 1000]), 0.1, torch.device("cpu"))
+    assert rate == round(0.1 * 2**15) / 2**15
+    n = keep.numel()
+    # Binomial count of kept entries within 5 standard deviations of n (1 - rate).
+    assert abs(keep.sum().item() - n * (1 - rate)) < 5 * (n * rate * (1 - rate)) ** 0.5
+    assert abs(keep[:, ::2].float().mean() - keep[:, 1::2].float().mean()) < 0.01  # both 16-bit halves
+
+    dropout = Dropout(0.25)
+    x = torch.randn(64, 512, requires_grad=True)
+    torch.manual_seed(0)
+    y = dropout(x)
+    kept = y != 0
+    torch.testing.assert_close(y[kept], x[kept] / 0.75)  # 0.25 is a multiple of 2^-15: exact scale
+    (grad,) = torch.autograd.grad(y.sum(), x)
+    torch.testing.assert_close(grad, kept.float() / 0.75)
+    torch.manual_seed(0)
+    assert torch.equal(dropout(x), y)  # reproducible from the global seed
+    assert torch.equal(dropout.eval()(x), x) and torch.equal(Dropout(0.0)(x), x)
+    with pytest.raises(ValueError, match="dropout probability"):
+        Dropout(1.0)

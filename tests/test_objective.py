@@ -4,7 +4,7 @@ import pytest
 import torch
 from toy import ToyDistribution, WrongDenoiser
 
-from unmask import DiT, DiTConfig, ar_loss, nelbo, nelbo_discrete, subs_log_probs
+from unmask import DiT, DiTConfig, ar_loss, nelbo, nelbo_discrete, objective, subs_log_probs
 from unmask.denoiser import FullHead
 from unmask.objective import masked_log_probs
 
@@ -182,3 +182,27 @@ def test_ar_loss_is_next_token_cross_entropy():
     loss_mask[:, 10:] = False
     part = ar_loss(model, x0, mask_id=11, loss_mask=loss_mask)
     assert (part < ar_loss(model, x0, mask_id=11)).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("mask_id", [6, None])
+def test_fused_masked_nll_equals_log_softmax_and_gather(monkeypatch, dtype, mask_id):
+    monkeypatch.setattr(objective, "_CHUNK_ELEMENTS", 16)  # two rows per chunk: the chunking is exercised
+    generator = torch.Generator().manual_seed(0)
+    logits = (3 * torch.randn(9, 7, generator=generator)).to(dtype).requires_grad_()
+    targets = torch.randint(0, 6, (9,), generator=generator)
+    weights = torch.randn(9, generator=generator)
+
+    fused = objective.masked_nll(logits, targets, mask_id)
+    (grad_fused,) = torch.autograd.grad((fused * weights).sum(), logits)
+    log_probs = torch.log_softmax(logits.float(), -1) if mask_id is None else masked_log_probs(logits, mask_id)
+    plain = -log_probs.gather(-1, targets[:, None]).squeeze(-1)
+    (grad_plain,) = torch.autograd.grad((plain * weights).sum(), logits)
+
+    assert fused.dtype == torch.float32
+    torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
+    tolerance = 1e-2 if dtype == torch.bfloat16 else 1e-6  # bf16 gradients are rounded to 8 bits
+    torch.testing.assert_close(grad_fused.float(), grad_plain.float(), rtol=tolerance, atol=tolerance)
+    if mask_id is not None:
+        assert grad_fused[:, mask_id].eq(0).all()  # MASK has no probability, so no gradient
+        assert objective.masked_nll(logits[:2], torch.full((2,), mask_id), mask_id).isinf().all()

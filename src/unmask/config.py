@@ -46,6 +46,9 @@ class DataConfig:
     length: int = 128
     cache_dir: str | None = None
     max_documents: int | None = None
+    # Stream the training corpus with HF datasets instead of caching its tokens on disk (corpora
+    # larger than the disk); validation then needs valid_source or the dataset's own split.
+    streaming: bool = False
 
 
 @dataclass
@@ -251,6 +254,11 @@ def validate(config: Config) -> None:
     if config.objective.schedule not in SCHEDULES:
         names = ", ".join(SCHEDULES)
         raise ConfigError(f"objective.schedule must be one of {names}, got {config.objective.schedule!r}")
+    if config.data.streaming and config.data.tokenizer == "bpe":
+        raise ConfigError(
+            "data.streaming needs a fixed tokenizer (data.tokenizer=gpt2, bert-base-uncased, char or a folder): "
+            "training a BPE on the corpus would need the corpus on disk"
+        )
     if not config.objective.zero_masking and config.objective.discrete_steps <= 0:
         raise ConfigError(
             "objective.zero_masking=false needs the discrete-time bound: set objective.discrete_steps=1000"

@@ -103,6 +103,14 @@ class Parallel:
             return flag
         return bool(self.reduce_sum(torch.tensor(int(flag), device=self.device)).item())
 
+    def gather_objects(self, obj: T) -> list[T]:
+        """Every process's ``obj`` (JSON-like data), in rank order, on every process."""
+        if not self.is_distributed:
+            return [obj]
+        gathered: list[T] = [None] * self.world_size  # type: ignore[list-item]
+        dist.all_gather_object(gathered, obj)
+        return gathered
+
     def main_only(self, fn: Callable[[], T]) -> T | None:
         """Run ``fn`` on rank 0 only (its result there, None elsewhere); the others wait for it.
 

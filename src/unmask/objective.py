@@ -40,6 +40,63 @@ def masked_log_probs(logits: Tensor, mask_id: int) -> Tensor:
     return torch.log_softmax(logits, dim=-1)
 
 
+# Rows of logits per float32 chunk in masked_nll: about 4 MiB of float32 at a time.
+_CHUNK_ELEMENTS = 1 << 20
+
+
+class _MaskedNLL(torch.autograd.Function):
+    """Fused -log p_theta(target) under zero masking, in float32 row chunks.
+
+    Forward keeps only the log-normaliser per row; backward rebuilds softmax - onehot chunk by
+    chunk in the logits' own dtype. Unlike log_softmax + gather, no [N, V] float32 copy, gather
+    scatter or index_fill gradient is ever materialised: with a 50k vocabulary these copies cost
+    more than the output head itself.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, targets: Tensor, mask_id: int | None) -> Tensor:
+        rows = max(1, _CHUNK_ELEMENTS // logits.shape[-1])
+        lse = torch.empty(logits.shape[0], device=logits.device, dtype=torch.float32)
+        target_logit = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1).float()
+        for start in range(0, logits.shape[0], rows):
+            chunk = _float_chunk(logits[start : start + rows], mask_id)
+            lse[start : start + rows] = torch.logsumexp(chunk, dim=-1)
+        ctx.save_for_backward(logits, targets, lse)
+        ctx.mask_id = mask_id
+        nll = lse - target_logit
+        return torch.where(targets == mask_id, float("inf"), nll) if mask_id is not None else nll
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_nll: Tensor) -> tuple[Tensor, None, None]:
+        logits, targets, lse = ctx.saved_tensors
+        grad = torch.empty_like(logits)
+        rows = max(1, _CHUNK_ELEMENTS // logits.shape[-1])
+        for start in range(0, logits.shape[0], rows):
+            end = start + rows
+            # d nll / d logits = softmax (MASK excluded: exp(-inf) = 0) - onehot(target).
+            probs = (_float_chunk(logits[start:end], ctx.mask_id) - lse[start:end, None]).exp_()
+            probs.scatter_add_(-1, targets[start:end, None], probs.new_full((probs.shape[0], 1), -1.0))
+            grad[start:end] = probs.mul_(grad_nll[start:end, None])
+        return grad, None, None
+
+
+def _float_chunk(logits: Tensor, mask_id: int | None) -> Tensor:
+    chunk = logits.float() if logits.dtype != torch.float32 else logits.clone()
+    if mask_id is not None:
+        chunk[:, mask_id] = float("-inf")
+    return chunk
+
+
+def masked_nll(logits: Tensor, targets: Tensor, mask_id: int | None) -> Tensor:
+    """-log p_theta(target | x_t) per row of logits [N, V], with MASK given probability 0 (SUBS
+    zero masking; ``mask_id=None`` keeps every id). Equal to
+    ``-masked_log_probs(logits, mask_id).gather(-1, targets[:, None])`` but fused: float32 math in
+    chunks, whatever the logits' dtype, and no [N, V] intermediate kept for the backward pass.
+    """
+    return _MaskedNLL.apply(logits, targets, mask_id)
+
+
 def subs_log_probs(logits: Tensor, x_t: Tensor, mask_id: int) -> Tensor:
     """The full SUBS parameterization over raw logits [..., L, V] (paper section 3.2.3).
 
@@ -151,7 +208,7 @@ def nelbo(
     scored = masked if carry_over else keep_rep
     attention_mask = None if loss_mask is None else keep_rep
     logits = denoise(denoiser, x_t, times, where=scored, attention_mask=attention_mask)
-    token_nll = -masked_log_probs(logits, mask_id).gather(-1, x0_rep[scored].unsqueeze(-1)).squeeze(-1)
+    token_nll = masked_nll(logits, x0_rep[scored], mask_id)
     # Times are uniform on [t_min, 1]: the interval's length turns the mean into the integral.
     per_row = (1 - t_min) * schedule.loss_weight(times) * _per_row_sum(token_nll, scored)
     return per_row.view(copies, x0.shape[0]).mean(0)
@@ -196,7 +253,7 @@ def nelbo_discrete(
     unmask_prob = schedule.unmask_probability(t, s)
     rows = scored.nonzero()[:, 0]
     if zero_masking:
-        token_nll = -masked_log_probs(logits, mask_id).gather(-1, x0_rep[scored].unsqueeze(-1)).squeeze(-1)
+        token_nll = masked_nll(logits, x0_rep[scored], mask_id)
         per_row = steps * unmask_prob * _per_row_sum(token_nll, scored)
     else:
         token_kl = _d3pm_masked_kl(
@@ -252,9 +309,8 @@ def ar_loss(
     t = torch.zeros(x0.shape[0], device=x0.device)
     attention_mask = None if loss_mask is None else keep
     logits = denoise(model, x0, t, where=scored, attention_mask=attention_mask)
-    log_probs = torch.log_softmax(logits.float(), dim=-1) if mask_id is None else masked_log_probs(logits, mask_id)
     targets = x0[:, 1:][scored[:, :-1]]
-    token_nll = -log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    token_nll = masked_nll(logits, targets, mask_id)
     return _per_row_sum(token_nll, scored)
 
 

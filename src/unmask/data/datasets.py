@@ -27,6 +27,19 @@ from .tokenizer_base import Tokenizer
 LAYOUTS = ("wrapped", "padded")
 
 
+def frame_block(body: torch.Tensor, length: int, tokenizer: Tokenizer) -> dict[str, torch.Tensor]:
+    """One item: ``[BOS] body [EOS]`` right-padded with PAD to ``length`` (body has at most
+    length - 2 tokens), and its loss mask, True up to and including the EOS."""
+    size = len(body)
+    input_ids = torch.full((length,), tokenizer.pad_id, dtype=torch.long)
+    input_ids[0] = tokenizer.bos_id
+    input_ids[1:size + 1] = body
+    input_ids[size + 1] = tokenizer.eos_id
+    loss_mask = torch.zeros(length, dtype=torch.bool)
+    loss_mask[:size + 2] = True
+    return {"input_ids": input_ids, "loss_mask": loss_mask}
+
+
 class TokenBlocks(Dataset):
     """Blocks of ``length`` token ids from ``split`` of ``source``, tokenized once and cached.
 
@@ -86,14 +99,7 @@ class TokenBlocks(Dataset):
         else:
             start, end = self.cache.starts[index], self.cache.starts[index + 1] - 1  # drop EOS
             body = self.cache.tokens[start:min(end, start + interior)]
-        size = len(body)
-        input_ids = torch.full((self.length,), self.tokenizer.pad_id, dtype=torch.long)
-        input_ids[0] = self.tokenizer.bos_id
-        input_ids[1:size + 1] = torch.from_numpy(body.astype(np.int64))
-        input_ids[size + 1] = self.tokenizer.eos_id
-        loss_mask = torch.zeros(self.length, dtype=torch.bool)
-        loss_mask[:size + 2] = True
-        return {"input_ids": input_ids, "loss_mask": loss_mask}
+        return frame_block(torch.from_numpy(body.astype(np.int64)), self.length, self.tokenizer)
 
     def __repr__(self) -> str:
         return (f"TokenBlocks(source={self.source!r}, split={self.split!r}, "

@@ -4,6 +4,9 @@ Token embedding -> N pre-norm blocks (rotary self-attention, GELU MLP x4, adaLN 
 sinusoidal time embedding) -> adaLN final norm -> untied output head over every id (MASK included;
 the objective removes MASK's mass). The adaLN projections and the output layer start at zero, so
 each block starts as the identity and the first prediction is uniform (as in DiT, Peebles & Xie).
+Two departures from the reference DiT, both for speed and neither part of the MDLM math: the exact
+(erf) GELU instead of its tanh approximation (they differ by < 1e-3; on CPU the erf kernel is ~5x
+faster in bf16), and dropout on the residual branches only (see ``Block.forward``).
 
 Causal mode (``causal=True``) turns the same backbone into the AR baseline.
 
@@ -20,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
+
+from unmask.models.dropout import Dropout
 
 
 @dataclass
@@ -109,11 +114,11 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(d, bias=False)
         self.mlp = nn.Sequential(
             nn.Linear(d, config.mlp_ratio * d),
-            nn.GELU(approximate="tanh"),
+            nn.GELU(),
             nn.Linear(config.mlp_ratio * d, d),
         )
         self.adaLN = nn.Linear(config.cond_dim, 6 * d)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
 
     def forward(self, x: Tensor, c: Tensor, rotary: tuple[Tensor, Tensor], attn_mask: Tensor | None) -> Tensor:
         b, length, d = x.shape
@@ -122,11 +127,12 @@ class Block(nn.Module):
         h = modulate(self.norm1(x), shift1, scale1)
         q, k, v = self.qkv(h).view(b, length, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
         q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
-        dropout_p = self.dropout.p if self.training else 0.0
+        # Dropout acts on the residual branches only, as in the reference DiT: attention-weight
+        # dropout would force SDPA off its fused kernels onto the [B, H, L, L] math path.
         if attn_mask is None:
-            h = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=self.causal)
+            h = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
         else:
-            h = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
+            h = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         h = self.attn_out(h.transpose(1, 2).reshape(b, length, d))
         x = x + gate1 * self.dropout(h)
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import math
 import time
 from collections.abc import Iterator
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from unmask.checkpoint import (
@@ -41,7 +43,8 @@ from unmask.checkpoint_dist import dropout_seed, restore, save_sharded
 from unmask.config import Config, ConfigError, validate
 from unmask.data import TokenBlocks, Tokenizer, batch_iterator, get_tokenizer, iter_documents
 from unmask.data import load_tokenizer as load_saved_tokenizer
-from unmask.distributed import setup
+from unmask.data.streaming import BlockList, StreamingBlocks, stream_batches
+from unmask.distributed import Parallel, setup
 from unmask.evaluate.likelihood import evaluate_dataset
 from unmask.losses import sequence_losses
 from unmask.models.compiled import MaybeCompiled
@@ -92,14 +95,25 @@ def prepare_tokenizer(config: Config, run_dir: Path) -> Tokenizer:
     return tokenizer
 
 
-def open_datasets(config: Config, tokenizer: Tokenizer) -> tuple[TokenBlocks, TokenBlocks]:
+def open_datasets(config: Config, tokenizer: Tokenizer, parallel: Parallel | None = None
+                  ) -> tuple[TokenBlocks | StreamingBlocks, Dataset]:
+    """The training set (cached blocks, or with ``data.streaming`` this process's stream) and the
+    validation set (the same for every process)."""
     d = config.data
     common = dict(length=d.length, layout=d.layout, cache_dir=d.cache_dir, max_documents=d.max_documents)
-    train = TokenBlocks(d.source, tokenizer, split="train", **common)
     if d.valid_source:
         valid = TokenBlocks(d.valid_source, tokenizer, split="all", **common)
+    elif d.streaming:  # a fixed slice of the streamed validation split
+        stream = StreamingBlocks(d.source, tokenizer, split="validation", length=d.length, layout=d.layout)
+        valid = BlockList(stream, config.train.eval_batches * config.train.micro_batch)
     else:
         valid = TokenBlocks(d.source, tokenizer, split="validation", **common)
+    if d.streaming:
+        rank, world = (parallel.rank, parallel.world_size) if parallel is not None else (0, 1)
+        train = StreamingBlocks(d.source, tokenizer, split="train", length=d.length, layout=d.layout,
+                                rank=rank, world_size=world, max_documents=d.max_documents)
+    else:
+        train = TokenBlocks(d.source, tokenizer, split="train", **common)
     return train, valid
 
 
@@ -138,7 +152,9 @@ class Trainer:
         start = self.parallel.main_first(lambda: self._prepare_run_dir(resume, write=self.parallel.is_main))
         self.tokenizer = self.parallel.main_first(lambda: prepare_tokenizer(config, self.run_dir))
         self.mask_id = self.tokenizer.mask_id
-        self.train_set, self.valid_set = self.parallel.main_first(lambda: open_datasets(config, self.tokenizer))
+        self.train_set, self.valid_set = self.parallel.main_first(
+            lambda: open_datasets(config, self.tokenizer, self.parallel)
+        )
 
         torch.manual_seed(config.train.seed)
         self.model = build_model(config, self.tokenizer.vocab_size).to(self.device)
@@ -172,6 +188,8 @@ class Trainer:
         return checkpoint
 
     def _restore(self, checkpoint: Path) -> None:
+        if self.config.data.streaming:
+            self._restore_stream(checkpoint)
         if self.parallel.is_distributed or is_sharded(checkpoint):  # resharded to this number of processes
             self.step = restore(checkpoint, model=self.model, optimizer=self.optimizer, ema=self.ema,
                                 parallel=self.parallel, seed=self.config.train.seed)
@@ -182,6 +200,15 @@ class Trainer:
         if self.ema is not None and state.ema is not None:
             self.ema.load_state_dict(state.ema, state.ema_updates)
         self.step = state.step
+
+    def _restore_stream(self, checkpoint: Path) -> None:
+        """Put this process's stream where the checkpoint left it."""
+        states = json.loads((checkpoint / "state.json").read_text()).get("stream")
+        if not isinstance(states, list) or len(states) != self.parallel.world_size:
+            saved = len(states) if isinstance(states, list) else "an unknown number of"
+            raise ConfigError(f"--resume: this streaming run was saved by {saved} processes and resumes only "
+                              f"with as many (now {self.parallel.world_size})")
+        self.train_set.load_state_dict(states[self.parallel.rank])
 
     @property
     def accumulation(self) -> int:
@@ -250,6 +277,8 @@ class Trainer:
                         p.copy_(trained[name])
 
     def save(self, extra: dict | None = None) -> Path:
+        if self.config.data.streaming:  # every process's stream position, for an exact resume
+            extra = {**(extra or {}), "stream": self.parallel.gather_objects(self.train_set.state_dict())}
         if self.parallel.is_distributed:
             return save_sharded(
                 self.run_dir, step=self.step, model=self.model, optimizer=self.optimizer, ema=self.ema,
@@ -276,8 +305,11 @@ class Trainer:
         logger = (MetricsLogger(self.run_dir, tensorboard=cfg.tensorboard, wandb=cfg.wandb,
                                 config=self.config.to_dict()) if main else _NoLogger())
         world = self.parallel.world_size  # each process reads its own slice of every global batch
-        batches = batch_iterator(self.train_set, batch_size=cfg.global_batch // world, seed=cfg.seed,
-                                 start_step=self.step, rank=self.parallel.rank, world_size=world)
+        if isinstance(self.train_set, StreamingBlocks):
+            batches = stream_batches(self.train_set, cfg.global_batch // world)
+        else:
+            batches = batch_iterator(self.train_set, batch_size=cfg.global_batch // world, seed=cfg.seed,
+                                     start_step=self.step, rank=self.parallel.rank, world_size=world)
         tokens_per_step = cfg.global_batch * self.config.data.length
         bar = tqdm(total=end, initial=self.step, disable=not self.progress, unit="step", dynamic_ncols=True)
         started, trained_steps, validation = time.perf_counter(), 0, {}
