@@ -26,20 +26,28 @@ def filtered_probs(
     keeps the smallest set of most likely ids whose mass reaches p (the most likely id always
     stays). Filtering renormalises what remains; k >= V and p = 1 change nothing.
     """
-    logits = logits.double().index_fill(-1, torch.tensor([mask_id], device=logits.device), float("-inf"))
+    # A fresh float64 copy, edited in place: with a 50k vocabulary every extra pass over [N, V]
+    # costs about as much as the network call that produced the logits.
+    logits = logits.to(torch.float64, copy=True)
+    logits[..., mask_id] = float("-inf")
     if temperature == 0:
         return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).double()
-    probs = torch.softmax(logits / temperature, dim=-1)
+    if temperature != 1.0:
+        logits /= temperature
+    probs = torch.softmax(logits, dim=-1)
+    filtered = False
     if top_k is not None and top_k < probs.shape[-1]:
         kth = probs.topk(top_k, dim=-1).values[..., -1:]
         probs = torch.where(probs >= kth, probs, 0.0)
+        filtered = True
     if top_p is not None and top_p < 1.0:
         sorted_probs, order = probs.sort(dim=-1, descending=True)
         mass_before = sorted_probs.cumsum(-1) - sorted_probs
         keep_sorted = mass_before < top_p * sorted_probs.sum(-1, keepdim=True)
         keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
         probs = torch.where(keep, probs, 0.0)
-    return probs / probs.sum(-1, keepdim=True)
+        filtered = True
+    return probs / probs.sum(-1, keepdim=True) if filtered else probs
 
 
 def draw_categorical(probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -47,5 +55,9 @@ def draw_categorical(probs: Tensor, generator: torch.Generator | None = None) ->
     cdf = probs.cumsum(-1)
     u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device, dtype=torch.float64)
     ids = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(-1)
-    # u * total can round to exactly the total; stay on the last id with mass.
-    return torch.minimum(ids, (probs > 0).long().cumsum(-1).argmax(-1))
+    # The first id whose CDF exceeds u * total has mass, unless u * total rounds up to the total
+    # itself: searchsorted then answers V, and the draw is the last id with mass.
+    past_end = ids == probs.shape[-1]
+    if bool(past_end.any()):
+        ids[past_end] = (probs[past_end] > 0).long().cumsum(-1).argmax(-1)
+    return ids
