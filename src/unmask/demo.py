@@ -50,12 +50,16 @@ def run_demo(out: Path, *, minutes: float = 3.0, progress: bool = True, eval_bat
     valid = TokenBlocks("default", pipeline.tokenizer, split="validation", length=pipeline.config.data.length)
     entropy = unigram_entropy(valid)
     print(f"\nValidation on held-out plays ({results['mdlm']['tokens']:,} tokens, nats per token):")
-    print(f"{'model':<28}{'steps':>8}{'tokens/s':>10}{'nats/token':>12}{'perplexity':>12}")
+    print(f"{'model':<28}{'steps':>8}{'tokens/s':>10}{'nats/token':>12}{'+- s.e.':>9}{'perplexity':>12}")
     for name, label in (("mdlm", "MDLM (NELBO, upper bound)"), ("ar", "AR baseline (exact NLL)")):
         r = results[name]
         print(f"{label:<28}{r['steps']:>8}{r['tokens_per_s']:>10,.0f}{r['nelbo_per_token']:>12.3f}"
-              f"{r['perplexity']:>12.1f}")
+              f"{r['stderr']:>9.3f}{r['perplexity']:>12.1f}")
     print(f"{'unigram entropy of the data':<28}{'':>18}{entropy:>12.3f}")
+    margin = entropy - results["mdlm"]["nelbo_per_token"]
+    side = "below" if margin > 0 else "above"
+    print(f"The MDLM bound is {abs(margin):.3f} nats/token ({abs(margin) / results['mdlm']['stderr']:.1f} standard "
+          f"errors) {side} the unigram entropy: {'it uses context' if margin > 0 else 'train it longer (--minutes)'}.")
 
     samples = generate_text(pipeline, num_samples=3, steps=128, seed=0)
     print(f"\nMDLM samples (cached sampler, T=128, {samples.num_calls} network calls):")
