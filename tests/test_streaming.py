@@ -17,6 +17,7 @@ from unmask.checkpoint import resolve_checkpoint
 from unmask.config import ConfigError, apply_overrides, load_preset, validate
 from unmask.data import DataError, TokenBlocks, get_tokenizer
 from unmask.data.streaming import BlockList, StreamingBlocks, stream_batches
+from unmask.evaluate.checkpoint import evaluate_checkpoint
 from unmask.train import Trainer
 
 pytest.importorskip("datasets")
@@ -144,6 +145,9 @@ def test_streaming_run_resumes_exactly(folder, tmp_path, tiny_overrides):
     resumed = load_file(resolve_checkpoint(tmp_path / "resumed") / "model.safetensors")
     for name in straight:
         assert torch.equal(straight[name], resumed[name]), name
+    # `unmask eval RUN` evaluates on the run's validation file, never on the streamed corpus.
+    report = evaluate_checkpoint(tmp_path / "resumed", max_batches=1)
+    assert (report["data"], report["split"]) == (str(valid), "all")
 
 
 @pytest.mark.slow

@@ -27,18 +27,21 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """NELBO per token (or the AR NLL), its standard error and perplexity / bits per character.
 
-    ``data`` defaults to the checkpoint's own corpus (``split`` "validation"); any other file, folder
-    or dataset name is re-tokenized with the checkpoint's tokenizer and wrapped into blocks as the
-    paper does for zero-shot evaluation (a local file or folder is used whole: ``split`` "all").
+    ``data`` defaults to the run's validation data (its ``data.valid_source``, else ``split``
+    "validation" of its corpus); any other file, folder or dataset name is re-tokenized with the
+    checkpoint's tokenizer and wrapped into blocks as the paper does for zero-shot evaluation (a
+    local file or folder is used whole: ``split`` "all").
     ``discrete_steps`` adds the discrete-time bound for each T given. Under torchrun every process
     evaluates a share of the batches and all get the single-process result.
     """
     parallel = setup(device)  # under torchrun: join the job; each process evaluates its share of the batches
     pipeline = load(path, device=str(parallel.device))
     config = pipeline.config
-    source = data or config.data.source
+    # By default the run's own validation data: its data.valid_source (used whole) if it had one.
+    source = data or config.data.valid_source or config.data.source
     if split is None:
-        split = "validation" if data is None or not Path(data).exists() else "all"
+        own_split = data is None and not config.data.valid_source
+        split = "validation" if own_split or (data is not None and not Path(data).exists()) else "all"
     layout = config.data.layout if data is None else "wrapped"
     blocks = parallel.main_first(lambda: TokenBlocks(source, pipeline.tokenizer, split=split,
                                                      length=config.data.length, layout=layout,

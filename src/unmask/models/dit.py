@@ -4,9 +4,9 @@ Token embedding -> N pre-norm blocks (rotary self-attention, GELU MLP x4, adaLN 
 sinusoidal time embedding) -> adaLN final norm -> untied output head over every id (MASK included;
 the objective removes MASK's mass). The adaLN projections and the output layer start at zero, so
 each block starts as the identity and the first prediction is uniform (as in DiT, Peebles & Xie).
-Two departures from the reference DiT, both for speed and neither part of the MDLM math: the exact
-(erf) GELU instead of its tanh approximation (they differ by < 1e-3; on CPU the erf kernel is ~5x
-faster in bf16), and dropout on the residual branches only (see ``Block.forward``).
+One departure from the reference DiT, for speed and not part of the MDLM math: the exact (erf)
+GELU instead of its tanh approximation (they differ by < 1e-3; on CPU the erf kernel is ~5x faster
+in bf16). As in the reference, dropout acts on the residual branches only (see ``Block.forward``).
 
 Causal mode (``causal=True``) turns the same backbone into the AR baseline.
 
@@ -127,8 +127,8 @@ class Block(nn.Module):
         h = modulate(self.norm1(x), shift1, scale1)
         q, k, v = self.qkv(h).view(b, length, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
         q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
-        # Dropout acts on the residual branches only, as in the reference DiT: attention-weight
-        # dropout would force SDPA off its fused kernels onto the [B, H, L, L] math path.
+        # No dropout on the attention weights (the reference DiT has none either): it would force
+        # SDPA off its fused kernels onto the [B, H, L, L] math path.
         if attn_mask is None:
             h = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
         else:
