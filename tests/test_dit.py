@@ -110,3 +110,8 @@ def test_cpu_dropout_keeps_the_expectation():
     assert torch.equal(dropout.eval()(x), x) and torch.equal(Dropout(0.0)(x), x)
     with pytest.raises(ValueError, match="dropout probability"):
         Dropout(1.0)
+    almost_all = Dropout(1 - 2**-17).train()(torch.ones(4, 2**16))  # the rate stops at 1 - 2^-15
+    assert torch.isfinite(almost_all).all() and set(almost_all.unique().tolist()) <= {0.0, 2.0**15}
+    x = (1 + torch.rand(2**20)).bfloat16()
+    ratio = Dropout(0.1)(x).float().sum() / x.float().sum()
+    assert abs(ratio.item() - 1.0) < 0.001  # the scale is not rounded to bf16 (1.109 for 1.111: 0.998)

@@ -119,6 +119,13 @@ def test_categorical_draw_matches_probabilities():
     assert freq[0] == 0 and freq[2] == 0
 
 
+def test_a_draw_rounding_past_the_total_stays_on_an_id_with_mass(monkeypatch):
+    probs = torch.tensor([[0.0, 0.6, 0.4, 0.0, 0.0], [0.5, 0.0, 0.0, 0.0, 0.5]], dtype=torch.float64)
+    ones = torch.ones(2, 1, dtype=torch.float64)
+    monkeypatch.setattr(torch, "rand", lambda *args, **kwargs: ones)  # u * total == total exactly
+    assert draw_categorical(probs).tolist() == [2, 4]
+
+
 def test_temperature_zero_is_deterministic(toy):
     cfg = DrawConfig(temperature=0.0)
     a = generate(toy.denoiser(), batch_size=4, length=4, mask_id=toy.mask_id, sampler="cached", steps=4,

@@ -100,6 +100,27 @@ def test_a_restored_stream_continues_exactly(folder, char, where):
     assert state["epoch"] == (where == "next epoch")
 
 
+def test_resume_at_the_end_of_an_epoch_and_iterate_again(folder, char):
+    per_epoch = len(BlockList(StreamingBlocks(str(folder), char, length=16, layout="padded"), 10**6))
+    straight = _ids(_take(StreamingBlocks(str(folder), char, length=16, layout="padded"), per_epoch + 4))
+    first = StreamingBlocks(str(folder), char, length=16, layout="padded")
+    head = _take(first, per_epoch)  # the checkpoint falls right after the corpus' last document
+    second = StreamingBlocks(str(folder), char, length=16, layout="padded")
+    second.load_state_dict(first.state_dict())
+    assert _ids(head) + _ids(_take(second, 4)) == straight
+    # A second iteration over the same object goes on from where the first stopped.
+    again = StreamingBlocks(str(folder), char, length=16, layout="padded")
+    assert _ids(_take(again, 3)) + _ids(_take(again, 3)) == straight[:6]
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_max_documents_counts_the_whole_stream(folder, char, world_size):
+    parts = [BlockList(StreamingBlocks(str(folder), char, length=32, layout="padded", rank=r,
+                                       world_size=world_size, max_documents=7), 1000) for r in range(world_size)]
+    first_seven = BlockList(StreamingBlocks(str(folder), char, length=32, layout="padded"), 7)
+    assert sorted(_ids([item for part in parts for item in part.items])) == sorted(_ids(first_seven.items))
+
+
 def test_batches_follow_the_stream(folder, char):
     blocks = StreamingBlocks(str(folder), char, length=12)
     batches = stream_batches(blocks, 4)
@@ -148,6 +169,29 @@ def test_streaming_run_resumes_exactly(folder, tmp_path, tiny_overrides):
     # `unmask eval RUN` evaluates on the run's validation file, never on the streamed corpus.
     report = evaluate_checkpoint(tmp_path / "resumed", max_batches=1)
     assert (report["data"], report["split"]) == (str(valid), "all")
+
+
+def test_an_interrupt_mid_step_loses_no_batch(folder, tmp_path, tiny_overrides):
+    valid = _write_jsonl(tmp_path / "valid.jsonl", _documents(10, seed=1))
+    config = _stream_config(folder, valid, tiny_overrides)
+    Trainer(config, tmp_path / "straight", progress=False).run()
+    trainer = Trainer(config, tmp_path / "interrupted", progress=False)
+    train_step, steps = trainer.train_step, []
+
+    def interrupted_on_the_third_step(batch):
+        if len(steps) == 2:  # the third batch is drawn from the stream, then Ctrl-C
+            raise KeyboardInterrupt
+        steps.append(1)
+        return train_step(batch)
+
+    trainer.train_step = interrupted_on_the_third_step
+    result = trainer.run()
+    assert result.interrupted and result.step == 2
+    Trainer(config, tmp_path / "interrupted", resume=True, progress=False).run()
+    straight = load_file(resolve_checkpoint(tmp_path / "straight") / "model.safetensors")
+    resumed = load_file(resolve_checkpoint(tmp_path / "interrupted") / "model.safetensors")
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
 
 
 @pytest.mark.slow

@@ -36,21 +36,32 @@ from .tokenizer_base import Tokenizer
 _BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
 
-def open_stream(source: str, split: str, *, rank: int = 0, world_size: int = 1,
-                text_field: str = "text") -> tuple[Any, str]:
+def open_stream(source: str, split: str, *, rank: int = 0, world_size: int = 1, text_field: str = "text",
+                max_documents: int | None = None) -> tuple[Any, str]:
     """This process's part of ``split`` of ``source`` as a streaming ``datasets.IterableDataset``,
     and the name of its text column. ``source`` is a name in ``HUB_DATASETS`` or a local file or
-    folder (.jsonl, .json, .parquet, or plain text)."""
+    folder (.jsonl, .json, .parquet, or plain text); ``max_documents`` keeps the first documents of
+    the whole stream, however many processes share it."""
     if source in HUB_DATASETS:
-        dataset, text_field = _hub_stream(source, split)
+        dataset, text_field, limit = _hub_stream(source, split)
     else:
-        dataset = _local_stream(source, split)
-    from datasets.distributed import split_dataset_by_node
+        dataset, limit = _local_stream(source, split), None
+    if max_documents is not None:
+        limit = max_documents if limit is None else min(limit, max_documents)
+    if limit is None:
+        from datasets.distributed import split_dataset_by_node
 
-    return split_dataset_by_node(dataset, rank=rank, world_size=world_size), text_field
+        return split_dataset_by_node(dataset, rank=rank, world_size=world_size), text_field
+    # split_dataset_by_node would apply a take() per process when it splits by shards, so a
+    # global limit (OpenWebText's held-out tail, max_documents) would not hold: every process
+    # reads the limited stream and keeps its every world_size-th document instead.
+    dataset = dataset.take(limit)
+    if world_size > 1:
+        dataset = dataset.filter(lambda _, index: index % world_size == rank, with_indices=True)
+    return dataset, text_field
 
 
-def _hub_stream(name: str, split: str) -> tuple[Any, str]:
+def _hub_stream(name: str, split: str) -> tuple[Any, str, int | None]:
     entry = HUB_DATASETS[name]
     if split not in entry.splits:
         raise DataError(f"dataset {name} has no {split!r} split to stream (it has: {', '.join(entry.splits)})")
@@ -70,8 +81,8 @@ def _hub_stream(name: str, split: str) -> tuple[Any, str]:
             raise DataError(f"the validation documents of {name} are the last {entry.validation_tail:,} of its "
                             f"stream, which is read only by reading all of it; set data.valid_source to a "
                             f"local file of them")
-        dataset = dataset.take(max(_num_examples(dataset, entry.splits[split]) - entry.validation_tail, 0))
-    return dataset, entry.text_field
+        return dataset, entry.text_field, max(_num_examples(dataset, entry.splits[split]) - entry.validation_tail, 0)
+    return dataset, entry.text_field, None
 
 
 def _num_examples(dataset: Any, hub_split: str) -> int:
@@ -124,12 +135,11 @@ class StreamingBlocks:
         self.tokenizer, self.length, self.layout = tokenizer, length, layout
         self.source, self.split, self.rank, self.world_size = source, split, rank, world_size
         self.dataset, self.text_field = open_stream(source, split, rank=rank, world_size=world_size,
-                                                    text_field=text_field)
-        if max_documents is not None:
-            self.dataset = self.dataset.take(max_documents)
+                                                    text_field=text_field, max_documents=max_documents)
         self._start = self.dataset.state_dict()  # where every epoch begins
         self.epoch = 0
         self.buffer: list[int] = []  # tokens read but not yet in a block (wrapped layout)
+        self._resumed = False  # positioned by load_state_dict, possibly at the very end of an epoch
 
     def state_dict(self) -> dict[str, Any]:
         return {"dataset": self.dataset.state_dict(), "buffer": list(self.buffer), "epoch": self.epoch,
@@ -145,11 +155,14 @@ class StreamingBlocks:
         self.dataset.set_epoch(self.epoch)
         self.dataset.load_state_dict(state["dataset"])
         self.buffer = [int(token) for token in state["buffer"]]
+        self._resumed = True
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         interior = self.length - 2
+        if not self._resumed:  # a new iteration continues where the last one stopped
+            self.dataset.load_state_dict(self.dataset.state_dict())
         while True:
-            read_any = False
+            read_any, resumed, self._resumed = False, self._resumed, False
             for row in self.dataset:
                 text = (row.get(self.text_field) or "").strip()
                 if not text:
@@ -164,7 +177,7 @@ class StreamingBlocks:
                 while len(self.buffer) >= interior:
                     body, self.buffer = self.buffer[:interior], self.buffer[interior:]
                     yield self._block(body)
-            if not read_any and self.epoch == 0 and not self.buffer:
+            if not read_any and not resumed and self.epoch == 0 and not self.buffer:
                 raise DataError(f"the stream of {self.source} ({self.split}) holds no documents for process "
                                 f"{self.rank} of {self.world_size}")
             # The next epoch; the wrapped stream carries its partial block over the boundary.

@@ -54,10 +54,11 @@ def draw_categorical(probs: Tensor, generator: torch.Generator | None = None) ->
     """One id per row of float64 probabilities [N, V], by inverse CDF with a float64 uniform."""
     cdf = probs.cumsum(-1)
     u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device, dtype=torch.float64)
-    ids = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(-1)
-    # The first id whose CDF exceeds u * total has mass, unless u * total rounds up to the total
-    # itself: searchsorted then answers V, and the draw is the last id with mass.
-    past_end = ids == probs.shape[-1]
-    if bool(past_end.any()):
-        ids[past_end] = (probs[past_end] > 0).long().cumsum(-1).argmax(-1)
+    ids = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
+    # The first id whose CDF exceeds u * total has mass, except when rounding interferes: u * total
+    # rounds up to the total itself (searchsorted answers V), or a parallel cumsum is not exactly
+    # flat across an id without mass. Such rows (probability ~1e-16) take their last id with mass.
+    no_mass = probs.gather(-1, ids.unsqueeze(-1)).squeeze(-1) == 0
+    if bool(no_mass.any()):
+        ids[no_mass] = (probs[no_mass] > 0).long().cumsum(-1).argmax(-1)
     return ids

@@ -162,6 +162,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, config.optim, self.device)
         self.ema = EMA(self.model, config.optim.ema) if config.optim.ema > 0 else None
         self.step = 0
+        self._stream_position: dict | None = None  # with data.streaming: the stream's place after self.step
         if start is not None:
             self._restore(start)
         elif self.parallel.is_distributed:
@@ -277,8 +278,9 @@ class Trainer:
                         p.copy_(trained[name])
 
     def save(self, extra: dict | None = None) -> Path:
-        if self.config.data.streaming:  # every process's stream position, for an exact resume
-            extra = {**(extra or {}), "stream": self.parallel.gather_objects(self.train_set.state_dict())}
+        if self.config.data.streaming:  # every process's stream position at self.step, for an exact resume
+            position = self._stream_position or self.train_set.state_dict()
+            extra = {**(extra or {}), "stream": self.parallel.gather_objects(position)}
         if self.parallel.is_distributed:
             return save_sharded(
                 self.run_dir, step=self.step, model=self.model, optimizer=self.optimizer, ema=self.ema,
@@ -307,6 +309,9 @@ class Trainer:
         world = self.parallel.world_size  # each process reads its own slice of every global batch
         if isinstance(self.train_set, StreamingBlocks):
             batches = stream_batches(self.train_set, cfg.global_batch // world)
+            # The stream moves when a batch is drawn, the step when it is trained on: a save (an
+            # interrupt included) takes the position that goes with the last completed step.
+            self._stream_position = self.train_set.state_dict()
         else:
             batches = batch_iterator(self.train_set, batch_size=cfg.global_batch // world, seed=cfg.seed,
                                      start_step=self.step, rank=self.parallel.rank, world_size=world)
@@ -319,6 +324,8 @@ class Trainer:
             while self.step < end:
                 batch = {k: v.to(self.device, non_blocking=True) for k, v in next(batches).items()}
                 loss = self.train_step(batch)
+                if isinstance(self.train_set, StreamingBlocks):
+                    self._stream_position = self.train_set.state_dict()
                 trained_steps += 1
                 elapsed = time.perf_counter() - started
                 tokens_per_s = trained_steps * tokens_per_step / max(elapsed, 1e-9)
