@@ -246,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="train MDLM and the AR baseline on the embedded corpus, compare, sample")
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--minutes", type=float, default=3.0, help="training budget per model")
+    p.add_argument("--minutes", type=float, default=3.5, help="training budget per model")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_demo)
     return parser

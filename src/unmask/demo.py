@@ -27,7 +27,7 @@ def free_directory(out: Path) -> Path:
     return candidate
 
 
-def run_demo(out: Path, *, minutes: float = 3.0, progress: bool = True, eval_batches: int = 16) -> dict:
+def run_demo(out: Path, *, minutes: float = 3.5, progress: bool = True, eval_batches: int = 16) -> dict:
     out = free_directory(out)
     results = {}
     for objective in ("mdlm", "ar"):
