@@ -191,3 +191,29 @@ def test_distributed_eval_equals_single_process(tmp_path, overrides, capsys):
     one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
     assert one["sequences"] == 20 and one == two
     assert result.stdout.count("NELBO / token") == 1  # rank 0 alone reports
+
+
+def test_a_lost_peer_inside_a_checkpoint_save_is_reported_in_one_line(monkeypatch, capsys):
+    from torch.distributed.checkpoint.api import CheckpointException, _wrap_exception
+
+    from unmask.distributed import is_peer_failure, report_peer_failure
+
+    def wrapped(error):
+        try:
+            raise error
+        except type(error) as caught:
+            return CheckpointException("save", {1: _wrap_exception(caught)})
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    lost = wrapped(RuntimeError("[../gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:4242"))
+    assert isinstance(lost, BaseException) and not isinstance(lost, Exception)  # why the CLI catches BaseException
+    assert is_peer_failure(lost)
+    assert not is_peer_failure(wrapped(OSError("No space left on device")))
+    monkeypatch.delenv("UNMASK_LAUNCHED", raising=False)
+    monkeypatch.setattr(dist, "get_rank", lambda: 0)
+    report_peer_failure("train", lost)
+    assert capsys.readouterr().err.splitlines() == [
+        "unmask train: error: lost another process of the job (Connection closed by peer [127.0.0.1]:4242); "
+        "continue from the last checkpoint with --resume"
+    ]

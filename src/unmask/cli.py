@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         if is_main_process():
             print(f"unmask {args.command}: interrupted", file=sys.stderr)
         return 130
-    except Exception as err:
+    except BaseException as err:  # torch.distributed.checkpoint wraps a lost peer in a BaseException
         if not is_peer_failure(err):
             raise
         return report_peer_failure(args.command, err)

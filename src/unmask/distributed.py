@@ -50,6 +50,9 @@ PEER_FAILURE_MARKERS = ("Connection closed by peer", "Connection reset by peer",
 PEER_FAILURE_EXIT = 75
 
 
+SIGTERM_STOP = "stopped by SIGTERM"
+
+
 class PeerFailure(RuntimeError):
     """Another process of the job died or stopped; the run can continue from its last checkpoint."""
 
@@ -219,7 +222,7 @@ def setup(device: str = "auto") -> Parallel:
 
 def _on_sigterm(signum: int, frame: object) -> None:
     # torchrun stops the surviving workers with SIGTERM when one fails; so does a scheduler.
-    raise PeerFailure("stopped by SIGTERM (torchrun stops every process when one fails; or the job was "
+    raise PeerFailure(f"{SIGTERM_STOP} (torchrun stops every process when one fails; or the job was "
                       "cancelled or preempted)")
 
 
@@ -238,13 +241,21 @@ def is_peer_failure(error: BaseException) -> bool:
     if isinstance(error, (dist.DistNetworkError, dist.DistStoreError)):
         return True
     text = str(error)
-    return isinstance(error, RuntimeError) and any(marker in text for marker in PEER_FAILURE_MARKERS)
+    # A collective inside torch.distributed.checkpoint.save/load fails as DCP's CheckpointException
+    # (a BaseException), whose text holds the underlying errors: a lost peer, or our SIGTERM stop.
+    wrapped = type(error).__name__ == "CheckpointException"
+    markers = (*PEER_FAILURE_MARKERS, SIGTERM_STOP) if wrapped else PEER_FAILURE_MARKERS
+    return (isinstance(error, RuntimeError) or wrapped) and any(marker in text for marker in markers)
 
 
 def report_peer_failure(command: str, error: BaseException) -> int:
     """One line on rank 0 (unless ``launch`` started this worker: it reports); exit code ``PEER_FAILURE_EXIT``."""
     if is_main_process() and os.environ.get(LAUNCHED_ENV) != "1":
-        reason = (str(error).splitlines() or [type(error).__name__])[0]
+        lines = str(error).splitlines() or [type(error).__name__]
+        # A wrapped error (DCP's CheckpointException) says what happened on one of its later lines.
+        reason = next((line for line in lines if any(m in line for m in (*PEER_FAILURE_MARKERS, SIGTERM_STOP))),
+                      lines[0])
+        reason = re.sub(r"^\w+Error: ", "", reason)
         reason = re.sub(r"^\[[^\]]*\] ", "", reason).split(". This is typically")[0]  # gloo's source location
         print(f"unmask {command}: error: lost another process of the job ({reason}); "
               "continue from the last checkpoint with --resume", file=sys.stderr)
