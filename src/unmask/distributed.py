@@ -51,6 +51,8 @@ PEER_FAILURE_EXIT = 75
 
 
 SIGTERM_STOP = "stopped by SIGTERM"
+# What a wrapped error (DCP's CheckpointException) may hold: a lost peer, or our own SIGTERM stop.
+WRAPPED_PEER_FAILURE_MARKERS = (*PEER_FAILURE_MARKERS, SIGTERM_STOP)
 
 
 class PeerFailure(RuntimeError):
@@ -244,7 +246,7 @@ def is_peer_failure(error: BaseException) -> bool:
     # A collective inside torch.distributed.checkpoint.save/load fails as DCP's CheckpointException
     # (a BaseException), whose text holds the underlying errors: a lost peer, or our SIGTERM stop.
     wrapped = type(error).__name__ == "CheckpointException"
-    markers = (*PEER_FAILURE_MARKERS, SIGTERM_STOP) if wrapped else PEER_FAILURE_MARKERS
+    markers = WRAPPED_PEER_FAILURE_MARKERS if wrapped else PEER_FAILURE_MARKERS
     return (isinstance(error, RuntimeError) or wrapped) and any(marker in text for marker in markers)
 
 
@@ -253,8 +255,7 @@ def report_peer_failure(command: str, error: BaseException) -> int:
     if is_main_process() and os.environ.get(LAUNCHED_ENV) != "1":
         lines = str(error).splitlines() or [type(error).__name__]
         # A wrapped error (DCP's CheckpointException) says what happened on one of its later lines.
-        reason = next((line for line in lines if any(m in line for m in (*PEER_FAILURE_MARKERS, SIGTERM_STOP))),
-                      lines[0])
+        reason = next((line for line in lines if any(m in line for m in WRAPPED_PEER_FAILURE_MARKERS)), lines[0])
         reason = re.sub(r"^\w+Error: ", "", reason)
         reason = re.sub(r"^\[[^\]]*\] ", "", reason).split(". This is typically")[0]  # gloo's source location
         print(f"unmask {command}: error: lost another process of the job ({reason}); "

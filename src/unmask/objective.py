@@ -36,8 +36,7 @@ def masked_log_probs(logits: Tensor, mask_id: int) -> Tensor:
 
     Computed in float32 whatever the logits' dtype, so bf16 autocast never reaches the softmax.
     """
-    logits = logits.float().index_fill(-1, torch.tensor([mask_id], device=logits.device), float("-inf"))
-    return torch.log_softmax(logits, dim=-1)
+    return torch.log_softmax(_float_masked(logits, mask_id), dim=-1)
 
 
 # Rows of logits per float32 chunk in masked_nll: about 4 MiB of float32 at a time.
@@ -55,11 +54,11 @@ class _MaskedNLL(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits: Tensor, targets: Tensor, mask_id: int | None) -> Tensor:
-        rows = max(1, _CHUNK_ELEMENTS // logits.shape[-1])
+        ctx.rows = rows = max(1, _CHUNK_ELEMENTS // logits.shape[-1])
         lse = torch.empty(logits.shape[0], device=logits.device, dtype=torch.float32)
         target_logit = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1).float()
         for start in range(0, logits.shape[0], rows):
-            chunk = _float_chunk(logits[start : start + rows], mask_id)
+            chunk = _float_masked(logits[start : start + rows], mask_id)
             lse[start : start + rows] = torch.logsumexp(chunk, dim=-1)
         ctx.save_for_backward(logits, targets, lse)
         ctx.mask_id = mask_id
@@ -71,21 +70,21 @@ class _MaskedNLL(torch.autograd.Function):
     def backward(ctx, grad_nll: Tensor) -> tuple[Tensor, None, None]:
         logits, targets, lse = ctx.saved_tensors
         grad = torch.empty_like(logits)
-        rows = max(1, _CHUNK_ELEMENTS // logits.shape[-1])
-        for start in range(0, logits.shape[0], rows):
-            end = start + rows
+        for start in range(0, logits.shape[0], ctx.rows):
+            end = start + ctx.rows
             # d nll / d logits = softmax (MASK excluded: exp(-inf) = 0) - onehot(target).
-            probs = (_float_chunk(logits[start:end], ctx.mask_id) - lse[start:end, None]).exp_()
+            probs = (_float_masked(logits[start:end], ctx.mask_id) - lse[start:end, None]).exp_()
             probs.scatter_add_(-1, targets[start:end, None], probs.new_full((probs.shape[0], 1), -1.0))
             grad[start:end] = probs.mul_(grad_nll[start:end, None])
         return grad, None, None
 
 
-def _float_chunk(logits: Tensor, mask_id: int | None) -> Tensor:
-    chunk = logits.float() if logits.dtype != torch.float32 else logits.clone()
+def _float_masked(logits: Tensor, mask_id: int | None) -> Tensor:
+    """A float32 copy of logits [..., V] with MASK's logit at -inf (zero masking)."""
+    logits = logits.to(torch.float32, copy=True)
     if mask_id is not None:
-        chunk[:, mask_id] = float("-inf")
-    return chunk
+        logits[..., mask_id] = float("-inf")
+    return logits
 
 
 def masked_nll(logits: Tensor, targets: Tensor, mask_id: int | None) -> Tensor:

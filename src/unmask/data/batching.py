@@ -103,7 +103,11 @@ def epoch_order(size: int, seed: int, epoch: int, shuffle: bool = True) -> torch
 
 def collate(dataset: Dataset, indices: Sequence[int]) -> Batch:
     """Stack the items at ``indices`` key by key."""
-    items = [dataset[index] for index in indices]
+    return stack_items([dataset[index] for index in indices])
+
+
+def stack_items(items: Sequence[dict[str, torch.Tensor]]) -> Batch:
+    """One batch from a list of items with the same keys."""
     return {key: torch.stack([item[key] for item in items]) for key in items[0]}
 
 

@@ -27,6 +27,16 @@ from .tokenizer_base import Tokenizer
 LAYOUTS = ("wrapped", "padded")
 
 
+def check_block_options(layout: str, length: int, max_documents: int | None) -> None:
+    """The checks every source of blocks (cached or streamed) makes of its options."""
+    if layout not in LAYOUTS:
+        raise DataError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    if length < 3:
+        raise DataError(f"block length must be at least 3 (BOS, a token, EOS), got {length}")
+    if max_documents is not None and max_documents < 1:
+        raise DataError(f"max_documents must be positive, got {max_documents}")
+
+
 def frame_block(body: torch.Tensor, length: int, tokenizer: Tokenizer) -> dict[str, torch.Tensor]:
     """One item: ``[BOS] body [EOS]`` right-padded with PAD to ``length`` (body has at most
     length - 2 tokens), and its loss mask, True up to and including the EOS."""
@@ -50,12 +60,7 @@ class TokenBlocks(Dataset):
     def __init__(self, source: str, tokenizer: Tokenizer, *, split: str = "train", length: int,
                  layout: str = "wrapped", cache_dir: str | Path | None = None,
                  max_documents: int | None = None, text_field: str = "text") -> None:
-        if layout not in LAYOUTS:
-            raise DataError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
-        if length < 3:
-            raise DataError(f"block length must be at least 3 (BOS, a token, EOS), got {length}")
-        if max_documents is not None and max_documents < 1:
-            raise DataError(f"max_documents must be positive, got {max_documents}")
+        check_block_options(layout, length, max_documents)
         self.source, self.split, self.layout, self.length = source, split, layout, length
         self.tokenizer = tokenizer
         identity = {

@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 
-from .batching import Batch
-from .datasets import frame_block
+from .batching import Batch, stack_items
+from .datasets import check_block_options, frame_block
 from .env import offline
 from .errors import DataError
 from .hub import HUB_DATASETS
@@ -128,10 +128,7 @@ class StreamingBlocks:
     def __init__(self, source: str, tokenizer: Tokenizer, *, split: str = "train", length: int,
                  layout: str = "wrapped", rank: int = 0, world_size: int = 1, text_field: str = "text",
                  max_documents: int | None = None) -> None:
-        if layout not in ("wrapped", "padded"):
-            raise DataError(f"unknown layout {layout!r}; choose one of wrapped, padded")
-        if length < 3:
-            raise DataError(f"block length must be at least 3 (BOS, a token, EOS), got {length}")
+        check_block_options(layout, length, max_documents)
         self.tokenizer, self.length, self.layout = tokenizer, length, layout
         self.source, self.split, self.rank, self.world_size = source, split, rank, world_size
         self.dataset, self.text_field = open_stream(source, split, rank=rank, world_size=world_size,
@@ -194,8 +191,7 @@ def stream_batches(blocks: StreamingBlocks, batch_size: int) -> Iterator[Batch]:
     ``blocks.state_dict()`` between two batches is the position of the next one."""
     items = iter(blocks)
     while True:
-        chunk = list(islice(items, batch_size))
-        yield {key: torch.stack([item[key] for item in chunk]) for key in chunk[0]}
+        yield stack_items(list(islice(items, batch_size)))
 
 
 class BlockList(torch.utils.data.Dataset):

@@ -37,11 +37,15 @@ def evaluate_checkpoint(
     parallel = setup(device)  # under torchrun: join the job; each process evaluates its share of the batches
     pipeline = load(path, device=str(parallel.device))
     config = pipeline.config
-    # By default the run's own validation data: its data.valid_source (used whole) if it had one.
-    source = data or config.data.valid_source or config.data.source
+    # A file or folder, and the run's valid_source, are used whole; a corpus gives its validation split.
+    if data is not None:
+        source, whole = data, Path(data).exists()
+    elif config.data.valid_source:
+        source, whole = config.data.valid_source, True
+    else:
+        source, whole = config.data.source, False
     if split is None:
-        own_split = data is None and not config.data.valid_source
-        split = "validation" if own_split or (data is not None and not Path(data).exists()) else "all"
+        split = "all" if whole else "validation"
     layout = config.data.layout if data is None else "wrapped"
     blocks = parallel.main_first(lambda: TokenBlocks(source, pipeline.tokenizer, split=split,
                                                      length=config.data.length, layout=layout,
