@@ -19,7 +19,7 @@ import torch  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from unmask.data import DataError, TokenBlocks, get_tokenizer, unigram_entropy  # noqa: E402
+from unmask.data import DataError, TokenBlocks, corpus_entropy, get_tokenizer  # noqa: E402
 from unmask.data.cache import token_dtype  # noqa: E402
 from unmask.data.char_tokenizer import CharTokenizer  # noqa: E402
 from unmask.data.env import package_path  # noqa: E402
@@ -195,12 +195,12 @@ def test_blocks_pickle_and_validate_arguments(tmp_path):
     assert token_dtype(65537) == np.uint32
 
 
-def test_unigram_entropy(tmp_path):
+def test_corpus_entropy(tmp_path):
     # Padded blocks of "ab" with length 4: [BOS] a b [EOS] -> four equally likely tokens.
     source = write_jsonl(tmp_path / "docs.jsonl", ["ab"] * 5)
     blocks = TokenBlocks(source, get_tokenizer("char"), split="all", length=4, layout="padded",
                          cache_dir=tmp_path)
-    assert unigram_entropy(blocks) == pytest.approx(np.log(4))
+    assert corpus_entropy(blocks) == pytest.approx(np.log(4))
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "wikitext-2" / "test.txt").is_file(),
@@ -215,4 +215,4 @@ def test_zero_shot_wikitext_file(tmp_path):
     first = blocks[0]
     assert first["input_ids"][0] == tok.bos_id and first["loss_mask"].all()
     assert "Robert" in tok.decode(first["input_ids"]) or "robert" in tok.decode(first["input_ids"])
-    assert 0 < unigram_entropy(blocks) < np.log(tok.vocab_size)
+    assert 0 < corpus_entropy(blocks) < np.log(tok.vocab_size)

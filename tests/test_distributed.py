@@ -18,8 +18,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
 
-from unmask.checkpoint import is_sharded, resolve_checkpoint
-from unmask.checkpoint_dist import export_checkpoint
+from unmask.checkpoint import export_checkpoint, is_sharded, resolve_checkpoint
 from unmask.cli import main
 from unmask.config import apply_overrides, load_preset
 from unmask.train import Trainer
@@ -193,27 +192,33 @@ def test_distributed_eval_equals_single_process(tmp_path, overrides, capsys):
     assert result.stdout.count("NELBO / token") == 1  # rank 0 alone reports
 
 
-def test_a_lost_peer_inside_a_checkpoint_save_is_reported_in_one_line(monkeypatch, capsys):
-    from torch.distributed.checkpoint.api import CheckpointException, _wrap_exception
+def test_the_launcher_names_the_cause_from_torchruns_error_records(tmp_path, monkeypatch):
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 
-    from unmask.distributed import is_peer_failure, report_peer_failure
+    from unmask.distributed.launch import describe_failure, record_failure
 
-    def wrapped(error):
+    def recorded(rank, error):
+        path = tmp_path / f"error_{rank}.json"
+        monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(path))
         try:
             raise error
         except type(error) as caught:
-            return CheckpointException("save", {1: _wrap_exception(caught)})
+            record_failure(caught)
+        return ProcessFailure(local_rank=rank, pid=100 + rank, exitcode=1, error_file=str(path))
 
-    monkeypatch.setattr(dist, "is_initialized", lambda: True)
-    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
-    lost = wrapped(RuntimeError("[../gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:4242"))
-    assert isinstance(lost, BaseException) and not isinstance(lost, Exception)  # why the CLI catches BaseException
-    assert is_peer_failure(lost)
-    assert not is_peer_failure(wrapped(OSError("No space left on device")))
-    monkeypatch.delenv("UNMASK_LAUNCHED", raising=False)
-    monkeypatch.setattr(dist, "get_rank", lambda: 0)
-    report_peer_failure("train", lost)
-    assert capsys.readouterr().err.splitlines() == [
-        "unmask train: error: lost another process of the job (Connection closed by peer [127.0.0.1]:4242); "
-        "continue from the last checkpoint with --resume"
-    ]
+    lost = recorded(0, RuntimeError("[gloo/transport/tcp/pair.cc:534] Connection closed by peer"))
+    killed = ProcessFailure(local_rank=1, pid=101, exitcode=-signal.SIGKILL, error_file="<N/A>")
+    # A worker killed by a signal the launcher did not send is the cause; the lost peer a consequence.
+    assert describe_failure(ChildFailedError("unmask", {0: lost, 1: killed})) == (
+        1, "a worker process died (rank 1, signal SIGKILL); continue from the last complete checkpoint with --resume")
+    # No kill: the first recorded failure is named with its error file (the traceback).
+    bug = recorded(1, ZeroDivisionError("division by zero"))
+    stopped = ProcessFailure(local_rank=0, pid=100, exitcode=-signal.SIGTERM, error_file="<N/A>")
+    status, line = describe_failure(ChildFailedError("unmask", {0: stopped, 1: bug}))
+    assert status == 1 and line.startswith("rank 1 failed: ZeroDivisionError: division by zero (traceback in ")
+    record = json.loads((tmp_path / "error_1.json").read_text())["message"]
+    assert record["message"] == "ZeroDivisionError: division by zero"
+    assert "Traceback" in record["extraInfo"]["py_callstack"]
+    # A worker that stopped on a user error has said so itself: its status is passed on, nothing printed.
+    user = ProcessFailure(local_rank=0, pid=100, exitcode=2, error_file="<N/A>")
+    assert describe_failure(ChildFailedError("unmask", {0: user, 1: stopped})) == (2, None)

@@ -2,23 +2,35 @@ import pytest
 import torch
 
 from unmask import DiT, DiTConfig, nelbo
-from unmask.models import MODEL_PRESETS
+from unmask.config import load_preset
+from unmask.data import get_tokenizer
 
 
-def test_small_preset_has_the_papers_parameter_count():
+def test_owt_small_preset_has_the_papers_parameter_count():
+    """The owt-small run preset (with its GPT-2 tokenizer) builds the paper's 169.6M-parameter DiT small."""
+    config = load_preset("owt-small")
+    vocab = get_tokenizer(config.data.tokenizer).vocab_size
+    assert vocab == 50258
     with torch.device("meta"):
-        model = DiT.from_preset("small", vocab_size=50258)
+        model = DiT(config.model_config(vocab))
+    assert (model.config.length, model.config.causal) == (1024, False)
     total = model.num_parameters()
     assert abs(total - 169.6e6) < 0.1e6, total
     blocks = sum(p.numel() for p in model.blocks.parameters())
     assert abs(blocks - 92.1e6) < 0.1e6
+    # The AR baseline of the same preset is the same network with causal attention.
+    config.objective.name = "ar"
+    assert config.model_config(vocab).causal
 
 
-def test_presets():
-    assert MODEL_PRESETS["tiny"] == {"n_layers": 8, "hidden": 512, "n_heads": 8}
-    assert MODEL_PRESETS["medium"] == {"n_layers": 24, "hidden": 1024, "n_heads": 16}
-    with pytest.raises(ValueError, match="unknown model preset"):
-        DiT.from_preset("huge", vocab_size=10)
+def test_model_config_fields_that_follow_from_the_run_are_not_settable():
+    from unmask.config import ConfigError, apply_overrides
+
+    with pytest.raises(ConfigError, match="model.vocab_size is not set in a run's config: it follows from the tok"):
+        apply_overrides(load_preset("tiny"), ["model.vocab_size=10"])
+    assert "vocab_size" not in load_preset("tiny").to_dict()["model"]
+    with pytest.raises(ValueError, match="vocab_size must be a positive"):
+        DiT(DiTConfig())
 
 
 def test_zero_init_gives_uniform_predictions():

@@ -1,18 +1,14 @@
 """The sampler frontier: labels, the sweep on tiny untrained checkpoints, table, plot, JSON and CLI."""
 
-import csv
 import json
 
 import pytest
 import torch
+from runs import untrained_run
 
-from unmask.checkpoint import save_checkpoint
 from unmask.cli import main
-from unmask.config import Config
-from unmask.data import get_tokenizer
 from unmask.evaluate import frontier
 from unmask.evaluate.frontier import FrontierPoint, format_table, parse_sampler, run_frontier, sweep, write_table
-from unmask.pipeline import build_model
 
 LENGTH = 16
 SAMPLERS = ("cached", "first_hitting", "threshold-0.5", "remdm-cap")
@@ -21,18 +17,7 @@ STEPS = (4, 8)
 
 def _checkpoint(root, objective):
     """An untrained one-layer model on the char tokenizer, saved as a run directory."""
-    config = Config()
-    config.objective.name = objective
-    config.model.n_layers, config.model.hidden, config.model.n_heads, config.model.cond_dim = 1, 32, 2, 16
-    config.data.length, config.data.tokenizer = LENGTH, "char"
-    tokenizer = get_tokenizer("char")
-    tokenizer.save(root / "tok")
-    torch.manual_seed(0 if objective == "mdlm" else 1)
-    model = build_model(config, tokenizer.vocab_size)
-    run = root / f"run_{objective}"
-    save_checkpoint(run, step=1, model=model, ema=None, ema_updates=0,
-                    optimizer=torch.optim.AdamW(model.parameters()), config=config, tokenizer_dir=root / "tok")
-    return run
+    return untrained_run(root, objective, length=LENGTH, seed=0 if objective == "mdlm" else 1)[0]
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +30,8 @@ def runs(tmp_path_factory):
 def swept(runs, tmp_path_factory):
     mdlm, ar = runs
     out = tmp_path_factory.mktemp("frontier_out")
-    points = run_frontier(mdlm, out_dir=out, evaluator=str(ar), samplers=SAMPLERS, steps=STEPS, num_samples=4,
-                          batch_size=4, length=LENGTH, device="cpu")
+    points, _ = run_frontier(mdlm, out_dir=out, evaluator=str(ar), samplers=SAMPLERS, steps=STEPS, num_samples=4,
+                             batch_size=4, length=LENGTH, device="cpu")
     return points, out
 
 
@@ -54,8 +39,8 @@ def swept(runs, tmp_path_factory):
 
 
 def test_labels_map_to_generate_options():
-    assert parse_sampler("ancestral").generate_kwargs()["sampler"] == "ancestral"
-    assert not parse_sampler("first_hitting").uses_steps
+    assert parse_sampler("ancestral").sampler == "ancestral"
+    assert parse_sampler("first_hitting").sampler == "first_hitting"
     margin = parse_sampler("margin")
     assert (margin.sampler, margin.order, margin.threshold) == ("cached", "margin", None)
     threshold = parse_sampler("threshold-0.9")
@@ -114,18 +99,18 @@ def test_errors(runs, tmp_path, monkeypatch):
         sweep(mdlm, evaluator=str(ar), samplers=["cached"], steps=[0], device="cpu")
     real = frontier.importlib.util.find_spec
     monkeypatch.setattr(frontier.importlib.util, "find_spec", lambda n: None if n == "matplotlib" else real(n))
-    with pytest.raises(ModuleNotFoundError, match="pip install matplotlib"):
-        run_frontier(mdlm, out_dir=tmp_path, evaluator=str(ar), samplers=["cached"], steps=[2], device="cpu")
-    assert not (tmp_path / "frontier.json").exists()
+    with pytest.warns(UserWarning, match=r'no plot written: it needs matplotlib \(pip install "unmask\[plot\]"\)'):
+        points, written = run_frontier(mdlm, out_dir=tmp_path, evaluator=str(ar), samplers=["cached"], steps=[2],
+                                       device="cpu")
+    assert written == [tmp_path / "frontier.json", tmp_path / "frontier.md"] and len(points) == 1
+    assert (tmp_path / "frontier.json").is_file() and not (tmp_path / "frontier.png").exists()
 
 
-def test_csv_table(tmp_path):
+def test_markdown_table(tmp_path):
     points = [FrontierPoint("confidence", 8, 8.0, 0.5, 30.0, 2.0, 4),
               FrontierPoint("cached", 16, 9.5, 0.2, 40.0, 2.5, 4), FrontierPoint("cached", 8, 7.0, 0.1, 45.0, 2.4, 4)]
-    with write_table(points, tmp_path / "f.csv").open() as handle:
-        rows = list(csv.DictReader(handle))
-    assert [(r["sampler"], int(r["steps"])) for r in rows] == [("cached", 8), ("cached", 16), ("confidence", 8)]
-    assert float(rows[1]["num_calls"]) == 9.5
+    lines = write_table(points, tmp_path / "f.md").read_text().splitlines()
+    assert [line.split("|")[1].strip() for line in lines[2:]] == ["cached", "cached", "confidence"]
     assert "| cached     |    16 |   9.5 |" in format_table(points)
 
 

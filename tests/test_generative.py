@@ -9,9 +9,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import pytest
 import torch
+from runs import untrained_run
 
-from unmask.checkpoint import save_checkpoint
-from unmask.config import Config
 from unmask.data import get_tokenizer
 from unmask.evaluate.generative import (
     GenerativeResult,
@@ -19,10 +18,9 @@ from unmask.evaluate.generative import (
     UnmaskAREvaluator,
     generative_perplexity,
     load_evaluator,
-    unigram_entropy,
+    sample_entropy,
 )
 from unmask.objective import ar_loss
-from unmask.pipeline import build_model
 
 WORDS = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to", "big", "red", "house", "with", "small",
          "green", "tree"]
@@ -32,20 +30,20 @@ WORDS = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to", "big"
 
 
 def test_entropy_of_k_equally_frequent_ids_is_log_k():
-    assert unigram_entropy([[1, 2, 3, 4]]) == pytest.approx(math.log(4))
-    assert unigram_entropy([[5, 6, 5, 6, 5, 6]]) == pytest.approx(math.log(2))
+    assert sample_entropy([[1, 2, 3, 4]]) == pytest.approx(math.log(4))
+    assert sample_entropy([[5, 6, 5, 6, 5, 6]]) == pytest.approx(math.log(2))
 
 
 def test_entropy_of_constant_sample_is_zero_and_samples_are_averaged():
-    assert unigram_entropy([[7, 7, 7]]) == 0.0
-    assert unigram_entropy(torch.tensor([[7, 7, 7, 7], [1, 2, 3, 4]])) == pytest.approx(math.log(4) / 2)
+    assert sample_entropy([[7, 7, 7]]) == 0.0
+    assert sample_entropy(torch.tensor([[7, 7, 7, 7], [1, 2, 3, 4]])) == pytest.approx(math.log(4) / 2)
 
 
 def test_entropy_ignores_ids_and_empty_samples():
-    assert unigram_entropy([[1, 2, 0, 0, 0]], ignore={0}) == pytest.approx(math.log(2))
-    assert unigram_entropy([[0, 0], [1, 2]], ignore={0}) == pytest.approx(math.log(2))
+    assert sample_entropy([[1, 2, 0, 0, 0]], ignore={0}) == pytest.approx(math.log(2))
+    assert sample_entropy([[0, 0], [1, 2]], ignore={0}) == pytest.approx(math.log(2))
     with pytest.raises(ValueError):
-        unigram_entropy([[]])
+        sample_entropy([[]])
 
 
 # --- a tiny Hugging Face causal LM ---------------------------------------------------------------
@@ -122,18 +120,8 @@ def test_repeated_text_has_lower_entropy_than_varied_text(hf_evaluator):
 
 
 def _checkpoint(tmp_path, objective):
-    config = Config()
-    config.objective.name = objective
-    config.model.n_layers, config.model.hidden, config.model.n_heads, config.model.cond_dim = 1, 32, 2, 16
-    config.data.length, config.data.tokenizer = 32, "char"
-    tokenizer = get_tokenizer("char")
-    tokenizer.save(tmp_path / "tok")
-    torch.manual_seed(0)
-    model = build_model(config, tokenizer.vocab_size)
-    run = tmp_path / f"run_{objective}"
-    save_checkpoint(run, step=1, model=model, ema=None, ema_updates=0,
-                    optimizer=torch.optim.AdamW(model.parameters()), config=config, tokenizer_dir=tmp_path / "tok")
-    return run, model.eval(), tokenizer
+    run, model = untrained_run(tmp_path, objective)
+    return run, model.eval(), get_tokenizer("char")
 
 
 def test_unmask_ar_evaluator_matches_ar_loss(tmp_path):

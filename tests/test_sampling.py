@@ -2,11 +2,12 @@
 
 import pytest
 import torch
+from sampling_args import split
 from toy import ToyDistribution
 
 from unmask import DiT, DiTConfig, sample
 from unmask.denoiser import FullHead
-from unmask.sampling import DrawConfig, draw_categorical, filtered_probs, generate
+from unmask.sampling import DrawConfig, SamplerConfig, draw_categorical, filtered_probs, generate
 
 N = 20000
 
@@ -17,9 +18,10 @@ def toy():
 
 
 def _draw(toy, n=N, seed=0, **kwargs):
+    config, rest = split(kwargs)
     return generate(
-        toy.denoiser(), batch_size=n, length=toy.length, mask_id=toy.mask_id,
-        generator=torch.Generator().manual_seed(seed), **kwargs,
+        toy.denoiser(), config, batch_size=n, length=toy.length, mask_id=toy.mask_id,
+        generator=torch.Generator().manual_seed(seed), **rest,
     )
 
 
@@ -52,13 +54,13 @@ def test_template_gives_the_exact_conditional(toy, sampler):
 def test_cached_calls_only_when_something_unmasks(toy):
     den = toy.denoiser()
     masked_counts = [3 * toy.length]
-    out = generate(den, batch_size=3, length=toy.length, mask_id=toy.mask_id, sampler="cached", steps=200,
-                   generator=torch.Generator().manual_seed(1),
+    out = generate(den, SamplerConfig(sampler="cached", steps=200), batch_size=3, length=toy.length,
+                   mask_id=toy.mask_id, generator=torch.Generator().manual_seed(1),
                    on_step=lambda x: masked_counts.append(int((x == toy.mask_id).sum())))
     steps_that_unmasked = sum(after < before for before, after in zip(masked_counts, masked_counts[1:]))
     assert out.num_calls == den.calls == steps_that_unmasked < 200
-    plain = generate(toy.denoiser(), batch_size=3, length=toy.length, mask_id=toy.mask_id, sampler="ancestral",
-                     steps=200, generator=torch.Generator().manual_seed(1))
+    plain = generate(toy.denoiser(), SamplerConfig(sampler="ancestral", steps=200), batch_size=3, length=toy.length,
+                     mask_id=toy.mask_id, generator=torch.Generator().manual_seed(1))
     assert plain.num_calls == 200
     assert torch.equal(plain.tokens, out.tokens)
 
@@ -92,8 +94,8 @@ def test_final_step_fills_what_the_schedule_leaves_masked():
     model = _random_dit()
     # linear-in-sigma has alpha_0 < 1: a few positions can stay masked after the grid.
     for final_step in ("sample", "argmax"):
-        out = generate(model, batch_size=4, length=12, mask_id=19, schedule="linear", steps=2,
-                       final_step=final_step, generator=torch.Generator().manual_seed(0))
+        out = generate(model, SamplerConfig(steps=2, final_step=final_step), batch_size=4, length=12, mask_id=19,
+                       schedule="linear", generator=torch.Generator().manual_seed(0))
         assert not (out.tokens == 19).any()
 
 
@@ -127,11 +129,11 @@ def test_a_draw_rounding_past_the_total_stays_on_an_id_with_mass(monkeypatch):
 
 
 def test_temperature_zero_is_deterministic(toy):
-    cfg = DrawConfig(temperature=0.0)
-    a = generate(toy.denoiser(), batch_size=4, length=4, mask_id=toy.mask_id, sampler="cached", steps=4,
-                 draw=cfg, generator=torch.Generator().manual_seed(0)).tokens
-    b = generate(toy.denoiser(), batch_size=4, length=4, mask_id=toy.mask_id, sampler="cached", steps=4,
-                 draw=cfg, generator=torch.Generator().manual_seed(0)).tokens
+    cfg = SamplerConfig(steps=4, draw=DrawConfig(temperature=0.0))
+    a = generate(toy.denoiser(), cfg, batch_size=4, length=4, mask_id=toy.mask_id,
+                 generator=torch.Generator().manual_seed(0)).tokens
+    b = generate(toy.denoiser(), cfg, batch_size=4, length=4, mask_id=toy.mask_id,
+                 generator=torch.Generator().manual_seed(0)).tokens
     assert torch.equal(a, b)
 
 

@@ -2,10 +2,11 @@
 
 import pytest
 import torch
+from sampling_args import split
 from toy import ToyDistribution
 
 from unmask import DiT, DiTConfig, nelbo
-from unmask.sampling import DrawConfig, Remasking, generate, generate_long
+from unmask.sampling import DrawConfig, Remasking, SamplerConfig, generate, generate_long
 from unmask.sampling.semi_ar import window_plan
 
 
@@ -15,8 +16,9 @@ def toy():
 
 
 def _gen(toy, seed=0, n=2000, **kwargs):
-    return generate(toy.denoiser(), batch_size=n, length=toy.length, mask_id=toy.mask_id,
-                    generator=torch.Generator().manual_seed(seed), **kwargs)
+    config, rest = split(kwargs)
+    return generate(toy.denoiser(), config, batch_size=n, length=toy.length, mask_id=toy.mask_id,
+                    generator=torch.Generator().manual_seed(seed), **rest)
 
 
 @pytest.mark.parametrize("template", [[3, 3, 3, 2], [0, 3, 3, 3], [1, 3, 2, 3], [3, 0, 3, 3]])
@@ -96,8 +98,8 @@ def test_semi_autoregressive_three_windows_and_more():
     prefix = torch.tensor([1, 2, 3, 4])
     plan = window_plan(48, 16, 8, 4)
     assert plan == [12, 8, 8, 8, 8] and sum(plan) + 4 == 48
-    out = generate_long(model, batch_size=3, total_length=48, window=16, overlap=8, mask_id=19, prefix=prefix,
-                        steps=5, sampler="ancestral", generator=torch.Generator().manual_seed(0))
+    out = generate_long(model, SamplerConfig(sampler="ancestral", steps=5), batch_size=3, total_length=48, window=16,
+                        overlap=8, mask_id=19, prefix=prefix, generator=torch.Generator().manual_seed(0))
     assert out.tokens.shape == (3, 48)
     assert (out.tokens[:, :4] == prefix).all(), "the prefix is preserved exactly"
     assert out.num_calls == len(plan) * 5
@@ -108,8 +110,8 @@ def test_semi_autoregressive_three_windows_and_more():
 
 def test_semi_autoregressive_stops_at_eos():
     model = _random_dit()
-    always_eos = generate_long(model, batch_size=2, total_length=64, window=16, mask_id=19, stop_id=5, steps=4,
-                               draw=DrawConfig(top_k=1), generator=torch.Generator().manual_seed(0))
+    always_eos = generate_long(model, SamplerConfig(steps=4, draw=DrawConfig(top_k=1)), batch_size=2, total_length=64,
+                               window=16, mask_id=19, stop_id=5, generator=torch.Generator().manual_seed(0))
     hit = (always_eos.tokens == 5).any(1).all()
     assert always_eos.tokens.shape[1] == 16 if hit else always_eos.tokens.shape[1] == 64
 
@@ -135,8 +137,9 @@ def trained_dit():
 def test_threshold_decoding_trades_calls_for_confidence(trained_dit):
     calls = {}
     for tau in (1.0, 0.9, 0.5, 0.0):
-        out = generate(trained_dit, batch_size=1, length=48, mask_id=256, steps=48, sampler="cached",
-                       order="confidence", threshold=tau, generator=torch.Generator().manual_seed(0))
+        config = SamplerConfig(steps=48, order="confidence", threshold=tau)
+        out = generate(trained_dit, config, batch_size=1, length=48, mask_id=256,
+                       generator=torch.Generator().manual_seed(0))
         assert not (out.tokens == 256).any()
         calls[tau] = out.num_calls
     assert calls[1.0] == 48, "tau = 1: one token per step"

@@ -17,7 +17,7 @@ from unmask.checkpoint import resolve_checkpoint
 from unmask.config import ConfigError, apply_overrides, load_preset, validate
 from unmask.data import DataError, TokenBlocks, get_tokenizer
 from unmask.data.streaming import BlockList, StreamingBlocks, stream_batches
-from unmask.evaluate.checkpoint import evaluate_checkpoint
+from unmask.evaluate.report import evaluate_checkpoint
 from unmask.train import Trainer
 
 pytest.importorskip("datasets")

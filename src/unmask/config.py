@@ -1,7 +1,10 @@
 """Typed run configuration: dataclasses, YAML presets, and ``key=value`` overrides.
 
 A run is described by one :class:`Config` (model, data, objective, optimizer, training, parallel).
-Presets live in ``unmask/configs/*.yaml`` and only list what differs from the defaults below.
+The ``model`` section is the model's own configuration, :class:`unmask.models.DiTConfig`; the few
+fields of it that follow from the rest of the run (vocabulary, length, causal attention) are
+filled in by :meth:`Config.model_config`, never set by hand. Presets live in
+``unmask/configs/*.yaml`` and only list what differs from the defaults below.
 Overrides from the command line use dotted keys (``optim.lr=1e-4``); a misspelt key is an
 error that names the closest valid key.
 """
@@ -19,21 +22,13 @@ from typing import Any
 
 import yaml
 
+from unmask.errors import UserError
+from unmask.models.dit import GELUS, DiTConfig
 from unmask.schedules import SCHEDULES
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A user-facing configuration mistake; the message names the fix."""
-
-
-@dataclass
-class ModelConfig:
-    n_layers: int = 8
-    hidden: int = 512
-    n_heads: int = 8
-    cond_dim: int = 128
-    dropout: float = 0.1
-    time_conditioning: bool = False
 
 
 @dataclass
@@ -101,7 +96,7 @@ class ParallelConfig:
 
 @dataclass
 class Config:
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: DiTConfig = field(default_factory=DiTConfig)
     data: DataConfig = field(default_factory=DataConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -109,7 +104,18 @@ class Config:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every settable key by section (the model's derived fields are left out)."""
+        return {
+            section.name: {f.name: getattr(getattr(self, section.name), f.name)
+                           for f in dataclasses.fields(getattr(self, section.name)) if not _is_derived(f)}
+            for section in dataclasses.fields(self)
+        }
+
+    def model_config(self, vocab_size: int) -> DiTConfig:
+        """The model's whole configuration: the ``model`` section, the tokenizer's ``vocab_size``,
+        ``data.length`` and causal attention for the AR objective."""
+        return dataclasses.replace(self.model, vocab_size=vocab_size, length=self.data.length,
+                                   causal=self.objective.name == "ar")
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
@@ -146,13 +152,22 @@ def _flatten(values: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     return items
 
 
+def _is_derived(f: dataclasses.Field) -> bool:
+    return "derived" in f.metadata
+
+
 def valid_keys(config: Config | None = None) -> list[str]:
     config = config or Config()
     return [
         f"{section.name}.{f.name}"
         for section in dataclasses.fields(config)
         for f in dataclasses.fields(getattr(config, section.name))
+        if not _is_derived(f)
     ]
+
+
+def _derived_keys() -> dict[str, str]:
+    return {f"model.{f.name}": f.metadata["derived"] for f in dataclasses.fields(DiTConfig) if _is_derived(f)}
 
 
 def _coerce(value: Any, key: str) -> Any:
@@ -176,7 +191,7 @@ def _coerce(value: Any, key: str) -> Any:
 
 
 _FIELD_OWNERS = {
-    "model": ModelConfig,
+    "model": DiTConfig,
     "data": DataConfig,
     "objective": ObjectiveConfig,
     "optim": OptimConfig,
@@ -188,6 +203,9 @@ _FIELD_OWNERS = {
 def set_value(config: Config, key: str, value: Any) -> None:
     """Set a dotted key, e.g. ``set_value(config, "optim.lr", 1e-4)``."""
     keys = valid_keys(config)
+    derived = _derived_keys()
+    if key in derived:
+        raise ConfigError(f"{key} is not set in a run's config: it follows from {derived[key]}")
     if key not in keys:
         close = difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
         hint = f"; did you mean {close[0]}?" if close else f"; valid keys: {', '.join(keys)}"
@@ -246,6 +264,7 @@ def validate(config: Config) -> None:
         "data.layout": (config.data.layout, ("wrapped", "padded")),
         "optim.decay": (config.optim.decay, ("constant", "cosine")),
         "train.precision": (config.train.precision, ("auto", "bf16", "fp32")),
+        "model.gelu": (config.model.gelu, GELUS),
         "parallel.strategy": (config.parallel.strategy, ("ddp", "fsdp")),
     }
     for key, (value, allowed) in choices.items():

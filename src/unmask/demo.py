@@ -11,10 +11,11 @@ import shutil
 from pathlib import Path
 
 from unmask.config import load_preset, set_value
-from unmask.data import TokenBlocks, unigram_entropy
-from unmask.evaluate.checkpoint import evaluate_checkpoint
+from unmask.data import TokenBlocks, corpus_entropy
+from unmask.evaluate.report import evaluate_checkpoint
 from unmask.generation import generate_text
 from unmask.pipeline import load
+from unmask.sampling import SamplerConfig
 from unmask.train import train
 
 
@@ -48,7 +49,7 @@ def run_demo(out: Path, *, minutes: float = 3.5, progress: bool = True, eval_bat
 
     pipeline = load(out / "mdlm")
     valid = TokenBlocks("default", pipeline.tokenizer, split="validation", length=pipeline.config.data.length)
-    entropy = unigram_entropy(valid)
+    entropy = corpus_entropy(valid)
     print(f"\nValidation on held-out plays ({results['mdlm']['tokens']:,} tokens, nats per token):")
     print(f"{'model':<28}{'steps':>8}{'tokens/s':>10}{'nats/token':>12}{'+- s.e.':>9}{'perplexity':>12}")
     for name, label in (("mdlm", "MDLM (NELBO, upper bound)"), ("ar", "AR baseline (exact NLL)")):
@@ -61,8 +62,8 @@ def run_demo(out: Path, *, minutes: float = 3.5, progress: bool = True, eval_bat
     print(f"The MDLM bound is {abs(margin):.3f} nats/token ({abs(margin) / results['mdlm']['stderr']:.1f} standard "
           f"errors) {side} the unigram entropy: {'it uses context' if margin > 0 else 'train it longer (--minutes)'}.")
 
-    samples = generate_text(pipeline, num_samples=3, steps=128, seed=0)
-    print(f"\nMDLM samples (cached sampler, T=128, {samples.num_calls} network calls):")
+    samples = generate_text(pipeline, SamplerConfig(steps=128), num_samples=3, seed=0)
+    print(f"\nMDLM samples (cached sampler, T=128, {samples.num_calls} denoiser calls):")
     for text in samples.texts:
         print("---\n" + text.strip())
     print(f"\nNext: unmask sample {out / 'mdlm'} --prompt 'KING HENRY:'   |   unmask eval {out / 'mdlm'} --num-t 4")

@@ -9,7 +9,9 @@ bring its own mask id). The logits are raw: the SUBS parameterization (no mass o
 tokens copied) is applied by :mod:`unmask.objective`, never by the denoiser. ``t`` is the
 diffusion time; a denoiser without time conditioning simply ignores it.
 
-Two optional capabilities make a denoiser faster; both are announced by attributes:
+Two optional capabilities make a denoiser faster; both are announced by attributes of the model
+itself (a wrapper such as DDP or ``torch.compile`` need not copy them: :func:`capabilities` reads
+them from the model inside):
 
 - ``supports_positions = True``: it also accepts ``where: BoolTensor[B, L]`` and then returns
   logits only at those positions, as ``FloatTensor[N, V]`` in row-major order
@@ -30,14 +32,41 @@ A Hugging Face masked LM fits with a few lines::
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 from torch import Tensor
 
+# Where wrappers keep the model they wrap: DDP (``module``) and torch.compile (``_orig_mod``).
+_WRAPPER_ATTRIBUTES = ("module", "_orig_mod")
+
 
 class Denoiser(Protocol):
     def __call__(self, x_t: Tensor, t: Tensor) -> Tensor: ...
+
+
+def unwrap(denoiser: Denoiser) -> Denoiser:
+    """The model inside any DDP or torch.compile wrappers, or ``denoiser`` itself."""
+    while True:
+        inner = next((getattr(denoiser, name) for name in _WRAPPER_ATTRIBUTES
+                      if isinstance(getattr(denoiser, name, None), torch.nn.Module)), None)
+        if inner is None:
+            return denoiser
+        denoiser = inner
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    positions: bool
+    attention_mask: bool
+
+
+def capabilities(denoiser: Denoiser) -> Capabilities:
+    """What the model inside ``denoiser`` accepts besides ``(x_t, t)``."""
+    model = unwrap(denoiser)
+    return Capabilities(positions=bool(getattr(model, "supports_positions", False)),
+                        attention_mask=bool(getattr(model, "supports_attention_mask", False)))
 
 
 def denoise(
@@ -49,10 +78,11 @@ def denoise(
     attention_mask: Tensor | None = None,
 ) -> Tensor:
     """Call ``denoiser``; with ``where`` return logits [N, V] at those positions only."""
+    can = capabilities(denoiser)
     kwargs = {}
-    if attention_mask is not None and getattr(denoiser, "supports_attention_mask", False):
+    if attention_mask is not None and can.attention_mask:
         kwargs["attention_mask"] = attention_mask
-    if where is not None and getattr(denoiser, "supports_positions", False):
+    if where is not None and can.positions:
         return denoiser(x_t, t, where=where, **kwargs)
     logits = denoiser(x_t, t, **kwargs)
     return logits if where is None else logits[where]

@@ -16,15 +16,16 @@ import torch
 from torch import Tensor
 
 from unmask.data import Tokenizer
+from unmask.errors import UserError
 from unmask.pipeline import Pipeline
-from unmask.precision import autocast
-from unmask.sampling import DrawConfig, Remasking, generate, generate_long
+from unmask.runtime import autocast
+from unmask.sampling import SamplerConfig, generate, generate_long
 from unmask.sampling.autoregressive import generate_autoregressive
 
 PLACEHOLDER = re.compile(r"\[MASK(?::(\d+))?\]")
 
 
-class PromptError(ValueError):
+class PromptError(UserError):
     """A prompt or template that cannot be used; the message names the fix."""
 
 
@@ -87,35 +88,37 @@ class TextSamples:
 
 def generate_text(
     pipeline: Pipeline,
+    sampling: SamplerConfig | None = None,
     *,
     num_samples: int = 4,
-    steps: int = 128,
-    sampler: str = "cached",
     length: int | None = None,
     prompt: str | None = None,
     template: str | None = None,
     seed: int = 0,
-    draw: DrawConfig | None = None,
-    order: str = "random",
-    threshold: float | None = None,
-    remasking: Remasking | None = None,
     overlap: int | None = None,
     stop_at_eos: bool = False,
     precision: str = "auto",
     on_step: Callable[[Tensor], None] | None = None,
 ) -> TextSamples:
-    """Sample ``num_samples`` texts from a loaded model (MDLM or the AR baseline).
+    """Sample ``num_samples`` texts from a loaded model (MDLM or the AR baseline) as ``sampling`` says.
 
     A ``length`` beyond the model's runs semi-autoregressively: windows of the model's length,
     each starting with the last ``overlap`` tokens of the previous one (default: half a window),
-    ``steps`` steps per window. ``stop_at_eos`` stops at the first EOS of every sample.
+    ``sampling.steps`` steps per window. ``stop_at_eos`` stops at the first EOS of every sample.
+    ``on_step`` sees the token ids of every sample after every step.
     """
+    sampling = sampling or SamplerConfig()
+    if num_samples < 1:
+        raise PromptError(f"--num-samples must be at least 1, got {num_samples}")
+    if length is not None and length < 2:
+        raise PromptError(f"--length counts every token, BOS included: at least 2, got {length}")
     tokenizer, model = pipeline.tokenizer, pipeline.model
     window = pipeline.config.data.length
     device = pipeline.device
     generator = torch.Generator(device).manual_seed(seed)
-    strategy = dict(steps=steps, sampler=sampler, order=order, threshold=threshold, remasking=remasking,
-                    schedule=pipeline.config.objective.schedule, draw=draw)
+    if pipeline.is_autoregressive and (sampling.uses_strategy or sampling.sampler == "first_hitting"):
+        raise PromptError("an AR model decodes left to right, one token per step: --order, --threshold, --remask "
+                          "and --sampler first_hitting apply to MDLM models only")
     started = time.perf_counter()
     with autocast(precision, device):
         if length is not None and length > window and not pipeline.is_autoregressive:
@@ -123,17 +126,20 @@ def generate_text(
                 raise PromptError(f"a template must fit the model's length {window}; --length extends only prompts")
             prefix = build_template(tokenizer, model_length=window, length=window, prompt=prompt)
             prefix = prefix[prefix != tokenizer.mask_id]
-            out = generate_long(model, batch_size=num_samples, total_length=length, window=window,
-                                mask_id=tokenizer.mask_id, overlap=overlap, prefix=prefix,
-                                stop_id=tokenizer.eos_id if stop_at_eos else None, generator=generator, **strategy)
+            out = generate_long(model, sampling, batch_size=num_samples, total_length=length, window=window,
+                                mask_id=tokenizer.mask_id, schedule=pipeline.config.objective.schedule,
+                                overlap=overlap, prefix=prefix, stop_id=tokenizer.eos_id if stop_at_eos else None,
+                                generator=generator, on_step=on_step)
         else:
             fixed = build_template(tokenizer, model_length=window, length=length, prompt=prompt, template=template)
             if pipeline.is_autoregressive:
                 out = generate_autoregressive(model, batch_size=num_samples, length=len(fixed),
-                                              mask_id=tokenizer.mask_id, template=fixed, generator=generator, draw=draw)
+                                              mask_id=tokenizer.mask_id, template=fixed, generator=generator,
+                                              draw=sampling.draw, on_step=on_step)
             else:
-                out = generate(model, batch_size=num_samples, length=len(fixed), mask_id=tokenizer.mask_id,
-                               template=fixed, generator=generator, on_step=on_step, **strategy)
+                out = generate(model, sampling, batch_size=num_samples, length=len(fixed), mask_id=tokenizer.mask_id,
+                               schedule=pipeline.config.objective.schedule, template=fixed, generator=generator,
+                               on_step=on_step)
     seconds = time.perf_counter() - started
     texts = [decode_sample(tokenizer, row.tolist(), stop_at_eos) for row in out.tokens]
     return TextSamples(texts=texts, tokens=out.tokens, num_calls=out.num_calls, seconds=seconds)

@@ -14,34 +14,12 @@ from unmask.checkpoint import (
     load_weights,
     read_tensors,
     resolve_checkpoint,
+    sharded,
 )
 from unmask.config import Config
 from unmask.data import Tokenizer, load_tokenizer
-from unmask.models import DiT, DiTConfig
-
-
-def build_model(config: Config, vocab_size: int) -> DiT:
-    """The DiT a configuration describes (causal for the AR objective)."""
-    m = config.model
-    return DiT(
-        DiTConfig(
-            vocab_size=vocab_size,
-            length=config.data.length,
-            n_layers=m.n_layers,
-            hidden=m.hidden,
-            n_heads=m.n_heads,
-            cond_dim=m.cond_dim,
-            dropout=m.dropout,
-            time_conditioning=m.time_conditioning,
-            causal=config.objective.name == "ar",
-        )
-    )
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+from unmask.models import DiT
+from unmask.runtime import resolve_device
 
 
 @dataclass
@@ -66,28 +44,31 @@ class Pipeline:
         return next(self.model.parameters()).device
 
 
-def load(path: str | Path, *, weights: str = "ema", device: str = "auto") -> Pipeline:
-    """Load a run directory (its latest checkpoint) or a checkpoint folder for inference.
+def load(path: str | Path, *, weights: str = "ema", device: str = "auto", step: int | None = None) -> Pipeline:
+    """Load a run directory (its latest checkpoint, or ``step``) or a checkpoint folder for inference.
 
     ``weights="ema"`` (default, as the paper evaluates) uses the EMA weights when saved,
     ``"model"`` the raw trained weights. The model is returned in eval mode.
     """
     if weights not in ("ema", "model"):
         raise ValueError(f"weights must be 'ema' or 'model', got {weights!r}")
-    checkpoint = resolve_checkpoint(path)
+    target = resolve_device(device)
+    checkpoint = resolve_checkpoint(path, step=step)
     config = load_config(checkpoint)
     if not (checkpoint / "tokenizer").is_dir():
         raise CheckpointError(f"{checkpoint} has no tokenizer folder; the checkpoint is incomplete")
     tokenizer = load_tokenizer(checkpoint / "tokenizer")
-    model = build_model(config, tokenizer.vocab_size)
+    model = DiT(config.model_config(tokenizer.vocab_size))
     if is_sharded(checkpoint):  # of a multi-process run: consolidated here, in memory
-        from unmask.checkpoint_dist import consolidated_weights
-
-        load_weights(model, consolidated_weights(checkpoint, model, weights), checkpoint)
+        saved = sharded.saved_tensors(checkpoint)
+        kind = "ema" if weights == "ema" and any(name.startswith("ema.") for name in saved) else "model"
+        names = [f"{kind}.{name}" for name in model.state_dict()]
+        tensors = {name.removeprefix(f"{kind}."): value for name, value in sharded.read_full(checkpoint, names).items()}
+        load_weights(model, tensors, checkpoint)
     else:
         file = checkpoint / ("ema.safetensors" if weights == "ema" else "model.safetensors")
         if not file.is_file():
             file = checkpoint / "model.safetensors"
         load_weights(model, read_tensors(file), file)
-    model.to(resolve_device(device)).eval()
+    model.to(target).eval()
     return Pipeline(model=model, tokenizer=tokenizer, config=config, checkpoint=checkpoint)

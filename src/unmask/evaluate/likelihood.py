@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -13,9 +12,10 @@ from torch.utils.data import Dataset
 from unmask.config import ObjectiveConfig
 from unmask.data.batching import collate
 from unmask.denoiser import Denoiser
-from unmask.distributed import Parallel
-from unmask.losses import sequence_losses
-from unmask.precision import autocast
+from unmask.distributed.parallelize import is_sharded
+from unmask.distributed.process import Parallel
+from unmask.objectives import sequence_losses
+from unmask.runtime import autocast, seeded_generator
 
 
 @dataclass
@@ -51,70 +51,17 @@ def summarize(losses: Tensor, tokens: Tensor, *, num_t: int, discrete_steps: int
     return LikelihoodResult(per_token, stderr, int(tokens.sum()), n, num_t, discrete_steps)
 
 
-@torch.no_grad()
-def sequence_nelbos(
-    model: Denoiser,
-    batches: Iterable[dict[str, Tensor]],
-    objective: ObjectiveConfig,
-    mask_id: int,
-    *,
-    num_t: int = 1,
-    discrete_steps: int | None = None,
-    seed: int = 0,
-    device: torch.device | str = "cpu",
-    precision: str = "fp32",
-) -> tuple[Tensor, Tensor]:
-    """Per-sequence losses and token counts over every batch (seeded: the same call gives the same numbers).
-
-    The noise of batch k comes from a generator seeded with (seed, k) alone, so that any process
-    can evaluate any batch and get the numbers one process gets (see :func:`evaluate_dataset`).
-    """
-    device = torch.device(device)
-    losses, tokens = [], []
-    for index, batch in enumerate(batches):
-        loss, count = _batch_losses(model, batch, index, objective, mask_id, num_t=num_t,
-                                    discrete_steps=discrete_steps, seed=seed, device=device, precision=precision)
-        losses.append(loss)
-        tokens.append(count)
-    if not losses:
-        raise ValueError("no evaluation data: the split is empty")
-    return torch.cat(losses), torch.cat(tokens)
-
-
-def batch_generator(seed: int, index: int, device: torch.device) -> torch.Generator:
-    """The noise generator of evaluation batch ``index``."""
-    return torch.Generator(device).manual_seed((seed * 1_000_003 + index + 1) % (2**63))
-
-
 def _batch_losses(model: Denoiser, batch: dict[str, Tensor], index: int, objective: ObjectiveConfig, mask_id: int, *,
                   num_t: int, discrete_steps: int | None, seed: int, device: torch.device,
                   precision: str) -> tuple[Tensor, Tensor]:
+    """Losses and token counts of evaluation batch ``index``; its noise depends on (seed, index) alone,
+    so that any process can evaluate any batch and get the numbers one process gets."""
     batch = {k: v.to(device) for k, v in batch.items()}
+    generator = seeded_generator(device, seed, "eval", index)
     with autocast(precision, device):
-        loss, count = sequence_losses(model, batch, objective, mask_id, generator=batch_generator(seed, index, device),
-                                      num_t=num_t, discrete_steps=discrete_steps)
+        loss, count = sequence_losses(model, batch, objective, mask_id, generator=generator, num_t=num_t,
+                                      discrete_steps=discrete_steps)
     return loss.float().cpu(), count.cpu()
-
-
-def evaluate_likelihood(
-    model: Denoiser,
-    batches: Iterable[dict[str, Tensor]],
-    objective: ObjectiveConfig,
-    mask_id: int,
-    *,
-    num_t: int = 1,
-    discrete_steps: int | None = None,
-    seed: int = 0,
-    device: torch.device | str = "cpu",
-    precision: str = "fp32",
-) -> LikelihoodResult:
-    """The NELBO (or AR NLL) per token over ``batches`` with ``num_t`` time samples per sequence."""
-    losses, tokens = sequence_nelbos(
-        model, batches, objective, mask_id,
-        num_t=num_t, discrete_steps=discrete_steps, seed=seed, device=device, precision=precision,
-    )
-    steps = objective.discrete_steps if discrete_steps is None else discrete_steps
-    return summarize(losses, tokens, num_t=num_t, discrete_steps=0 if objective.name == "ar" else steps)
 
 
 @torch.no_grad()
@@ -133,7 +80,8 @@ def evaluate_dataset(
     precision: str = "fp32",
     parallel: Parallel | None = None,
 ) -> LikelihoodResult:
-    """:func:`evaluate_likelihood` over ``dataset`` in order (batches of ``batch_size``), split across processes.
+    """The NELBO (or AR NLL) per token over ``dataset`` in order (batches of ``batch_size``), with
+    ``num_t`` time samples per sequence, split across processes.
 
     Batch k goes to rank k mod world size; each rank fills its sequences' losses and token
     counts into vectors over the whole set, and summing those over ranks gives every rank the
@@ -153,7 +101,7 @@ def evaluate_dataset(
     losses = torch.zeros(num_sequences)
     tokens = torch.zeros(num_sequences, dtype=torch.long)
     mine = range(parallel.rank, num_batches, parallel.world_size)
-    rounds = math.ceil(num_batches / parallel.world_size) if parallel.sharded else len(mine)
+    rounds = math.ceil(num_batches / parallel.world_size) if is_sharded(model) else len(mine)
     for round_index in range(rounds):
         index = parallel.rank + round_index * parallel.world_size
         own = index < num_batches

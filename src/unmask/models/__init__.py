@@ -1,5 +1,5 @@
-"""Denoisers: the paper's DiT (bidirectional, or causal for the AR baseline) and its presets."""
+"""Denoisers: the paper's DiT (bidirectional, or causal for the AR baseline)."""
 
-from unmask.models.dit import MODEL_PRESETS, DiT, DiTConfig
+from unmask.models.dit import DiT, DiTConfig
 
-__all__ = ["MODEL_PRESETS", "DiT", "DiTConfig"]
+__all__ = ["DiT", "DiTConfig"]

@@ -4,9 +4,10 @@ Token embedding -> N pre-norm blocks (rotary self-attention, GELU MLP x4, adaLN 
 sinusoidal time embedding) -> adaLN final norm -> untied output head over every id (MASK included;
 the objective removes MASK's mass). The adaLN projections and the output layer start at zero, so
 each block starts as the identity and the first prediction is uniform (as in DiT, Peebles & Xie).
-One departure from the reference DiT, for speed and not part of the MDLM math: the exact (erf)
-GELU instead of its tanh approximation (they differ by < 1e-3; on CPU the erf kernel is ~5x faster
-in bf16). As in the reference, dropout acts on the residual branches only (see ``Block.forward``).
+One departure from the reference DiT, for speed and not part of the MDLM math: by default the
+exact (erf) GELU instead of its tanh approximation (they differ by < 1e-3; on CPU the erf kernel is
+~5x faster in bf16); ``gelu="tanh"`` is the reference's, for its released checkpoints. As in the
+reference, dropout acts on the residual branches only (see ``Block.forward``).
 
 Causal mode (``causal=True``) turns the same backbone into the AR baseline.
 
@@ -17,20 +18,33 @@ The model implements the optional parts of the denoiser protocol (``unmask.denoi
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from unmask.models.dropout import Dropout
+
+GELUS = ("erf", "tanh")
+
+
+def _derived(source: str):
+    """A field a run configuration does not set: it follows from ``source`` (see ``Config.model_config``)."""
+    return {"derived": source}
 
 
 @dataclass
 class DiTConfig:
-    vocab_size: int
-    length: int = 1024
+    """The denoiser's architecture: the one model configuration (the ``model:`` section of a run's config).
+
+    Defaults are the paper's "small" model (12 x 768, 12 heads; 169.6M parameters with the GPT-2
+    vocabulary). In a run configuration ``vocab_size``, ``length`` and ``causal`` are not set by
+    hand: they follow from the tokenizer, ``data.length`` and ``objective.name``.
+    """
+
+    vocab_size: int | None = field(default=None, metadata=_derived("the tokenizer's vocabulary"))
+    length: int = field(default=1024, metadata=_derived("data.length"))
     n_layers: int = 12
     hidden: int = 768
     n_heads: int = 12
@@ -38,18 +52,12 @@ class DiTConfig:
     mlp_ratio: int = 4
     dropout: float = 0.1
     time_conditioning: bool = False
-    causal: bool = False
+    causal: bool = field(default=False, metadata=_derived("objective.name"))
     rope_base: float = 10000.0
+    gelu: str = "erf"  # "erf" (exact, faster on CPU) or "tanh" (the reference DiT's approximation)
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-MODEL_PRESETS: dict[str, dict[str, int]] = {
-    "tiny": {"n_layers": 8, "hidden": 512, "n_heads": 8},
-    "small": {"n_layers": 12, "hidden": 768, "n_heads": 12},
-    "medium": {"n_layers": 24, "hidden": 1024, "n_heads": 16},
-}
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
@@ -115,7 +123,7 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(d, bias=False)
         self.mlp = nn.Sequential(
             nn.Linear(d, config.mlp_ratio * d),
-            nn.GELU(),
+            nn.GELU(approximate="none" if config.gelu == "erf" else "tanh"),
             nn.Linear(config.mlp_ratio * d, d),
         )
         self.adaLN = nn.Linear(config.cond_dim, 6 * d)
@@ -146,12 +154,15 @@ class DiT(nn.Module):
 
     supports_positions = True
     supports_attention_mask = True
-    activation_checkpointing = False  # recompute each block in the backward pass (parallel.activation_checkpointing)
 
     def __init__(self, config: DiTConfig) -> None:
         super().__init__()
+        if config.vocab_size is None or config.vocab_size < 1:
+            raise ValueError(f"DiTConfig.vocab_size must be a positive number of ids, got {config.vocab_size}")
         if config.hidden % config.n_heads:
             raise ValueError(f"hidden size {config.hidden} is not divisible by n_heads {config.n_heads}")
+        if config.gelu not in GELUS:
+            raise ValueError(f"DiTConfig.gelu must be one of {', '.join(GELUS)}, got {config.gelu!r}")
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.hidden)
         self.time_embed = TimeEmbedding(config.cond_dim)
@@ -161,12 +172,6 @@ class DiT(nn.Module):
         self.adaLN_final = nn.Linear(config.cond_dim, 2 * config.hidden)
         self.head = nn.Linear(config.hidden, config.vocab_size)
         self.reset_parameters()
-
-    @classmethod
-    def from_preset(cls, name: str, vocab_size: int, **overrides: object) -> DiT:
-        if name not in MODEL_PRESETS:
-            raise ValueError(f"unknown model preset {name!r}; choose one of {', '.join(MODEL_PRESETS)}")
-        return cls(DiTConfig(vocab_size=vocab_size, **{**MODEL_PRESETS[name], **overrides}))
 
     def reset_parameters(self) -> None:
         for module in self.modules():
@@ -210,11 +215,7 @@ class DiT(nn.Module):
 
         x = self.embed(x_t)
         for block in self.blocks:
-            if self.activation_checkpointing and self.training and torch.is_grad_enabled():
-                # Keep only the block's input; recompute its activations in the backward pass.
-                x = checkpoint(block, x, c, rotary, attn_mask, use_reentrant=False)
-            else:
-                x = block(x, c, rotary, attn_mask)
+            x = block(x, c, rotary, attn_mask)
 
         shift, scale = self.adaLN_final(c)[:, None].chunk(2, dim=-1)
         if where is None:

@@ -1,7 +1,9 @@
-"""Samplers: one loop (:mod:`unmask.sampling.loop`) and the token draw (:mod:`unmask.sampling.draw`)."""
+"""Samplers: one loop (:mod:`.loop`), how to sample as one value (:mod:`.config`), the token draw
+(:mod:`.draw`), unmasking strategies (:mod:`.strategies`), any-length generation (:mod:`.semi_ar`)."""
 
+from unmask.sampling.config import SAMPLERS, DrawConfig, SamplerConfig, SamplingError
 from unmask.sampling.draw import draw_categorical, filtered_probs
-from unmask.sampling.loop import SAMPLERS, DrawConfig, SampleOutput, generate, sample
+from unmask.sampling.loop import SampleOutput, generate, sample
 from unmask.sampling.semi_ar import generate_long
 from unmask.sampling.strategies import ORDERS, REMASKING, Remasking
 
@@ -12,6 +14,8 @@ __all__ = [
     "DrawConfig",
     "Remasking",
     "SampleOutput",
+    "SamplerConfig",
+    "SamplingError",
     "draw_categorical",
     "filtered_probs",
     "generate",

@@ -28,11 +28,10 @@ import torch
 from torch import Tensor
 
 from unmask.denoiser import Denoiser, denoise
+from unmask.sampling.config import DrawConfig, SamplerConfig
 from unmask.sampling.draw import draw_categorical, filtered_probs
-from unmask.sampling.strategies import ORDERS, Remasking, expected_counts, position_scores, top_per_row
+from unmask.sampling.strategies import Remasking, expected_counts, position_scores, top_per_row
 from unmask.schedules import Schedule, get_schedule
-
-SAMPLERS = ("ancestral", "cached", "first_hitting")
 
 
 @dataclass
@@ -42,15 +41,6 @@ class SampleOutput:
     tokens: Tensor
     num_calls: int
     num_steps: int
-
-
-@dataclass
-class DrawConfig:
-    """How a token is drawn at a position that unmasks (see :func:`filtered_probs`)."""
-
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
 
 
 def initial_state(
@@ -67,58 +57,48 @@ def initial_state(
     return template.expand(batch_size, length).clone()
 
 
+def model_device(denoiser: Denoiser) -> torch.device:
+    """Where ``denoiser``'s parameters live (CPU for a plain callable)."""
+    if isinstance(denoiser, torch.nn.Module):
+        parameter = next(denoiser.parameters(), None)
+        if parameter is not None:
+            return parameter.device
+    return torch.device("cpu")
+
+
 def generate(
     denoiser: Denoiser,
+    config: SamplerConfig | None = None,
     *,
     batch_size: int,
     length: int,
     mask_id: int,
     schedule: Schedule | str = "loglinear",
-    steps: int = 128,
-    sampler: str = "ancestral",
     template: Tensor | None = None,
     generator: torch.Generator | None = None,
-    draw: DrawConfig | None = None,
-    final_step: str = "sample",
-    order: str = "random",
-    threshold: float | None = None,
-    remasking: Remasking | None = None,
     device: torch.device | str | None = None,
     on_step: Callable[[Tensor], None] | None = None,
 ) -> SampleOutput:
-    """Generate [batch_size, length] tokens; see the module docstring for the samplers.
+    """Generate [batch_size, length] tokens as ``config`` says (default: ``SamplerConfig()``).
 
-    ``final_step`` fills any position still masked after the last step (possible only when
-    alpha_0 < 1): "sample" draws it from p_theta, "argmax" takes the most likely token (the
-    reference code's "noise removal"). ``order``, ``threshold`` and ``remasking`` choose the
-    strategy (:mod:`unmask.sampling.strategies`). ``on_step`` sees the state after every step.
+    See the module docstring for the samplers and :class:`SamplerConfig` for the options;
+    ``template`` holds fixed tokens (every non-MASK entry). ``on_step`` sees the state after every step.
     """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-    if order not in ORDERS:
-        raise ValueError(f"unknown order {order!r}; choose one of {', '.join(ORDERS)}")
-    if sampler == "first_hitting" and (order != "random" or threshold is not None or remasking is not None):
-        raise ValueError("first_hitting is the exact random-order sampler; use ancestral or cached for strategies")
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    if final_step not in ("sample", "argmax"):
-        raise ValueError(f"final_step must be 'sample' or 'argmax', got {final_step!r}")
+    config = config or SamplerConfig()
     schedule = get_schedule(schedule)
-    draw = draw or DrawConfig()
-    if device is None:
-        device = next(denoiser.parameters()).device if isinstance(denoiser, torch.nn.Module) else "cpu"
+    device = model_device(denoiser) if device is None else device
     x = initial_state(batch_size=batch_size, length=length, mask_id=mask_id, template=template, device=device)
-    state = _LoopState(denoiser, x, mask_id, draw, generator, on_step)
+    state = _LoopState(denoiser, x, mask_id, config.draw, generator, on_step)
 
     with torch.no_grad():
-        if sampler == "first_hitting":
+        if config.sampler == "first_hitting":
             state.first_hitting(schedule)
         else:
-            state.grid(schedule, steps, skip_idle=sampler == "cached", order=order, threshold=threshold,
-                       remasking=remasking)
+            state.grid(schedule, config.steps, skip_idle=config.sampler == "cached", order=config.order,
+                       threshold=config.threshold, remasking=config.remasking)
         if (x == mask_id).any():
             still = x == mask_id
-            state.unmask(still, torch.zeros(batch_size, device=x.device), argmax=final_step == "argmax")
+            state.unmask(still, torch.zeros(batch_size, device=x.device), argmax=config.final_step == "argmax")
     return SampleOutput(tokens=x, num_calls=state.num_calls, num_steps=state.num_steps)
 
 
@@ -134,18 +114,10 @@ def sample(
     template: Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """Generate tokens [batch_size, length]; :func:`generate` gives the call count and more options."""
-    return generate(
-        denoiser,
-        batch_size=batch_size,
-        length=length,
-        mask_id=mask_id,
-        schedule=schedule,
-        steps=steps,
-        sampler=sampler,
-        template=template,
-        generator=generator,
-    ).tokens
+    """Generate tokens [batch_size, length]; :func:`generate` gives the call count and every option."""
+    config = SamplerConfig(sampler=sampler, steps=steps)
+    return generate(denoiser, config, batch_size=batch_size, length=length, mask_id=mask_id, schedule=schedule,
+                    template=template, generator=generator).tokens
 
 
 class _LoopState:

@@ -8,19 +8,24 @@ network calls is the sum over windows.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
 from unmask.denoiser import Denoiser
-from unmask.sampling.loop import SampleOutput, generate
+from unmask.sampling.config import SamplerConfig, SamplingError
+from unmask.sampling.loop import SampleOutput, generate, model_device
+from unmask.schedules import Schedule
 
 
 def window_plan(total_length: int, window: int, overlap: int, prefix_length: int) -> list[int]:
     """New tokens produced by each window: the first fills up after the prefix, the rest after the overlap."""
     if not 0 <= overlap < window:
-        raise ValueError(f"overlap must be in [0, window) = [0, {window}), got {overlap}")
+        raise SamplingError(f"--overlap must be in [0, {window}) (the model's length is {window}), got {overlap}")
     if prefix_length >= window:
-        raise ValueError(f"the prefix has {prefix_length} tokens; at most {window - 1} fit in a window of {window}")
+        raise SamplingError(f"the prefix has {prefix_length} tokens; at most {window - 1} fit in a window of "
+                            f"{window}; shorten the prompt")
     plan, produced = [], prefix_length
     while produced < total_length:
         context = prefix_length if not plan else overlap
@@ -32,27 +37,29 @@ def window_plan(total_length: int, window: int, overlap: int, prefix_length: int
 
 def generate_long(
     denoiser: Denoiser,
+    config: SamplerConfig | None = None,
     *,
     batch_size: int,
     total_length: int,
     window: int,
     mask_id: int,
+    schedule: Schedule | str = "loglinear",
     overlap: int | None = None,
     prefix: Tensor | None = None,
     stop_id: int | None = None,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
-    **sampling: object,
+    on_step: Callable[[Tensor], None] | None = None,
 ) -> SampleOutput:
     """Generate ``total_length`` tokens window by window; ``prefix`` [P] or [B, P] stays as given.
 
     ``overlap`` (default half the window) is how many generated tokens the next window sees.
     With ``stop_id`` (e.g. EOS), generation stops after the first window in which every row has
-    produced it. Other keyword arguments (steps, sampler, order, draw...) go to ``generate``.
+    produced it. Each window is sampled as ``config`` says; ``on_step`` sees the whole sequence
+    so far after every step.
     """
     overlap = window // 2 if overlap is None else overlap
-    if device is None:
-        device = next(denoiser.parameters()).device if isinstance(denoiser, torch.nn.Module) else "cpu"
+    device = model_device(denoiser) if device is None else device
     if prefix is None:
         prefix = torch.empty(batch_size, 0, dtype=torch.long, device=device)
     prefix = torch.as_tensor(prefix, device=device).long()
@@ -64,8 +71,11 @@ def generate_long(
         context = prefix if i == 0 else tokens[:, tokens.shape[1] - overlap :]
         masks = torch.full((batch_size, new), mask_id, dtype=torch.long, device=device)
         template = torch.cat([context, masks], dim=1)
-        out = generate(denoiser, batch_size=batch_size, length=template.shape[1], mask_id=mask_id,
-                       template=template, generator=generator, device=device, **sampling)
+        done = tokens[:, : tokens.shape[1] - context.shape[1]]
+        window_on_step = None if on_step is None else (lambda x, done=done: on_step(torch.cat([done, x], dim=1)))
+        out = generate(denoiser, config, batch_size=batch_size, length=template.shape[1], mask_id=mask_id,
+                       schedule=schedule, template=template, generator=generator, device=device,
+                       on_step=window_on_step)
         tokens = torch.cat([tokens, out.tokens[:, context.shape[1]:]], dim=1)
         calls, steps = calls + out.num_calls, steps + out.num_steps
         generated = tokens[:, prefix.shape[1]:]

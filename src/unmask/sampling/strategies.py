@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from unmask.errors import UserError
+
 ORDERS = ("random", "confidence", "margin", "entropy")
 REMASKING = ("cap", "rescale", "conf", "loop")
 
@@ -49,7 +51,11 @@ def expected_counts(masked: Tensor, p_unmask: Tensor) -> Tensor:
     return torch.where(at_least_one, counts.clamp(min=1), counts).minimum(n)
 
 
-@dataclass
+class SamplingError(UserError):
+    """Sampling options that cannot be used together or are out of range; the message names the fix."""
+
+
+@dataclass(frozen=True)
 class Remasking:
     """ReMDM remasking. ``eta`` is the cap (cap, conf), the fraction of the maximum (rescale) or the
     constant rate inside the loop window [t_off, t_on] (loop), where alpha is held still."""
@@ -61,11 +67,11 @@ class Remasking:
 
     def __post_init__(self) -> None:
         if self.strategy not in REMASKING:
-            raise ValueError(f"unknown remasking {self.strategy!r}; choose one of {', '.join(REMASKING)}")
+            raise SamplingError(f"unknown remasking {self.strategy!r}; choose one of {', '.join(REMASKING)}")
         if not 0 <= self.eta <= 1:
-            raise ValueError(f"remasking eta must be in [0, 1], got {self.eta}")
+            raise SamplingError(f"--eta (the remasking rate) must be in [0, 1], got {self.eta}")
         if not 0 < self.t_off < self.t_on < 1:
-            raise ValueError("remasking needs 0 < t_off < t_on < 1")
+            raise SamplingError("remasking needs 0 < t_off < t_on < 1")
 
     def alpha(self, alpha_of_t, t: Tensor) -> Tensor:
         """The schedule as the loop strategy runs it: paused in [t_off, t_on], squeezed below t_off."""

@@ -2,25 +2,25 @@
 
 Everything random is derived from (seed, step): the batch of step k comes from
 ``batch_iterator(seed, start_step=k)``, the times and masks of step k from a generator seeded
-with (seed, step, micro-batch), and dropout from the global RNG, whose state every checkpoint
-saves. So a run interrupted at any checkpoint and resumed ends with the same weights as one
-that never stopped.
+with (seed, "noise", step, micro-batch), and dropout from the global RNG, whose state every
+checkpoint saves. So a run interrupted at any checkpoint and resumed ends with the same weights
+as one that never stopped.
 
-Under torchrun the same loop runs in every process; :class:`unmask.distributed.Parallel` adds the
-few collective steps. The global batch stays ``train.global_batch``, cut into the same
-micro-batches of ``train.micro_batch`` whatever the number of processes: rank r takes a
-contiguous run of them, seeds each one's noise from its index in the global batch, and
-normalises by the token count of the whole global batch, so that the summed gradients, and with
-them the whole run, match one process to float tolerance (dropout aside: its draws differ).
-Rank 0 alone prints, logs and writes the run's files; checkpoints are sharded
-(:mod:`unmask.checkpoint_dist`) and resume with any number of processes.
+The loop is the same for one process and for many. Parallelism is applied to the model from
+outside (:func:`unmask.distributed.parallelize.parallelize`), and checkpoints are saved and
+restored by one :class:`unmask.checkpoint.Checkpointer` whatever the number of processes. The
+global batch stays ``train.global_batch``, cut into the same micro-batches of
+``train.micro_batch`` whatever the number of processes: rank r takes a contiguous run of them,
+seeds each one's noise from its index in the global batch, and normalises by the token count of
+the whole global batch, so that the summed gradients, and with them the whole run, match one
+process to float tolerance (dropout aside: its draws differ). Rank 0 alone prints, logs and
+writes the run's files.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import math
 import time
 from collections.abc import Iterator
@@ -28,37 +28,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from unmask.checkpoint import (
-    is_sharded,
-    load_config,
-    load_training_state,
-    load_weights,
-    resolve_checkpoint,
-    save_checkpoint,
-)
-from unmask.checkpoint_dist import dropout_seed, restore, save_sharded
+from unmask.checkpoint import Checkpointer, read_state
 from unmask.config import Config, ConfigError, validate
-from unmask.data import TokenBlocks, Tokenizer, batch_iterator, get_tokenizer, iter_documents
-from unmask.data import load_tokenizer as load_saved_tokenizer
-from unmask.data.streaming import BlockList, StreamingBlocks, stream_batches
-from unmask.distributed import Parallel, setup
+from unmask.data import batch_iterator
+from unmask.data.streaming import StreamingBlocks, stream_batches
+from unmask.distributed.parallelize import gradient_sync, is_sharded, parallelize
+from unmask.distributed.process import setup
 from unmask.evaluate.likelihood import evaluate_dataset
-from unmask.losses import sequence_losses
-from unmask.models.compiled import MaybeCompiled
-from unmask.pipeline import build_model
-from unmask.precision import autocast, resolve_precision
-from unmask.train.logging import MetricsLogger
+from unmask.models import DiT
+from unmask.objectives import sequence_losses
+from unmask.runtime import autocast, derive_seed, resolve_precision, seeded_generator
+from unmask.train.metrics import MetricsLogger, NoLogger
 from unmask.train.optim import EMA, build_optimizer, lr_factor
-
-# Fields that may change between a run and its resume: they do not change the optimisation.
-RESUMABLE_CHANGES = {
-    "train.max_steps", "train.max_minutes", "train.eval_every", "train.eval_batches", "train.save_every",
-    "train.keep_checkpoints", "train.log_every", "train.device", "train.tensorboard", "train.wandb", "train.compile",
-    "data.cache_dir", "parallel.strategy", "parallel.activation_checkpointing",
-}
+from unmask.train.run_dir import RunLock, open_datasets, prepare_tokenizer, start_or_resume
 
 
 @dataclass
@@ -71,70 +55,16 @@ class TrainResult:
     interrupted: bool = False
 
 
-def config_differences(saved: Config, current: Config) -> list[str]:
-    old, new = saved.to_dict(), current.to_dict()
-    return [
-        f"{section}.{key}: {old[section][key]!r} -> {new[section][key]!r}"
-        for section in new
-        for key in new[section]
-        if old[section].get(key) != new[section][key] and f"{section}.{key}" not in RESUMABLE_CHANGES
-    ]
-
-
-def prepare_tokenizer(config: Config, run_dir: Path) -> Tokenizer:
-    """The run's tokenizer: saved in run_dir/tokenizer once, reloaded from there afterwards."""
-    folder = run_dir / "tokenizer"
-    if folder.is_dir():
-        return load_saved_tokenizer(folder)
-    spec = config.data.tokenizer
-    corpus = iter_documents(config.data.source, "train") if spec == "bpe" else None
-    tokenizer = get_tokenizer(spec, corpus=corpus, vocab_size=config.data.vocab_size)
-    tmp = run_dir / ".tokenizer.tmp"
-    tokenizer.save(tmp)
-    tmp.rename(folder)
-    return tokenizer
-
-
-def open_datasets(config: Config, tokenizer: Tokenizer, parallel: Parallel | None = None
-                  ) -> tuple[TokenBlocks | StreamingBlocks, Dataset]:
-    """The training set (cached blocks, or with ``data.streaming`` this process's stream) and the
-    validation set (the same for every process)."""
-    d = config.data
-    common = dict(length=d.length, layout=d.layout, cache_dir=d.cache_dir, max_documents=d.max_documents)
-    if d.valid_source:
-        valid = TokenBlocks(d.valid_source, tokenizer, split="all", **common)
-    elif d.streaming:  # a fixed slice of the streamed validation split
-        stream = StreamingBlocks(d.source, tokenizer, split="validation", length=d.length, layout=d.layout)
-        valid = BlockList(stream, config.train.eval_batches * config.train.micro_batch)
-    else:
-        valid = TokenBlocks(d.source, tokenizer, split="validation", **common)
-    if d.streaming:
-        rank, world = (parallel.rank, parallel.world_size) if parallel is not None else (0, 1)
-        train = StreamingBlocks(d.source, tokenizer, split="train", length=d.length, layout=d.layout,
-                                rank=rank, world_size=world, max_documents=d.max_documents)
-    else:
-        train = TokenBlocks(d.source, tokenizer, split="train", **common)
-    return train, valid
-
-
-def _step_generator(seed: int, step: int, micro: int, device: torch.device) -> torch.Generator:
-    return torch.Generator(device).manual_seed(((seed * 1_000_003 + step) * 1_009 + micro) % (2**63))
-
-
-class _NoLogger:
-    """The metrics sink of ranks other than 0."""
-
-    def log(self, step: int, metrics: dict) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 class Trainer:
-    """One training run in ``run_dir``. ``Trainer(config, run_dir).run()`` trains to the end."""
+    """One training run in ``run_dir``. ``Trainer(config, run_dir).run()`` trains to the end.
 
-    def __init__(self, config: Config, run_dir: str | Path, *, resume: bool = False, progress: bool = True) -> None:
+    ``resume`` continues from the latest checkpoint (or ``step``); the configuration must be the
+    saved one up to the keys that do not change the optimisation (see
+    :func:`unmask.train.run_dir.resume_config`).
+    """
+
+    def __init__(self, config: Config, run_dir: str | Path, *, resume: bool = False, step: int | None = None,
+                 progress: bool = True) -> None:
         validate(config)
         self.config = config
         self.run_dir = Path(run_dir)
@@ -148,63 +78,49 @@ class Trainer:
                 f"train.global_batch / train.micro_batch = {micro_batches} micro-batches do not split evenly "
                 f"over {self.parallel.world_size} processes; change train.micro_batch or the number of processes"
             )
-        # Rank 0 creates the run directory, the tokenizer and the token caches; the others reuse them.
-        start = self.parallel.main_first(lambda: self._prepare_run_dir(resume, write=self.parallel.is_main))
-        self.tokenizer = self.parallel.main_first(lambda: prepare_tokenizer(config, self.run_dir))
+        # Rank 0 claims the run directory and creates the tokenizer and the token caches; the others reuse them.
+        self.lock = self.parallel.main_only(lambda: RunLock(self.run_dir))
+        try:
+            self._build(resume, step)
+        except BaseException:
+            self.close()
+            raise
+
+    def _build(self, resume: bool, step: int | None) -> None:
+        config, parallel = self.config, self.parallel
+        start = parallel.main_first(lambda: start_or_resume(self.run_dir, config, resume=resume, step=step,
+                                                             write=parallel.is_main))
+        self.tokenizer = parallel.main_first(lambda: prepare_tokenizer(config, self.run_dir))
         self.mask_id = self.tokenizer.mask_id
-        self.train_set, self.valid_set = self.parallel.main_first(
-            lambda: open_datasets(config, self.tokenizer, self.parallel)
-        )
+        self.train_set, self.valid_set = parallel.main_first(lambda: open_datasets(config, self.tokenizer, parallel))
 
         torch.manual_seed(config.train.seed)
-        self.model = build_model(config, self.tokenizer.vocab_size).to(self.device)
-        forward = self.parallel.wrap(self.model, config.parallel, self.precision)  # the model itself for one process
+        self.model = DiT(config.model_config(self.tokenizer.vocab_size)).to(self.device)
+        # What the loop calls: DDP's wrapper, or the model itself (maybe sharded, compiled, checkpointed).
+        self.forward = parallelize(self.model, parallel, config.parallel, precision=self.precision,
+                                   compile=config.train.compile)
         self.optimizer = build_optimizer(self.model, config.optim, self.device)
         self.ema = EMA(self.model, config.optim.ema) if config.optim.ema > 0 else None
+        self.checkpointer = Checkpointer(self.run_dir, parallel, config=config,
+                                         tokenizer_dir=self.run_dir / "tokenizer", keep=config.train.keep_checkpoints)
         self.step = 0
         self._stream_position: dict | None = None  # with data.streaming: the stream's place after self.step
         if start is not None:
-            self._restore(start)
-        elif self.parallel.is_distributed:
-            torch.manual_seed(dropout_seed(config.train.seed, 0, self.parallel.rank))
-        self.forward = MaybeCompiled(forward, dynamic=True) if config.train.compile else forward
+            if config.data.streaming:
+                self._restore_stream(start)
+            record = self.checkpointer.restore(start, model=self.model, optimizer=self.optimizer, ema=self.ema)
+            self.step = record["step"]
+        elif parallel.is_distributed:
+            torch.manual_seed(derive_seed(config.train.seed, "dropout", 0, parallel.rank))
 
-    def _prepare_run_dir(self, resume: bool, write: bool = True) -> Path | None:
-        has_run = (self.run_dir / "checkpoints").is_dir() and any((self.run_dir / "checkpoints").glob("step_*"))
-        if not resume:
-            if has_run:
-                raise ConfigError(
-                    f"{self.run_dir} already holds a run; pass --resume to continue it or choose another --out"
-                )
-            if write:
-                self.run_dir.mkdir(parents=True, exist_ok=True)
-                self.config.save(self.run_dir / "config.yaml")
-            return None
-        if not has_run:
-            raise ConfigError(f"--resume: {self.run_dir} holds no checkpoint to resume; drop --resume to start")
-        checkpoint = resolve_checkpoint(self.run_dir)
-        changed = config_differences(load_config(checkpoint), self.config)
-        if changed:
-            raise ConfigError(f"--resume with a changed config ({'; '.join(changed)}); start a new --out instead")
-        return checkpoint
-
-    def _restore(self, checkpoint: Path) -> None:
-        if self.config.data.streaming:
-            self._restore_stream(checkpoint)
-        if self.parallel.is_distributed or is_sharded(checkpoint):  # resharded to this number of processes
-            self.step = restore(checkpoint, model=self.model, optimizer=self.optimizer, ema=self.ema,
-                                parallel=self.parallel, seed=self.config.train.seed)
-            return
-        state = load_training_state(checkpoint)
-        load_weights(self.model, state.model, checkpoint / "model.safetensors")
-        self.optimizer.load_state_dict(state.optimizer)
-        if self.ema is not None and state.ema is not None:
-            self.ema.load_state_dict(state.ema, state.ema_updates)
-        self.step = state.step
+    def close(self) -> None:
+        """Release the run directory."""
+        if self.lock is not None:
+            self.lock.release()
 
     def _restore_stream(self, checkpoint: Path) -> None:
         """Put this process's stream where the checkpoint left it."""
-        states = json.loads((checkpoint / "state.json").read_text()).get("stream")
+        states = read_state(checkpoint).get("stream")
         if not isinstance(states, list) or len(states) != self.parallel.world_size:
             saved = len(states) if isinstance(states, list) else "an unknown number of"
             raise ConfigError(f"--resume: this streaming run was saved by {saved} processes and resumes only "
@@ -227,8 +143,8 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         for i in range(self.accumulation):
             part = {k: v[i * micro : (i + 1) * micro] for k, v in batch.items()}
-            generator = _step_generator(cfg.train.seed, self.step, first + i, self.device)
-            with self.parallel.gradient_sync(i == self.accumulation - 1):
+            generator = seeded_generator(self.device, cfg.train.seed, "noise", self.step, first + i)
+            with gradient_sync(self.forward, i == self.accumulation - 1):
                 with autocast(self.precision, self.device):
                     losses, _ = sequence_losses(self.forward, part, cfg.objective, self.mask_id, generator=generator)
                 # Sum over the micro-batch / tokens of the whole batch: the accumulated gradient is that
@@ -262,7 +178,7 @@ class Trainer:
         """The model with the EMA weights: a copy, or for a sharded model its own, swapped in and back."""
         if self.ema is None:
             yield self.model
-        elif not self.parallel.sharded:
+        elif not is_sharded(self.model):
             model = copy.deepcopy(self.model)
             self.ema.copy_to(model)
             yield model
@@ -281,58 +197,50 @@ class Trainer:
         if self.config.data.streaming:  # every process's stream position at self.step, for an exact resume
             position = self._stream_position or self.train_set.state_dict()
             extra = {**(extra or {}), "stream": self.parallel.gather_objects(position)}
-        if self.parallel.is_distributed:
-            return save_sharded(
-                self.run_dir, step=self.step, model=self.model, optimizer=self.optimizer, ema=self.ema,
-                config=self.config, tokenizer_dir=self.run_dir / "tokenizer", parallel=self.parallel, extra=extra,
-                keep=self.config.train.keep_checkpoints,
-            )
-        return save_checkpoint(
-            self.run_dir,
-            step=self.step,
-            model=self.model,
-            ema=self.ema.state_dict() if self.ema is not None else None,
-            ema_updates=self.ema.updates if self.ema is not None else 0,
-            optimizer=self.optimizer,
-            config=self.config,
-            tokenizer_dir=self.run_dir / "tokenizer",
-            extra=extra,
-            keep=self.config.train.keep_checkpoints,
-        )
+        return self.checkpointer.save(self.step, model=self.model, optimizer=self.optimizer, ema=self.ema, extra=extra)
+
+    def _batches(self) -> Iterator[dict[str, torch.Tensor]]:
+        cfg, world = self.config.train, self.parallel.world_size  # each process reads its slice of every batch
+        if isinstance(self.train_set, StreamingBlocks):
+            self._stream_position = self.train_set.state_dict()
+            return stream_batches(self.train_set, cfg.global_batch // world)
+        return batch_iterator(self.train_set, batch_size=cfg.global_batch // world, seed=cfg.seed,
+                              start_step=self.step, rank=self.parallel.rank, world_size=world)
 
     def run(self, max_steps: int | None = None) -> TrainResult:
+        """Train until ``train.max_steps`` (or ``max_steps``) or ``train.max_minutes``; save and validate at the end."""
+        try:
+            return self._run(max_steps)
+        finally:
+            self.close()
+
+    def _run(self, max_steps: int | None) -> TrainResult:
         cfg = self.config.train
         end = min(cfg.max_steps, max_steps) if max_steps is not None else cfg.max_steps
         main = self.parallel.is_main
         logger = (MetricsLogger(self.run_dir, tensorboard=cfg.tensorboard, wandb=cfg.wandb,
-                                config=self.config.to_dict()) if main else _NoLogger())
-        world = self.parallel.world_size  # each process reads its own slice of every global batch
-        if isinstance(self.train_set, StreamingBlocks):
-            batches = stream_batches(self.train_set, cfg.global_batch // world)
-            # The stream moves when a batch is drawn, the step when it is trained on: a save (an
-            # interrupt included) takes the position that goes with the last completed step.
-            self._stream_position = self.train_set.state_dict()
-        else:
-            batches = batch_iterator(self.train_set, batch_size=cfg.global_batch // world, seed=cfg.seed,
-                                     start_step=self.step, rank=self.parallel.rank, world_size=world)
+                                config=self.config.to_dict()) if main else NoLogger())
+        figure = "ppl bound" if self.config.objective.name != "ar" else "ppl"
         tokens_per_step = cfg.global_batch * self.config.data.length
-        bar = tqdm(total=end, initial=self.step, disable=not self.progress, unit="step", dynamic_ncols=True)
+        progress = _Progress(self.step, end, cfg.max_minutes, enabled=self.progress)
         started, trained_steps, validation = time.perf_counter(), 0, {}
         checkpoint, interrupted = None, False
+        batches = self._batches()
         self.model.train()
         try:
             while self.step < end:
                 batch = {k: v.to(self.device, non_blocking=True) for k, v in next(batches).items()}
                 loss = self.train_step(batch)
                 if isinstance(self.train_set, StreamingBlocks):
+                    # The stream moves when a batch is drawn, the step when it is trained on: a save (an
+                    # interrupt included) takes the position that goes with the last completed step.
                     self._stream_position = self.train_set.state_dict()
                 trained_steps += 1
                 elapsed = time.perf_counter() - started
                 tokens_per_s = trained_steps * tokens_per_step / max(elapsed, 1e-9)
                 if not math.isfinite(loss):
                     raise FloatingPointError(f"loss became {loss} at step {self.step}; lower optim.lr")
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
+                progress.update(self.step, elapsed, loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}")
                 if self.step % cfg.log_every == 0 or self.step == end:
                     logger.log(self.step, {"loss": loss, "lr": self.optimizer.param_groups[0]["lr"],
                                            "tokens_per_s": tokens_per_s})
@@ -343,8 +251,8 @@ class Trainer:
                     validation = self.validate()
                     logger.log(self.step, validation)
                     if main:
-                        bar.write(f"step {self.step}: validation {validation['val_nelbo']:.4f} nats/token "
-                                  f"(ppl bound {validation['val_ppl']:.2f})")
+                        progress.write(f"step {self.step}: validation {validation['val_nelbo']:.4f} nats/token "
+                                       f"({figure} {validation['val_ppl']:.2f})")
                 if self.step % cfg.save_every == 0 or self.step == end or out_of_time:
                     checkpoint = self.save({"tokens_per_s": tokens_per_s, **validation})
                 if out_of_time:
@@ -354,22 +262,44 @@ class Trainer:
             # Several processes may stop at different points; they resume from the last checkpoint.
             if self.step > 0 and not self.parallel.is_distributed:
                 checkpoint = self.save()
-                bar.write(f"interrupted: saved step {self.step} to {checkpoint}")
+                progress.write(f"interrupted: saved step {self.step} to {checkpoint}")
         finally:
-            bar.close()
+            progress.close()
             logger.close()
         elapsed = time.perf_counter() - started
-        return TrainResult(
-            run_dir=self.run_dir,
-            step=self.step,
-            checkpoint=checkpoint,
-            tokens_per_s=trained_steps * tokens_per_step / max(elapsed, 1e-9),
-            validation=validation,
-            interrupted=interrupted,
-        )
+        return TrainResult(run_dir=self.run_dir, step=self.step, checkpoint=checkpoint,
+                           tokens_per_s=trained_steps * tokens_per_step / max(elapsed, 1e-9),
+                           validation=validation, interrupted=interrupted)
 
 
-def train(config: Config, run_dir: str | Path, *, resume: bool = False, max_steps: int | None = None,
-          progress: bool = True) -> TrainResult:
+class _Progress:
+    """The progress bar: in steps, or in seconds of the budget when ``train.max_minutes`` is what ends the run."""
+
+    def __init__(self, step: int, end: int, max_minutes: float | None, *, enabled: bool) -> None:
+        self.timed = max_minutes is not None
+        if self.timed:
+            self.bar = tqdm(total=round(60 * max_minutes), disable=not enabled, unit="s", dynamic_ncols=True,
+                            bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s of the time budget{postfix}")
+        else:
+            self.bar = tqdm(total=end, initial=step, disable=not enabled, unit="step", dynamic_ncols=True)
+
+    def update(self, step: int, elapsed: float, **postfix: str) -> None:
+        if self.timed:
+            self.bar.n = min(elapsed, self.bar.total)
+            postfix = {"step": str(step), **postfix}
+        else:
+            self.bar.n = step
+        self.bar.set_postfix(postfix, refresh=False)
+        self.bar.refresh()
+
+    def write(self, text: str) -> None:
+        self.bar.write(text)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def train(config: Config, run_dir: str | Path, *, resume: bool = False, step: int | None = None,
+          max_steps: int | None = None, progress: bool = True) -> TrainResult:
     """Train (or with ``resume`` continue) the run in ``run_dir``; see :class:`Trainer`."""
-    return Trainer(config, run_dir, resume=resume, progress=progress).run(max_steps)
+    return Trainer(config, run_dir, resume=resume, step=step, progress=progress).run(max_steps)

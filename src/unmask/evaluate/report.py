@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from unmask.data import TokenBlocks
-from unmask.distributed import setup
+from unmask.distributed.process import setup
 from unmask.evaluate.likelihood import evaluate_dataset
 from unmask.pipeline import load
 
@@ -15,6 +15,7 @@ from unmask.pipeline import load
 def evaluate_checkpoint(
     path: str | Path,
     *,
+    step: int | None = None,
     data: str | None = None,
     split: str | None = None,
     num_t: int = 1,
@@ -31,11 +32,12 @@ def evaluate_checkpoint(
     "validation" of its corpus); any other file, folder or dataset name is re-tokenized with the
     checkpoint's tokenizer and wrapped into blocks as the paper does for zero-shot evaluation (a
     local file or folder is used whole: ``split`` "all").
-    ``discrete_steps`` adds the discrete-time bound for each T given. Under torchrun every process
-    evaluates a share of the batches and all get the single-process result.
+    ``discrete_steps`` adds the discrete-time bound for each T given; ``step`` picks a checkpoint of a
+    run. Under torchrun every process evaluates a share of the batches and all get the
+    single-process result.
     """
     parallel = setup(device)  # under torchrun: join the job; each process evaluates its share of the batches
-    pipeline = load(path, device=str(parallel.device))
+    pipeline = load(path, step=step, device=str(parallel.device))
     config = pipeline.config
     # A file or folder, and the run's valid_source, are used whole; a corpus gives its validation split.
     if data is not None:

@@ -9,6 +9,16 @@ from pathlib import Path
 from typing import Any
 
 
+class NoLogger:
+    """The metrics sink of ranks other than 0."""
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class MetricsLogger:
     def __init__(self, run_dir: Path, *, tensorboard: bool = True, wandb: bool = False, config: dict | None = None):
         self.file = open(run_dir / "metrics.jsonl", "a")  # noqa: SIM115 - open for the logger's lifetime
@@ -17,10 +27,12 @@ class MetricsLogger:
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-
-                self.writer = SummaryWriter(str(run_dir / "tensorboard"))
             except ImportError:
-                pass  # TensorBoard is optional: pip install tensorboard
+                warnings.warn("TensorBoard logging is skipped: tensorboard is not installed (pip install "
+                              "\"unmask[logging]\", or train.tensorboard=false to silence this); metrics go to "
+                              "metrics.jsonl", stacklevel=2)
+            else:
+                self.writer = SummaryWriter(str(run_dir / "tensorboard"))
         if wandb:
             try:
                 import wandb as wandb_module

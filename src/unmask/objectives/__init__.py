@@ -1,7 +1,10 @@
-"""The objective a configuration selects, for training and evaluation alike.
+"""Every objective a run can train with, chosen by ``objective.name``, for training and evaluation alike.
 
-Returns per-sequence losses in nats and the number of tokens each one scores, so that callers
-can form per-token figures over any number of batches, processes or time samples.
+:func:`sequence_losses` is the one dispatch from a run's :class:`ObjectiveConfig` to the math:
+``mdlm`` (the paper's SUBS objective, continuous or discrete time, with its ablations:
+:mod:`unmask.objective`) and ``ar`` (the autoregressive baseline on the same backbone). It
+returns per-sequence losses in nats and the number of tokens each one scores, so that callers can
+form per-token figures over any number of batches, processes or time samples.
 """
 
 from __future__ import annotations

@@ -1,0 +1,142 @@
+"""Where a run keeps its checkpoints, how to find one, and reading its parts.
+
+A run directory holds ``config.yaml`` and ``checkpoints/step_XXXXXXXX/`` folders, each complete
+in itself:
+
+    model.safetensors      the trained weights              } a single-process checkpoint; a
+    ema.safetensors        their EMA (sampling's default)   } multi-process one holds dcp/ (the
+    optimizer.safetensors  the AdamW moments                } same tensors, sharded) instead
+    rng/                   each process's RNG state (safetensors), for an exact resume
+    state.json             step, data position, metrics, world size
+    config.yaml            the run's configuration
+    tokenizer/             the tokenizer, so sampling never needs the training setup
+
+``checkpoints/latest`` names the newest one. Nothing here unpickles: weights are safetensors and
+the small files JSON and YAML (sharded checkpoints: see :mod:`unmask.checkpoint.sharded`).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from unmask.config import Config, ConfigError
+from unmask.errors import UserError
+
+LATEST = "latest"
+SHARDED_DIR = "dcp"  # torch.distributed.checkpoint files of a multi-process run
+RNG_DIR = "rng"
+STATE_FILE = "state.json"
+CONFIG_FILE = "config.yaml"
+TOKENIZER_DIR = "tokenizer"
+
+
+class CheckpointError(UserError):
+    """A missing, corrupt or mismatched checkpoint; the message names the fix."""
+
+
+class CheckpointNotice(UserWarning):
+    """Something a user should know about the checkpoint chosen (e.g. a fallback)."""
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def rng_file(folder: Path, rank: int) -> Path:
+    return folder / RNG_DIR / f"rank_{rank:05d}.safetensors"
+
+
+def is_sharded(checkpoint: Path) -> bool:
+    """True for the sharded checkpoint of a multi-process run."""
+    return (checkpoint / SHARDED_DIR / ".metadata").is_file()
+
+
+def is_checkpoint(path: Path) -> bool:
+    """A folder with weights and the small files a checkpoint needs beside them."""
+    has_weights = (path / "model.safetensors").is_file() or is_sharded(path)
+    return has_weights and (path / CONFIG_FILE).is_file() and (path / TOKENIZER_DIR).is_dir()
+
+
+def step_folders(run_dir: Path) -> list[Path]:
+    """The run's checkpoint folders, oldest first (complete or not)."""
+    root = run_dir / "checkpoints"
+    return sorted(p for p in root.glob("step_*") if p.is_dir()) if root.is_dir() else []
+
+
+def resolve_checkpoint(path: str | Path, *, step: int | None = None) -> Path:
+    """A checkpoint folder from a run directory (its latest checkpoint, or ``step``) or a checkpoint folder.
+
+    When ``checkpoints/latest`` is missing or names a folder that is gone or incomplete (a crash
+    between the two renames of a save), the newest complete step is used and a
+    :class:`CheckpointNotice` says so.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path} does not exist; pass a run directory or a checkpoint folder")
+    if step is None and is_checkpoint(path):
+        return path
+    folders = step_folders(path)
+    if step is not None:
+        chosen = path / "checkpoints" / checkpoint_name(step)
+        if not is_checkpoint(chosen):
+            have = ", ".join(str(int(f.name.removeprefix("step_"))) for f in folders if is_checkpoint(f)) or "none"
+            raise CheckpointError(f"{path} has no complete checkpoint of step {step}; steps saved: {have}")
+        return chosen
+    latest = path / "checkpoints" / LATEST
+    named = path / "checkpoints" / latest.read_text().strip() if latest.is_file() else None
+    if named is not None and is_checkpoint(named):
+        return named
+    complete = [f for f in folders if is_checkpoint(f)]
+    if complete:
+        pointer = (f"checkpoints/latest names {named.name}, which is incomplete" if named
+                   else "checkpoints/latest is missing")
+        warnings.warn(f"{pointer}; using {complete[-1].name}, the newest complete checkpoint", CheckpointNotice,
+                      stacklevel=2)
+        return complete[-1]
+    raise CheckpointError(f"{path} holds no checkpoint; train first (unmask train --out {path}) or pass a checkpoint")
+
+
+def load_config(checkpoint: Path) -> Config:
+    try:
+        return Config.load(checkpoint / CONFIG_FILE)
+    except ConfigError as err:
+        raise CheckpointError(f"checkpoint {checkpoint} has an unreadable config: {err}") from None
+
+
+def read_state(checkpoint: Path) -> dict[str, Any]:
+    try:
+        state = json.loads((checkpoint / STATE_FILE).read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{checkpoint}/{STATE_FILE} is unreadable ({err}); "
+                              "pick an earlier checkpoint with --step") from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise CheckpointError(f"{checkpoint}/{STATE_FILE} has no step; pick an earlier checkpoint with --step")
+    return state
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path} is corrupt or incomplete ({err}); "
+                              "pick an earlier checkpoint with --step") from None
+
+
+def load_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: Path) -> None:
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError:
+        own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        theirs = {k: tuple(v.shape) for k, v in tensors.items()}
+        diff = next((k for k in own if own[k] != theirs.get(k)), next(iter(set(theirs) - set(own)), "?"))
+        raise CheckpointError(
+            f"weights in {source} do not fit the model its config describes (first mismatch: {diff}); "
+            "the checkpoint is from another model size or was edited"
+        ) from None

@@ -1,0 +1,152 @@
+"""What each ``unmask`` command does with its parsed options: each one calls the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from unmask.checkpoint import export_checkpoint
+from unmask.config import apply_overrides, load_preset
+from unmask.demo import run_demo
+from unmask.distributed.process import is_main_process
+from unmask.evaluate.frontier import format_table, run_frontier
+from unmask.evaluate.generative import generative_perplexity, load_evaluator
+from unmask.evaluate.report import evaluate_checkpoint
+from unmask.generation import generate_text
+from unmask.pipeline import load
+from unmask.sampling import DrawConfig, Remasking, SamplerConfig, SamplingError
+from unmask.train import resume_config, train
+
+DEFAULT_PRESET = "tiny"
+DEFAULT_ETA = 0.02
+
+
+def train_command(args: argparse.Namespace) -> int:
+    overrides = list(args.overrides)
+    if args.data is not None:
+        overrides.insert(0, f"data.source={args.data}")
+    if args.max_steps is not None:
+        overrides.append(f"train.max_steps={args.max_steps}")
+    if args.resume and args.preset is None:
+        config = resume_config(args.out, overrides, step=args.step)  # the saved run's config
+    else:
+        config = apply_overrides(load_preset(args.preset or DEFAULT_PRESET), overrides)
+    result = train(config, args.out, resume=args.resume, step=args.step, progress=not args.quiet)
+    if not is_main_process():
+        return 130 if result.interrupted else 0
+    if result.interrupted:
+        print(f"interrupted at step {result.step}; continue with: unmask train --out {shlex.quote(str(args.out))} "
+              "--resume", file=sys.stderr)
+        return 130
+    summary = {"step": result.step, "checkpoint": str(result.checkpoint), "tokens_per_s": round(result.tokens_per_s),
+               **result.validation}
+    print(json.dumps(summary))
+    return 0
+
+
+def _format_report(report: dict) -> str:
+    exact = report["objective"] == "ar"
+    unit = "BPC" if report["character_level"] else "PPL" if exact else "PPL bound"
+    figure = report["bits_per_token"] if report["character_level"] else report["perplexity"]
+    rows = [
+        ("checkpoint", report["checkpoint"]),
+        ("data", f"{report['data']} ({report['split']}), {report['tokens']:,} tokens, {report['sequences']} sequences"),
+        ("NLL / token" if exact else "NELBO / token",
+         f"{report['nelbo_per_token']:.4f} nats +- {report['stderr']:.4f} (K={report['num_t']})"),
+        (unit, f"{figure:.3f}"),
+    ]
+    for steps, result in report["discrete"].items():
+        bound = f"{result['nelbo_per_token']:.4f} nats, PPL bound {result['perplexity']:.3f}"
+        rows.append((f"discrete T={steps}", bound))
+    if "generative" in report:
+        gen = report["generative"]
+        rows.append(("gen. PPL", f"{gen['gen_ppl']:.2f} under {gen['evaluator']} ({gen['num_samples']} samples)"))
+        rows.append(("entropy", f"{gen['entropy']:.3f} nats (unigram, per sample)"))
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+def eval_command(args: argparse.Namespace) -> int:
+    # The evaluator is loaded first: a bad one is refused before the evaluation, not after it.
+    evaluator = load_evaluator(args.gen_ppl, device="cpu") if args.gen_ppl and is_main_process() else None
+    report = evaluate_checkpoint(
+        args.checkpoint, step=args.step, data=args.data, split=args.split, num_t=args.num_t,
+        discrete_steps=args.discrete_steps, batch_size=args.batch_size, max_batches=args.max_batches, seed=args.seed,
+        device=args.device,
+    )
+    if not is_main_process():  # under torchrun: rank 0 reports
+        return 0
+    if evaluator is not None:
+        pipeline = load(args.checkpoint, step=args.step, device=args.device)
+        samples = generate_text(pipeline, SamplerConfig(steps=args.steps), num_samples=args.num_samples,
+                                seed=args.seed)
+        scored = generative_perplexity(samples.texts, evaluator, sample_token_ids=samples.tokens)
+        report["generative"] = scored.to_dict()
+    print(_format_report(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    return 0
+
+
+def sampler_config(args: argparse.Namespace) -> SamplerConfig:
+    """The sampling options of ``unmask sample`` as one checked value."""
+    if args.eta is not None and args.remask is None:
+        raise SamplingError("--eta is the remasking rate: give --remask STRATEGY with it (or drop --eta)")
+    remasking = Remasking(args.remask, eta=DEFAULT_ETA if args.eta is None else args.eta) if args.remask else None
+    draw = DrawConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    return SamplerConfig(sampler=args.sampler, steps=args.steps, order=args.order, threshold=args.threshold,
+                         remasking=remasking, draw=draw)
+
+
+def sample_command(args: argparse.Namespace) -> int:
+    sampling = sampler_config(args)
+    pipeline = load(args.checkpoint, step=args.step, device=args.device)
+    on_step = None
+    if args.show_steps:
+        def on_step(x):
+            print(pipeline.tokenizer.decode(x[0].tolist(), skip_special=False), flush=True)
+
+    samples = generate_text(pipeline, sampling, num_samples=args.num_samples, length=args.length, prompt=args.prompt,
+                            template=args.template, seed=args.seed, overlap=args.overlap,
+                            stop_at_eos=args.stop_at_eos, on_step=on_step)
+    for i, text in enumerate(samples.texts):
+        print(f"--- sample {i} ---\n{text}")
+    print(f"({samples.num_calls} denoiser calls, {samples.seconds:.2f} s)", file=sys.stderr)
+    if args.json:
+        records = [{"text": t, "tokens": ids.tolist()} for t, ids in zip(samples.texts, samples.tokens)]
+        Path(args.json).write_text(json.dumps({"samples": records, "num_calls": samples.num_calls,
+                                               "seconds": samples.seconds}, indent=2))
+    return 0
+
+
+def export_command(args: argparse.Namespace) -> int:
+    print(f"wrote {export_checkpoint(args.checkpoint, args.out, step=args.step)}")
+    return 0
+
+
+def demo_command(args: argparse.Namespace) -> int:
+    run_demo(Path(args.out), minutes=args.minutes, progress=not args.quiet)
+    return 0
+
+
+def frontier_command(args: argparse.Namespace) -> int:
+    def on_point(point):
+        print(f"{point.sampler} steps={point.steps}: {point.num_calls:.1f} calls, {point.seconds:.2f} s, "
+              f"gen. PPL {point.gen_ppl:.2f}, entropy {point.entropy:.3f}", file=sys.stderr, flush=True)
+
+    points, written = run_frontier(
+        args.checkpoint, step=args.step, out_dir=Path(args.out), evaluator=args.evaluator,
+        samplers=args.samplers.split(","), steps=args.steps, num_samples=args.num_samples, batch_size=args.batch_size,
+        length=args.length, seed=args.seed, device=args.device, on_point=on_point,
+    )
+    print(format_table(points))
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+COMMANDS = {"train": train_command, "eval": eval_command, "sample": sample_command, "frontier": frontier_command,
+            "export": export_command, "demo": demo_command}

@@ -1,0 +1,67 @@
+"""Checked option types: a bad value is refused where it is parsed, in one line naming the fix."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from pathlib import Path
+
+
+def _number(text: str, kind: type) -> int | float:
+    try:
+        value = kind(text)
+    except ValueError:
+        expected = "an integer" if kind is int else "a number"
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def at_least(low: int):
+    """An integer >= ``low``."""
+
+    def parse(text: str) -> int:
+        value = _number(text, int)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def float_in(low: float, high: float | None, *, low_open: bool = False):
+    """A float in [low, high] ((low, high] with ``low_open``; no upper bound when ``high`` is None)."""
+
+    def parse(text: str) -> float:
+        value = float(_number(text, float))
+        too_low = value <= low if low_open else value < low
+        if too_low or (high is not None and value > high):
+            left = "(" if low_open else "["
+            right = f"{high}]" if high is not None else "inf)"
+            raise argparse.ArgumentTypeError(f"must be in {left}{low}, {right}, got {value}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+def output_file(text: str) -> Path:
+    """A file to write later: its folder must exist and be writable now (checked before the work)."""
+    path = Path(text).expanduser()
+    folder = path.parent
+    if not folder.is_dir():
+        raise argparse.ArgumentTypeError(f"folder {folder} does not exist; create it first")
+    if not os.access(folder, os.W_OK):
+        raise argparse.ArgumentTypeError(f"folder {folder} is not writable; choose another path")
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} is a folder; give a file name")
+    return path
+
+
+def step_counts(text: str) -> list[int]:
+    """Comma-separated step counts, each >= 1."""
+    parse = at_least(1)
+    return [parse(item) for item in text.split(",") if item.strip()]

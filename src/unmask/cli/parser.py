@@ -1,0 +1,138 @@
+"""The ``unmask`` command's options: every one with help and its default, every value checked here."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import NoReturn
+
+from unmask.cli.options import at_least, float_in, output_file, step_counts
+from unmask.config import preset_names
+from unmask.evaluate.frontier import DEFAULT_SAMPLERS, DEFAULT_STEPS
+from unmask.sampling import ORDERS, REMASKING, SAMPLERS
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with errors in one line (``unmask sample: error: ...``) instead of usage + error."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default (unless it has none)."""
+
+
+def _checkpoint_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="run directory (its latest checkpoint) or checkpoint folder")
+    p.add_argument("--step", type=at_least(0), help="use this step's checkpoint of the run instead of the latest")
+
+
+def _train(sub) -> None:
+    p = sub.add_parser("train", help="train a model (MDLM or the AR baseline)", formatter_class=_Help)
+    p.add_argument("--preset", help=f"one of {', '.join(preset_names())} or a .yaml file (default: tiny; with "
+                                    "--resume: the saved run's config)")
+    p.add_argument("--data", help="corpus: 'default' (embedded), a file or folder, or a dataset name")
+    p.add_argument("--out", required=True, help="run directory (config, tokenizer, checkpoints, metrics)")
+    p.add_argument("--max-steps", type=at_least(1), help="stop after this many steps (train.max_steps)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its latest checkpoint, with its saved config")
+    p.add_argument("--step", type=at_least(0), help="with --resume: continue from this step's checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--nproc", type=at_least(1), metavar="N",
+                   help="train in N processes on this machine (one per GPU), as torchrun --nproc-per-node N does")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=1e-4")
+
+
+def _eval(sub) -> None:
+    p = sub.add_parser("eval", help="likelihood bound (and generative perplexity) of a checkpoint",
+                       formatter_class=_Help)
+    _checkpoint_arguments(p)
+    p.add_argument("--data", help="evaluate zero-shot on this file, folder or dataset name")
+    p.add_argument("--split", choices=("train", "validation", "test", "all"),
+                   help="split of --data (default: validation for the training corpus, all for a file)")
+    p.add_argument("--num-t", type=at_least(1), default=1, help="time samples per sequence (K)")
+    p.add_argument("--discrete-steps", type=at_least(1), nargs="*", default=[], metavar="T",
+                   help="also the discrete-time bound at each T")
+    p.add_argument("--batch-size", type=at_least(1), default=32, help="sequences per forward pass")
+    p.add_argument("--max-batches", type=at_least(1), help="evaluate only the first batches")
+    p.add_argument("--gen-ppl", metavar="EVALUATOR",
+                   help="also sample and score under a causal LM (HF path/name, 'smollm2', or an unmask AR run)")
+    p.add_argument("--num-samples", type=at_least(1), default=8, help="samples for --gen-ppl")
+    p.add_argument("--steps", type=at_least(1), default=128, help="sampling steps for --gen-ppl")
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise and the samples")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--json", type=output_file, help="also write the results to this JSON file")
+
+
+def _sample(sub) -> None:
+    p = sub.add_parser("sample", help="generate, continue a prompt, or fill in a template", formatter_class=_Help)
+    _checkpoint_arguments(p)
+    p.add_argument("--num-samples", type=at_least(1), default=4, help="how many texts")
+    p.add_argument("--steps", type=at_least(1), default=128, help="sampling steps T (per window)")
+    p.add_argument("--sampler", default="cached", choices=SAMPLERS,
+                   help="cached: exact, skips idle steps; ancestral: calls at every step; first_hitting: exact, "
+                        "one token per call")
+    p.add_argument("--length", type=at_least(2),
+                   help="tokens per sample, BOS included (default: the model's; longer runs semi-autoregressively)")
+    p.add_argument("--overlap", type=at_least(0), help="semi-AR: tokens of the previous window kept (default: half)")
+    p.add_argument("--stop-at-eos", action="store_true", help="end each sample at its first EOS")
+    p.add_argument("--prompt", help="text the samples start with")
+    p.add_argument("--template", help="text with [MASK] (one token) or [MASK:N] (N tokens) where to generate")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampler: the same seed gives the same texts")
+    p.add_argument("--temperature", type=float_in(0.0, None), default=1.0,
+                   help="divide the logits by this (0: always the most likely token)")
+    p.add_argument("--top-k", type=at_least(1), help="draw only among the k most likely tokens")
+    p.add_argument("--top-p", type=float_in(0.0, 1.0, low_open=True), help="nucleus: the smallest set with this mass")
+    p.add_argument("--order", default="random", choices=ORDERS,
+                   help="which positions unmask first: random (exact) or most certain (confidence/margin/entropy)")
+    p.add_argument("--threshold", type=float_in(0.0, 1.0),
+                   help="parallel decoding: also unmask every position whose confidence exceeds this (e.g. 0.9)")
+    p.add_argument("--remask", choices=REMASKING, help="ReMDM remasking strategy")
+    p.add_argument("--eta", type=float_in(0.0, 1.0), help="ReMDM remasking rate (with --remask; default 0.02)")
+    p.add_argument("--show-steps", action="store_true", help="print the first sample as it unmasks")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--json", type=output_file, help="also write the samples to this JSON file")
+
+
+def _frontier(sub) -> None:
+    p = sub.add_parser("frontier", help="sweep samplers and step counts: gen. PPL, entropy, calls, time",
+                       formatter_class=_Help)
+    _checkpoint_arguments(p)
+    p.add_argument("--evaluator", required=True,
+                   help="AR scorer: an unmask AR run, 'smollm2', a Hugging Face folder or .gguf file")
+    p.add_argument("--samplers", default=",".join(DEFAULT_SAMPLERS),
+                   help="comma-separated: ancestral, cached, first_hitting, confidence, margin, entropy, "
+                        "threshold-TAU, remdm-STRATEGY[-ETA] (cap, rescale, conf, loop)")
+    p.add_argument("--steps", type=step_counts, default=list(DEFAULT_STEPS), help="comma-separated step counts")
+    p.add_argument("--num-samples", type=at_least(1), default=16, help="samples per point")
+    p.add_argument("--batch-size", type=at_least(1), default=16, help="samples per generation call")
+    p.add_argument("--length", type=at_least(2), help="tokens per sample, BOS included (default: the model's)")
+    p.add_argument("--out", default="frontier", help="folder for frontier.md, frontier.json, frontier.png")
+    p.add_argument("--seed", type=int, default=0, help="seed of every point's samples")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+
+
+def _export(sub) -> None:
+    p = sub.add_parser("export", help="write a checkpoint as a single-process safetensors folder",
+                       formatter_class=_Help)
+    _checkpoint_arguments(p)
+    p.add_argument("--out", required=True, help="new folder for model/ema safetensors, config, tokenizer, state")
+
+
+def _demo(sub) -> None:
+    p = sub.add_parser("demo", help="train MDLM and the AR baseline on the embedded corpus, compare, sample",
+                       formatter_class=_Help)
+    p.add_argument("--out", default="runs/demo", help="folder for the two runs (a new one if it holds runs)")
+    p.add_argument("--minutes", type=float_in(0.0, None, low_open=True), default=3.5,
+                   help="training budget per model")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="unmask", description="Masked diffusion language models (MDLM).")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    for add in (_train, _eval, _sample, _frontier, _export, _demo):
+        add(sub)
+    return parser

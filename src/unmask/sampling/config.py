@@ -1,0 +1,76 @@
+"""How to sample, as one value: :class:`SamplerConfig`, validated once where it is built.
+
+The CLI, :func:`unmask.generation.generate_text`, semi-autoregressive generation, the frontier
+tool and the server all pass one ``SamplerConfig`` to :func:`unmask.sampling.generate`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from unmask.sampling.strategies import ORDERS, Remasking, SamplingError
+
+SAMPLERS = ("ancestral", "cached", "first_hitting")
+FINAL_STEPS = ("sample", "argmax")
+
+
+@dataclass(frozen=True)
+class DrawConfig:
+    """How a token is drawn at a position that unmasks (see :func:`unmask.sampling.filtered_probs`)."""
+
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.temperature >= 0:  # also refuses nan
+            raise SamplingError(f"--temperature must be >= 0 (0 takes the most likely token), got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise SamplingError(f"--top-k must be at least 1 (leave it out to keep every token), got {self.top_k}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise SamplingError(f"--top-p must be in (0, 1] (1 keeps every token), got {self.top_p}")
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """How to sample: which sampler, how many steps, in which order, how tokens are drawn.
+
+    - ``sampler``: "ancestral" (the network called at every step), "cached" (the same samples,
+      no call where nothing unmasks) or "first_hitting" (exact, one position per call; ``steps``
+      does not apply).
+    - ``steps``: T, the steps of the time grid (grid samplers).
+    - ``order``: "random" (exact) or most certain first ("confidence", "margin", "entropy").
+    - ``threshold``: parallel decoding: also unmask every position whose confidence exceeds it.
+    - ``remasking``: ReMDM remasking (:class:`unmask.sampling.Remasking`), or None.
+    - ``draw``: temperature, top-k, top-p.
+    - ``final_step``: what fills a position still masked after the last step: "sample" or
+      "argmax" (the reference code's "noise removal").
+    """
+
+    sampler: str = "cached"
+    steps: int = 128
+    order: str = "random"
+    threshold: float | None = None
+    remasking: Remasking | None = None
+    draw: DrawConfig = field(default_factory=DrawConfig)
+    final_step: str = "sample"
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise SamplingError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        if self.order not in ORDERS:
+            raise SamplingError(f"unknown order {self.order!r}; choose one of {', '.join(ORDERS)}")
+        if self.steps < 1:
+            raise SamplingError(f"--steps must be at least 1, got {self.steps}")
+        if self.threshold is not None and not 0 <= self.threshold <= 1:
+            raise SamplingError(f"--threshold is a confidence in [0, 1] (e.g. 0.9), got {self.threshold}")
+        if self.final_step not in FINAL_STEPS:
+            raise SamplingError(f"final_step must be one of {', '.join(FINAL_STEPS)}, got {self.final_step!r}")
+        if self.sampler == "first_hitting" and self.uses_strategy:
+            raise SamplingError("--sampler first_hitting is the exact random-order sampler: drop --order, "
+                                "--threshold and --remask, or use --sampler cached")
+
+    @property
+    def uses_strategy(self) -> bool:
+        """True when positions are not simply unmasked in random order (ordered, threshold or remasking)."""
+        return self.order != "random" or self.threshold is not None or self.remasking is not None

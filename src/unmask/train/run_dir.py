@@ -1,0 +1,143 @@
+"""A run's folder: claimed by one process at a time, started or resumed, with its tokenizer and data.
+
+A run directory holds ``config.yaml``, ``tokenizer/``, ``metrics.jsonl``, ``tensorboard/`` and
+``checkpoints/`` (see :mod:`unmask.checkpoint`). Only one training process (rank 0 of a job) writes
+into it: :class:`RunLock` refuses a second one in one line naming the first. Resuming continues
+the saved configuration (:func:`resume_config`); only the keys in ``RESUMABLE_CHANGES`` may differ.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+from torch.utils.data import Dataset
+
+from unmask.checkpoint import load_config, resolve_checkpoint
+from unmask.checkpoint.layout import step_folders
+from unmask.config import Config, ConfigError, apply_overrides
+from unmask.data import TokenBlocks, Tokenizer, get_tokenizer, iter_documents, load_tokenizer
+from unmask.data.streaming import BlockList, StreamingBlocks
+from unmask.distributed.process import Parallel
+from unmask.fileio import publish_folder, staging_folder
+
+# Fields that may change between a run and its resume: they do not change the optimisation.
+RESUMABLE_CHANGES = {
+    "train.max_steps", "train.max_minutes", "train.eval_every", "train.eval_batches", "train.save_every",
+    "train.keep_checkpoints", "train.log_every", "train.device", "train.tensorboard", "train.wandb", "train.compile",
+    "data.cache_dir", "parallel.strategy", "parallel.activation_checkpointing",
+}
+LOCK_FILE = ".lock"
+
+
+class RunLock:
+    """An exclusive lock on a run directory for as long as one training process uses it."""
+
+    def __init__(self, run_dir: Path) -> None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.path = run_dir / LOCK_FILE
+        self.file = open(self.path, "a+")  # noqa: SIM115 - held open for the lock's lifetime
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "unknown"
+            self.file.close()
+            raise ConfigError(f"{run_dir} is in use by another unmask process (pid {holder}); wait for it to "
+                              "finish or choose another --out") from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(str(os.getpid()))
+        self.file.flush()
+
+    def release(self) -> None:
+        if not self.file.closed:
+            self.file.close()  # closing releases the lock
+
+
+def has_run(run_dir: Path) -> bool:
+    return bool(step_folders(run_dir))
+
+
+def config_differences(saved: Config, current: Config) -> list[str]:
+    old, new = saved.to_dict(), current.to_dict()
+    return [
+        f"{section}.{key}: {old[section][key]!r} -> {new[section][key]!r}"
+        for section in new
+        for key in new[section]
+        if old[section].get(key) != new[section][key] and f"{section}.{key}" not in RESUMABLE_CHANGES
+    ]
+
+
+def _refuse_changes(saved: Config, config: Config) -> None:
+    changed = config_differences(saved, config)
+    if changed:
+        raise ConfigError(f"--resume with a changed config ({'; '.join(changed)}); start a new --out instead")
+
+
+def resume_config(run_dir: str | Path, overrides: list[str], *, step: int | None = None) -> Config:
+    """The saved configuration of the run in ``run_dir`` with ``key=value`` ``overrides`` applied.
+
+    An override of a key outside ``RESUMABLE_CHANGES`` must give the saved value again: a
+    different one would change the optimisation, and is refused.
+    """
+    run_dir = Path(run_dir)
+    if not has_run(run_dir):
+        raise ConfigError(f"--resume: {run_dir} holds no checkpoint to resume; drop --resume to start")
+    saved = load_config(resolve_checkpoint(run_dir, step=step))
+    config = apply_overrides(Config.from_dict(saved.to_dict()), overrides)
+    _refuse_changes(saved, config)
+    return config
+
+
+def start_or_resume(run_dir: Path, config: Config, *, resume: bool, step: int | None, write: bool) -> Path | None:
+    """Check that ``run_dir`` may be started (``resume`` False) or resumed; the checkpoint to resume from."""
+    if not resume:
+        if has_run(run_dir):
+            raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+        if write:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            config.save(run_dir / "config.yaml")
+        return None
+    if not has_run(run_dir):
+        raise ConfigError(f"--resume: {run_dir} holds no checkpoint to resume; drop --resume to start")
+    checkpoint = resolve_checkpoint(run_dir, step=step)
+    _refuse_changes(load_config(checkpoint), config)
+    return checkpoint
+
+
+def prepare_tokenizer(config: Config, run_dir: Path) -> Tokenizer:
+    """The run's tokenizer: saved in run_dir/tokenizer once, reloaded from there afterwards."""
+    folder = run_dir / "tokenizer"
+    if folder.is_dir():
+        return load_tokenizer(folder)
+    spec = config.data.tokenizer
+    corpus = iter_documents(config.data.source, "train") if spec == "bpe" else None
+    tokenizer = get_tokenizer(spec, corpus=corpus, vocab_size=config.data.vocab_size)
+    with staging_folder(folder) as tmp:
+        tokenizer.save(tmp)
+        publish_folder(tmp, folder, replace=False)
+    return tokenizer
+
+
+def open_datasets(config: Config, tokenizer: Tokenizer, parallel: Parallel | None = None
+                  ) -> tuple[TokenBlocks | StreamingBlocks, Dataset]:
+    """The training set (cached blocks, or with ``data.streaming`` this process's stream) and the
+    validation set (the same for every process)."""
+    d = config.data
+    common = dict(length=d.length, layout=d.layout, cache_dir=d.cache_dir, max_documents=d.max_documents)
+    if d.valid_source:
+        valid = TokenBlocks(d.valid_source, tokenizer, split="all", **common)
+    elif d.streaming:  # a fixed slice of the streamed validation split
+        stream = StreamingBlocks(d.source, tokenizer, split="validation", length=d.length, layout=d.layout)
+        valid = BlockList(stream, config.train.eval_batches * config.train.micro_batch)
+    else:
+        valid = TokenBlocks(d.source, tokenizer, split="validation", **common)
+    if d.streaming:
+        rank, world = (parallel.rank, parallel.world_size) if parallel is not None else (0, 1)
+        train = StreamingBlocks(d.source, tokenizer, split="train", length=d.length, layout=d.layout,
+                                rank=rank, world_size=world, max_documents=d.max_documents)
+    else:
+        train = TokenBlocks(d.source, tokenizer, split="train", **common)
+    return train, valid

@@ -1,0 +1,29 @@
+"""Untrained one-layer models on the char tokenizer, saved as run directories (for tools that read runs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from unmask.checkpoint import Checkpointer
+from unmask.config import Config
+from unmask.data import get_tokenizer
+from unmask.distributed import Parallel
+from unmask.models import DiT
+
+
+def untrained_run(root: Path, objective: str, *, length: int = 32, seed: int = 0) -> tuple[Path, DiT]:
+    """A run directory ``root/run_OBJECTIVE`` with one checkpoint (step 1) of a random model, and the model."""
+    config = Config()
+    config.objective.name = objective
+    config.model.n_layers, config.model.hidden, config.model.n_heads, config.model.cond_dim = 1, 32, 2, 16
+    config.data.length, config.data.tokenizer = length, "char"
+    tokenizer = get_tokenizer("char")
+    tokenizer.save(root / "tok")
+    torch.manual_seed(seed)
+    model = DiT(config.model_config(tokenizer.vocab_size))
+    run = root / f"run_{objective}"
+    checkpointer = Checkpointer(run, Parallel(device=torch.device("cpu")), config=config, tokenizer_dir=root / "tok")
+    checkpointer.save(1, model=model, optimizer=torch.optim.AdamW(model.parameters()), ema=None)
+    return run, model
