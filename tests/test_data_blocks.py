@@ -138,8 +138,8 @@ def test_partial_and_corrupt_caches_are_ignored(tmp_path):
     # from another host (left alone: its process may be alive); and a truncated final cache.
     finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                               capture_output=True, text=True, check=True)
-    dead = cache / f".tmp-{key}-{socket.gethostname()}-{finished.stdout.strip()}-deadbeef"
-    elsewhere = cache / f".tmp-{key}-otherhost-1-deadbeef"
+    dead = cache / f".tokens-{key}~build~{socket.gethostname()}~{finished.stdout.strip()}~deadbeef"
+    elsewhere = cache / f".tokens-{key}~build~otherhost~1~deadbeef"
     for temp in (dead, elsewhere):
         temp.mkdir()
         (temp / "tokens.bin").write_bytes(b"\1\2")

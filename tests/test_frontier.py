@@ -85,7 +85,7 @@ def test_run_frontier_writes_one_point_per_sampler_and_steps(swept):
 def test_same_seed_same_samples_ancestral_and_cached_agree(runs):
     mdlm, ar = runs
     points = sweep(mdlm, evaluator=str(ar), samplers=["ancestral", "cached", "cached"], steps=[6, 6], num_samples=3,
-                   batch_size=2, device="cpu")
+                   batch_size=2, device="cpu").points
     ancestral, cached = points  # duplicates dropped
     assert ancestral.num_calls == 6 >= cached.num_calls  # mean over the batches of 2 and 1 samples
     assert ancestral.gen_ppl == pytest.approx(cached.gen_ppl) and ancestral.entropy == pytest.approx(cached.entropy)

@@ -10,10 +10,11 @@ Both layouts and every block length are cheap views of these arrays (see ``datas
 the key covers only what changes the tokens: the source (paths, sizes, times), the split,
 the tokenizer's fingerprint and the document limit.
 
-A build streams documents through ``Tokenizer.encode_batch`` into a private temporary folder,
-fsyncs it and renames it into place in one step. A crashed build leaves only a temporary
-folder (ignored, and removed by the next build on the same host), and when two processes
-build the same cache both succeed: the first rename wins and the second uses its result.
+A build streams documents through ``Tokenizer.encode_batch`` into a private staging folder,
+fsyncs it and renames it into place in one step (:mod:`unmask.fileio`, as checkpoints are). A
+crashed build leaves only a staging folder (ignored, and removed by the next build on the same
+host), and when two processes build the same cache both succeed: the first rename wins and the
+second uses its result.
 """
 
 from __future__ import annotations
@@ -22,16 +23,15 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import socket
 import time
-import uuid
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from unmask.fileio import discard_folder, fsync_dir, publish_folder, remove_leftovers, staging_folder
 
 from .errors import DataError
 from .tokenizer_base import Tokenizer
@@ -113,22 +113,14 @@ def open_or_build(cache_dir: Path, identity: dict[str, Any],
             return TokenCache(final)
         except _Corrupt as reason:
             warnings.warn(f"rebuilding damaged token cache {final}: {reason}", stacklevel=3)
-            _discard(final)
+            discard_folder(final)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    _remove_stale_builds(cache_dir, key)
-    temp = cache_dir / f".tmp-{key}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    temp.mkdir()
-    try:
+    remove_leftovers(cache_dir)  # builds of processes that died on this host
+    with staging_folder(final, "build") as temp:
         _build(temp, identity, documents(), tokenizer)
-        try:
-            os.rename(temp, final)
-        except OSError:
-            if not (final / META_FILE).is_file():
-                raise
-            # Another process finished the same cache first; its content is identical.
-        return TokenCache(final)
-    finally:
-        shutil.rmtree(temp, ignore_errors=True)
+        # If another process finished the same cache first, its content is identical: use it.
+        publish_folder(temp, final, replace=False)
+    return TokenCache(final)
 
 
 def _build(folder: Path, identity: dict[str, Any], documents: Iterable[str],
@@ -171,7 +163,7 @@ def _build(folder: Path, identity: dict[str, Any], documents: Iterable[str],
         json.dump(meta, meta_out, indent=2)
         meta_out.flush()
         os.fsync(meta_out.fileno())
-    _fsync_dir(folder)
+    fsync_dir(folder)
     logger.info("tokenized %d documents into %d tokens in %.1fs", num_documents, num_tokens,
                 time.time() - started)
 
@@ -187,36 +179,3 @@ def _batches(documents: Iterable[str]) -> Iterator[list[str]]:
             batch, chars = [], 0
     if batch:
         yield batch
-
-
-def _fsync_dir(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def _discard(path: Path) -> None:
-    """Move a damaged cache out of the way first, so no reader sees it half deleted."""
-    aside = path.with_name(f".broken-{path.name}-{uuid.uuid4().hex[:8]}")
-    try:
-        os.rename(path, aside)
-    except OSError:
-        return  # someone else already moved or replaced it
-    shutil.rmtree(aside, ignore_errors=True)
-
-
-def _remove_stale_builds(cache_dir: Path, key: str) -> None:
-    """Delete temporary folders of this key left by dead processes on this host."""
-    host = socket.gethostname()
-    for temp in cache_dir.glob(f".tmp-{key}-*"):
-        parts = temp.name.rsplit("-", 2)  # [".tmp-<key>-<host>", pid, random]
-        if len(parts) != 3 or parts[0] != f".tmp-{key}-{host}" or not parts[1].isdigit():
-            continue
-        try:
-            os.kill(int(parts[1]), 0)
-        except ProcessLookupError:
-            shutil.rmtree(temp, ignore_errors=True)
-        except PermissionError:
-            pass  # alive, owned by another user

@@ -102,6 +102,18 @@ def _unique(items: Sequence) -> list:
     return list(dict.fromkeys(items))
 
 
+@dataclass
+class Sweep:
+    """The points of a sweep, the evaluator that scored them, and how they were made."""
+
+    points: list[FrontierPoint]
+    evaluator: Evaluator
+    length: int
+    num_samples: int
+    batch_size: int
+    seed: int
+
+
 def sweep(
     checkpoint: str | Path,
     *,
@@ -116,7 +128,7 @@ def sweep(
     device: str = "auto",
     precision: str = "auto",
     on_point: Callable[[FrontierPoint], None] | None = None,
-) -> list[FrontierPoint]:
+) -> Sweep:
     """Generate and score ``num_samples`` texts for every sampler label and step count.
 
     Every point starts from the same seed, with BOS fixed at position 0 and ``length`` positions
@@ -124,33 +136,6 @@ def sweep(
     :func:`load_evaluator`, loaded once. ``first_hitting`` gives one point, whatever ``steps``;
     its ``steps`` is the number of unmasking steps it took. ``on_point`` sees each point as it is done.
     """
-    return _sweep(checkpoint, step=step, evaluator=evaluator, samplers=samplers, steps=steps, num_samples=num_samples,
-                  batch_size=batch_size, length=length, seed=seed, device=device, precision=precision,
-                  on_point=on_point).points
-
-
-@dataclass
-class _Sweep:
-    points: list[FrontierPoint]
-    evaluator: Evaluator
-    length: int
-
-
-def _sweep(
-    checkpoint: str | Path,
-    *,
-    step: int | None = None,
-    evaluator: str | Evaluator,
-    samplers: Sequence[str],
-    steps: Sequence[int],
-    num_samples: int,
-    batch_size: int,
-    length: int | None,
-    seed: int,
-    device: str,
-    precision: str,
-    on_point: Callable[[FrontierPoint], None] | None,
-) -> _Sweep:
     options = {label.strip(): parse_sampler(label) for label in samplers}  # in order, once each
     step_counts = _unique(int(s) for s in steps)
     if not options:
@@ -207,7 +192,8 @@ def _sweep(
             points.append(point)
             if on_point is not None:
                 on_point(point)
-    return _Sweep(points=points, evaluator=scorer, length=len(template))
+    return Sweep(points=points, evaluator=scorer, length=len(template), num_samples=num_samples,
+                 batch_size=batch_size, seed=seed)
 
 
 def _sorted(points: Sequence[FrontierPoint]) -> list[FrontierPoint]:
@@ -295,34 +281,19 @@ def plot(points: Sequence[FrontierPoint], path: str | Path, *, title: str | None
     return path
 
 
-def run_frontier(
-    checkpoint: str | Path,
-    *,
-    step: int | None = None,
-    out_dir: str | Path,
-    evaluator: str | Evaluator,
-    samplers: Sequence[str] = DEFAULT_SAMPLERS,
-    steps: Sequence[int] = DEFAULT_STEPS,
-    num_samples: int = 16,
-    batch_size: int = 16,
-    length: int | None = None,
-    seed: int = 0,
-    device: str = "auto",
-    precision: str = "auto",
-    on_point: Callable[[FrontierPoint], None] | None = None,
-) -> tuple[list[FrontierPoint], list[Path]]:
-    """:func:`sweep`, then frontier.json, frontier.md and frontier.png in ``out_dir``: the points and the files written.
+def run_frontier(checkpoint: str | Path, *, out_dir: str | Path, **options: object
+                 ) -> tuple[list[FrontierPoint], list[Path]]:
+    """:func:`sweep` with ``options``, then frontier.json, frontier.md and frontier.png in ``out_dir``:
+    the points and the files written.
 
     Without matplotlib the table and the JSON are still written; a warning says what the plot needs.
     """
-    done = _sweep(checkpoint, step=step, evaluator=evaluator, samplers=samplers, steps=steps, num_samples=num_samples,
-                  batch_size=batch_size, length=length, seed=seed, device=device, precision=precision,
-                  on_point=on_point)
+    done = sweep(checkpoint, **options)
     points, name = done.points, done.evaluator.name
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    record = {"checkpoint": str(checkpoint), "evaluator": name, "num_samples": num_samples,
-              "batch_size": batch_size, "length": done.length, "seed": seed,
+    record = {"checkpoint": str(checkpoint), "evaluator": name, "num_samples": done.num_samples,
+              "batch_size": done.batch_size, "length": done.length, "seed": done.seed,
               "points": [p.to_dict() for p in _sorted(points)]}
     (out / "frontier.json").write_text(json.dumps(record, indent=2) + "\n")
     written = [out / "frontier.json", write_table(points, out / "frontier.md")]

@@ -17,20 +17,25 @@ run only at the positions that unmask (``where=``), the design the fast paths bu
 
 On the grid samplers, :mod:`unmask.sampling.strategies` adds ordered and threshold decoding
 (``order=``, ``threshold=``) and ReMDM remasking (``remasking=``).
+
+A :class:`SamplingRun` is the loop without the network: it yields a :class:`DenoiserCall` whenever
+it needs logits (and is sent them back), and a :class:`StepDone` after every step. :func:`generate`
+answers its calls with one denoiser; a server can answer the calls of many runs with one batched
+denoiser call per step (their rows are independent).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from unmask.denoiser import Denoiser, denoise
-from unmask.sampling.config import DrawConfig, SamplerConfig
+from unmask.sampling.config import SamplerConfig
 from unmask.sampling.draw import draw_categorical, filtered_probs
-from unmask.sampling.strategies import Remasking, expected_counts, position_scores, top_per_row
+from unmask.sampling.strategies import expected_counts, position_scores, top_per_row
 from unmask.schedules import Schedule, get_schedule
 
 
@@ -41,6 +46,30 @@ class SampleOutput:
     tokens: Tensor
     num_calls: int
     num_steps: int
+
+
+@dataclass
+class DenoiserCall:
+    """Logits a sampling run needs: at the ``where`` [R, L] positions of rows ``x`` [R, L] at times ``t`` [R].
+
+    The answer is the denoiser's logits there, [N, V] in row-major order (N = where.sum()).
+    Rows with nothing to unmask are left out: every row's output depends on that row alone.
+    """
+
+    x: Tensor
+    t: Tensor
+    where: Tensor
+
+
+@dataclass
+class StepDone:
+    """A step of a sampling run is complete; ``x`` is the run's state after it."""
+
+    step: int
+    x: Tensor
+
+
+Event = DenoiserCall | StepDone
 
 
 def initial_state(
@@ -84,22 +113,26 @@ def generate(
     See the module docstring for the samplers and :class:`SamplerConfig` for the options;
     ``template`` holds fixed tokens (every non-MASK entry). ``on_step`` sees the state after every step.
     """
-    config = config or SamplerConfig()
-    schedule = get_schedule(schedule)
     device = model_device(denoiser) if device is None else device
     x = initial_state(batch_size=batch_size, length=length, mask_id=mask_id, template=template, device=device)
-    state = _LoopState(denoiser, x, mask_id, config.draw, generator, on_step)
-
+    run = SamplingRun(config or SamplerConfig(), x, mask_id=mask_id, schedule=schedule, generator=generator)
+    events = run.events()
+    answer: Tensor | None = None
     with torch.no_grad():
-        if config.sampler == "first_hitting":
-            state.first_hitting(schedule)
-        else:
-            state.grid(schedule, config.steps, skip_idle=config.sampler == "cached", order=config.order,
-                       threshold=config.threshold, remasking=config.remasking)
-        if (x == mask_id).any():
-            still = x == mask_id
-            state.unmask(still, torch.zeros(batch_size, device=x.device), argmax=config.final_step == "argmax")
-    return SampleOutput(tokens=x, num_calls=state.num_calls, num_steps=state.num_steps)
+        while (event := _next(events, answer)) is not None:
+            answer = None
+            if isinstance(event, DenoiserCall):
+                answer = denoise(denoiser, event.x, event.t, where=event.where)
+            elif on_step is not None:
+                on_step(event.x)
+    return SampleOutput(tokens=run.x, num_calls=run.num_calls, num_steps=run.num_steps)
+
+
+def _next(events: Generator[Event, Tensor | None, None], answer: Tensor | None) -> Event | None:
+    try:
+        return events.send(answer)
+    except StopIteration:
+        return None
 
 
 def sample(
@@ -120,64 +153,80 @@ def sample(
                     template=template, generator=generator).tokens
 
 
-class _LoopState:
-    """The sequence being generated, the network-call counter, and the single unmasking step."""
+class SamplingRun:
+    """A batch of sequences ``x`` [B, L] being sampled as ``config`` says, without the network.
 
-    def __init__(
-        self,
-        denoiser: Denoiser,
-        x: Tensor,
-        mask_id: int,
-        draw: DrawConfig,
-        generator: torch.Generator | None,
-        on_step: Callable[[Tensor], None] | None,
-    ) -> None:
-        self.denoiser = denoiser
+    :meth:`events` is a generator: it yields a :class:`DenoiserCall` whenever it needs logits (send
+    them back) and a :class:`StepDone` after every step (send None). ``x`` holds the current state;
+    ``num_calls`` and ``num_steps`` count what was asked for.
+    """
+
+    def __init__(self, config: SamplerConfig, x: Tensor, *, mask_id: int, schedule: Schedule | str = "loglinear",
+                 generator: torch.Generator | None = None) -> None:
+        self.config = config
         self.x = x
         self.mask_id = mask_id
-        self.draw = draw
+        self.schedule = get_schedule(schedule)
         self.generator = generator
-        self.on_step = on_step
         self.num_calls = 0
         self.num_steps = 0
         self.fixed = x != mask_id  # template tokens: never changed, never remasked
         self.confidence = torch.ones(x.shape, dtype=torch.float64, device=x.device)
 
+    def events(self) -> Generator[Event, Tensor | None, None]:
+        if self.config.sampler == "first_hitting":
+            yield from self._first_hitting()
+        else:
+            yield from self._grid()
+        still = self.x == self.mask_id
+        if bool(still.any()):  # possible only when alpha_0 < 1
+            times = torch.zeros(self.x.shape[0], device=self.x.device)
+            yield from self._unmask(still, times, argmax=self.config.final_step == "argmax")
+
+    def _rand(self, shape: tuple[int, ...]) -> Tensor:
+        return torch.rand(shape, generator=self.generator, device=self.x.device, dtype=torch.float64)
+
     def _probs(self, logits: Tensor, argmax: bool = False) -> Tensor:
         if argmax:
             return filtered_probs(logits, self.mask_id, temperature=0.0)
-        d = self.draw
+        d = self.config.draw
         return filtered_probs(logits, self.mask_id, temperature=d.temperature, top_k=d.top_k, top_p=d.top_p)
 
-    def _call(self, where: Tensor, t: Tensor, *, skip_idle: bool = True) -> tuple[Tensor, Tensor] | None:
-        """Logits at the ``where`` [B, L] positions, running only the rows that have any (if skip_idle)."""
+    def _call(self, where: Tensor, t: Tensor, *,
+              skip_idle: bool = True) -> Generator[Event, Tensor | None, Tensor | None]:
+        """Logits at the ``where`` [B, L] positions, asking only for the rows that have any (if skip_idle)."""
         rows = where.any(1) if skip_idle else torch.ones(where.shape[0], dtype=torch.bool, device=where.device)
         if not bool(rows.any()):
             return None
-        # Rows with nothing to unmask are not run: each row's output depends on that row alone.
         subset = not bool(rows.all())
-        x_rows, where_rows, t_rows = (self.x[rows], where[rows], t[rows]) if subset else (self.x, where, t)
         self.num_calls += 1
-        return denoise(self.denoiser, x_rows, t_rows, where=where_rows), rows
+        call = DenoiserCall(self.x[rows], t[rows], where[rows]) if subset else DenoiserCall(self.x, t, where)
+        return (yield call)
 
-    def unmask(self, chosen: Tensor, t: Tensor, *, argmax: bool = False, skip_idle: bool = True) -> None:
+    def _step_done(self) -> Generator[Event, Tensor | None, None]:
+        self.num_steps += 1
+        yield StepDone(self.num_steps, self.x)
+
+    def _unmask(self, chosen: Tensor, t: Tensor, *, argmax: bool = False,
+                skip_idle: bool = True) -> Generator[Event, Tensor | None, None]:
         """Draw tokens at the ``chosen`` [B, L] positions from p_theta(. | x_t) at times t [B]."""
-        called = self._call(chosen, t, skip_idle=skip_idle)
-        if called is None or called[0].shape[0] == 0:
+        logits = yield from self._call(chosen, t, skip_idle=skip_idle)
+        if logits is None or logits.shape[0] == 0:
             return
-        probs = self._probs(called[0], argmax)
+        probs = self._probs(logits, argmax)
         tokens = draw_categorical(probs, self.generator)
         self.x[chosen] = tokens
         self.confidence[chosen] = probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
-    def unmask_ordered(self, counts: Tensor, t: Tensor, order: str, threshold: float | None) -> None:
-        """Score every masked position; unmask the ``counts`` best per row, and all above ``threshold``."""
+    def _unmask_ordered(self, counts: Tensor, t: Tensor) -> Generator[Event, Tensor | None, None]:
+        """Score every masked position; unmask the ``counts`` best per row, and all above the threshold."""
+        order, threshold = self.config.order, self.config.threshold
         masked = self.x == self.mask_id
         active = masked & ((counts > 0) | (threshold is not None)).unsqueeze(1)
-        called = self._call(active, t)
-        if called is None:
+        logits = yield from self._call(active, t)
+        if logits is None:
             return
-        probs = self._probs(called[0])
+        probs = self._probs(logits)
         tokens = draw_categorical(probs, self.generator)
         scores = torch.full(self.x.shape, float("-inf"), dtype=torch.float64, device=self.x.device)
         scores[active] = position_scores(probs, order if order != "random" else "confidence")
@@ -193,25 +242,13 @@ class _LoopState:
         self.x[chosen] = drawn[chosen]
         self.confidence[chosen] = chosen_probs[chosen]
 
-    def after_step(self) -> None:
-        self.num_steps += 1
-        if self.on_step is not None:
-            self.on_step(self.x)
-
-    def grid(
-        self,
-        schedule: Schedule,
-        steps: int,
-        *,
-        skip_idle: bool,
-        order: str = "random",
-        threshold: float | None = None,
-        remasking: Remasking | None = None,
-    ) -> None:
+    def _grid(self) -> Generator[Event, Tensor | None, None]:
         """Ancestral sampling on the uniform grid 1 = t_0 > t_1 > ... > t_T = 0."""
+        config, schedule = self.config, self.schedule
+        remasking, skip_idle = config.remasking, config.sampler == "cached"
         batch = self.x.shape[0]
-        times = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64, device=self.x.device)
-        for k in range(steps):
+        times = torch.linspace(1.0, 0.0, config.steps + 1, dtype=torch.float64, device=self.x.device)
+        for k in range(config.steps):
             t, s = times[k], times[k + 1]
             masked = self.x == self.mask_id
             remask = None
@@ -223,35 +260,33 @@ class _LoopState:
                 p_unmask = ((alpha_s - (1 - sigma) * alpha_t) / (1 - alpha_t).clamp_min(1e-12)).clamp(0.0, 1.0)
                 if sigma > 0:  # decided from x_t, like the unmasking set
                     decoded = ~masked & ~self.fixed
-                    u = torch.rand(self.x.shape, generator=self.generator, device=self.x.device, dtype=torch.float64)
-                    remask = u < remasking.per_token(sigma, decoded, self.confidence)
+                    remask = self._rand(self.x.shape) < remasking.per_token(sigma, decoded, self.confidence)
             t_batch = t.float().expand(batch)
-            if order == "random" and threshold is None:
-                u = torch.rand(self.x.shape, generator=self.generator, device=self.x.device, dtype=torch.float64)
-                self.unmask(masked & (u < p_unmask), t_batch, skip_idle=skip_idle)
+            if config.order == "random" and config.threshold is None:
+                unmasking = masked & (self._rand(self.x.shape) < p_unmask)
+                yield from self._unmask(unmasking, t_batch, skip_idle=skip_idle)
             else:
-                self.unmask_ordered(expected_counts(masked, p_unmask), t_batch, order, threshold)
+                yield from self._unmask_ordered(expected_counts(masked, p_unmask), t_batch)
             if remask is not None:
                 self.x[remask] = self.mask_id
-            self.after_step()
+            yield from self._step_done()
 
-    def first_hitting(self, schedule: Schedule) -> None:
+    def _first_hitting(self) -> Generator[Event, Tensor | None, None]:
         """One position per row and per network call, at the exact first-hitting times."""
         batch = self.x.shape[0]
-        one_minus_alpha = schedule.one_minus_alpha(torch.ones(batch, dtype=torch.float64, device=self.x.device))
+        one_minus_alpha = self.schedule.one_minus_alpha(torch.ones(batch, dtype=torch.float64, device=self.x.device))
         while True:
             masked = self.x == self.mask_id
             n = masked.sum(1)
             if not bool(n.any()):
                 return
             # The next unmask time among n masked positions: 1 - alpha_s = (1 - alpha_t) u^(1/n).
-            u = torch.rand(batch, generator=self.generator, device=self.x.device, dtype=torch.float64)
+            u = self._rand((batch,))
             one_minus_alpha = torch.where(n > 0, one_minus_alpha * u ** (1.0 / n.clamp_min(1)), one_minus_alpha)
-            t = schedule.time_of_alpha(1 - one_minus_alpha)
+            t = self.schedule.time_of_alpha(1 - one_minus_alpha)
             # Which position: uniform among the masked ones (random keys, the smallest wins).
-            keys = torch.rand(self.x.shape, generator=self.generator, device=self.x.device, dtype=torch.float64)
-            keys = keys.masked_fill(~masked, 2.0)
+            keys = self._rand(self.x.shape).masked_fill(~masked, 2.0)
             chosen = torch.zeros_like(masked)
             chosen[torch.arange(batch, device=self.x.device), keys.argmin(1)] = True
-            self.unmask(chosen & masked, t.float())
-            self.after_step()
+            yield from self._unmask(chosen & masked, t.float())
+            yield from self._step_done()
