@@ -181,8 +181,8 @@ def build_trainer(shape: Shape, folder: Path, *, objective: str, precision: str,
     trainer = Trainer(config, folder / "run", progress=False)
     if trainer.tokenizer.vocab_size != shape.vocab + 1:
         trainer.close()
-        raise ValueError(f"tokenizer {shape.tokenizer} has {trainer.tokenizer.vocab_size} ids, the shape "
-                         f"{shape.vocab} + MASK")
+        raise ValueError(f"tokenizer {shape.tokenizer!r} has {trainer.tokenizer.vocab_size} ids; the shape says "
+                         f"{shape.vocab + 1} ({shape.vocab} and MASK)")
     trainer.model.train()
     return trainer
 
