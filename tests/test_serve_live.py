@@ -196,11 +196,16 @@ def test_ctrl_c_drains_the_requests_in_flight_then_stops(run):
 @pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="no Chromium: apt-get install -y chromium")
 def test_the_page_shows_the_text_unmasking_in_a_real_browser(pipeline, tmp_path):
+    """UNMASK_SCREENSHOT=PATH keeps the picture; UNMASK_SCREENSHOT_RUN=RUN serves that run instead of a random model
+    (docs/serving.md says how docs/serve-screenshot.png was made)."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="no Playwright: pip install playwright")
     screenshot = Path(os.environ.get("UNMASK_SCREENSHOT", tmp_path / "serve.png"))
+    shown = os.environ.get("UNMASK_SCREENSHOT_RUN")
+    pipeline = load(shown, device="cpu") if shown else pipeline
     body = {"prompt": "it is a truth", "steps": 48, "sampler": "ancestral", "temperature": 1.0, "seed": 7}
     expected = alone(pipeline, body).texts[0]
-    with serving(create_app(pipeline, model="tiny-random")) as url, sync_api.sync_playwright() as playwright:
+    name = Path(shown).name if shown else "tiny-random"
+    with serving(create_app(pipeline, model=name)) as url, sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch_persistent_context(
             str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS,
             viewport={"width": 1000, "height": 620})
