@@ -34,7 +34,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -49,6 +48,9 @@ from unmask.checkpoint import resolve_checkpoint
 from unmask.config import apply_overrides, load_preset
 from unmask.data import load_tokenizer
 from unmask.train import train
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from speed import device_name  # noqa: E402 - the machine's name, as the other benchmarks give it
 
 CLIENTS = (1, 4, 16)
 MODES = {"on": 64, "off": 1}  # --max-batch of each server
@@ -125,17 +127,6 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path, help="serve this run (default: a one-step run of the tiny preset's shape)")
@@ -160,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     date = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-    setting = {"date": date, "machine": f"{cpu_name()}, {os.cpu_count()} CPUs", "torch": torch.__version__,
+    setting = {"date": date, "machine": f"{device_name('cpu')}, {os.cpu_count()} CPUs", "torch": torch.__version__,
                "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
                "run": str(args.run) if args.run else ("quick" if args.quick else "tiny preset, 1 step"),
                "requests": requests, "steps": args.steps, "sampler": args.sampler, "threads": args.threads}
