@@ -138,6 +138,7 @@ def test_bad_input_gets_a_4xx_with_the_cli_wording(client, runs, capsys):
     ('{"length": 97}', 400, "over this server's limit of 96"),
     ('{"length": 1}', 400, "length counts every token"),
     ('{"temperature": -1}', 400, "temperature must be >= 0"),
+    ('{"temperature": Infinity}', 400, "temperature must be a finite number"),
     ('{"seed": 18446744073709551616}', 400, "seed must be a 64-bit integer"),
     ('{"prompt": "' + "a" * (1 << 20) + '"}', 413, "over 1 MiB"),
 ])

@@ -3,6 +3,11 @@
 A template is text in which ``[MASK]`` marks one token to generate; ``[MASK:N]`` marks N in a
 row (writing ``[MASK]`` N times does the same). Everything else in the template is fixed and is
 never changed by the sampler.
+
+:func:`generate_text` is what ``unmask sample`` runs: :func:`prepare` checks a request and makes
+its fixed tokens, :func:`start_run` the sampling run of an MDLM within the model's length (which
+the server drives among others, so that a seed gives the same text there), :func:`text_samples`
+the texts.
 """
 
 from __future__ import annotations

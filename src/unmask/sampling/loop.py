@@ -19,9 +19,10 @@ On the grid samplers, :mod:`unmask.sampling.strategies` adds ordered and thresho
 (``order=``, ``threshold=``) and ReMDM remasking (``remasking=``).
 
 A :class:`SamplingRun` is the loop without the network: it yields a :class:`DenoiserCall` whenever
-it needs logits (and is sent them back), and a :class:`StepDone` after every step. :func:`generate`
-answers its calls with one denoiser; a server can answer the calls of many runs with one batched
-denoiser call per step (their rows are independent).
+it needs logits (and is sent them back), and a :class:`StepDone` after every step. :func:`run_to_end`
+answers its calls with one denoiser (:func:`generate` builds a run and does so); the server
+(:mod:`unmask.serve.batcher`) answers the calls of many runs with one batched denoiser call per
+step (their rows are independent).
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import re
 import secrets
 from collections.abc import Mapping
@@ -108,6 +109,8 @@ def checked_fields(body: Mapping[str, Any], fields: Mapping[str, tuple[type, ...
         types = fields[name]
         if isinstance(value, bool) and bool not in types or not isinstance(value, types):
             raise RequestError(f"{name} must be {_TYPE_NAMES[types[0]]}, got {json.dumps(value)}")
+        if isinstance(value, float) and not math.isfinite(value):  # JSON as Python reads it allows NaN, Infinity
+            raise RequestError(f"{name} must be a finite number, got {value}")
         values[name] = value
     return values
 
