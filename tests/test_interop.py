@@ -63,7 +63,7 @@ def test_the_released_170m_shape_maps_onto_the_dit_on_the_meta_device():
     assert schedule == "loglinear" and model_config.cond_dim == 128
 
 
-def _error(load_target, match):
+def _refused(load_target, match):
     with pytest.raises(CheckpointError, match=match) as info:
         unmask.load(load_target, device="cpu")
     assert len(str(info.value).splitlines()) == 1
@@ -82,26 +82,26 @@ def test_bad_config_fields_are_named(released, change, match):
     config = dict(config)
     change(config)
     (folder / "config.json").write_text(json.dumps(config))
-    _error(folder, match)
+    _refused(folder, match)
 
 
 def test_a_tensor_of_the_wrong_shape_is_named(released):
     folder, config, tensors = released
     tensors = {**tensors, "blocks.1.mlp.0.bias": torch.zeros(7)}
     write_released_folder(folder, config, tensors)
-    _error(folder, r"backbone\.blocks\.1\.mlp\.0\.bias has shape \(7,\)")
+    _refused(folder, r"backbone\.blocks\.1\.mlp\.0\.bias has shape \(7,\)")
 
 
 def test_other_model_types_and_pickles_and_offline_names_are_refused(released, tmp_path):
     folder, config, _ = released
     (folder / "config.json").write_text(json.dumps({**config, "model_type": "gpt2"}))
-    _error(folder, "'gpt2' model, which has no masked-LM form")
+    _refused(folder, "'gpt2' model, which has no masked-LM form")
     (folder / "config.json").write_text(json.dumps({**config, "model_type": "no-such-model"}))
-    _error(folder, "'no-such-model'")
+    _refused(folder, "'no-such-model'")
     (folder / "config.json").write_text(json.dumps(config))
     (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
-    _error(folder, "pickle")
-    _error("kuleshov-group/no-such-model", "network")
+    _refused(folder, "pickle")
+    _refused("kuleshov-group/no-such-model", "network")
     assert is_hub_name("kuleshov-group/mdlm-owt") and is_hub_name("bert-base-uncased")
     assert not is_hub_name("./run") and not is_hub_name("a/b/c") and not is_hub_name("model.ckpt")
 

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from one_line import one_line_error as _error
 from released import random_released_weights, released_config, released_shapes
+from runs import untrained_run
 from safetensors.torch import load_file
 
 import unmask
@@ -18,14 +20,6 @@ WIKITEXT = SHARED_DATA / "wikitext-2" / "test.txt"
 PTB = SHARED_DATA / "ptb" / "test.txt"
 needs_shared_data = pytest.mark.skipif(not WIKITEXT.is_file() or not PTB.is_file(),
                                        reason=f"{SHARED_DATA} exists only beside a development checkout")
-
-
-def _error(capsys, argv):
-    code = main(argv)
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert "Traceback" not in err and len(err.splitlines()) == 1, err
-    return err
 
 
 def _lightning_checkpoint(path: Path, config: dict, *, compiled: bool) -> dict:
@@ -96,8 +90,6 @@ def test_convert_refuses_what_it_cannot_read(tmp_path, capsys):
 
 
 def test_export_hf_from_the_cli(tmp_path, capsys):
-    from runs import untrained_run
-
     run, _ = untrained_run(tmp_path, "mdlm")
     assert "--allow-approximate-gelu" in _error(capsys, ["export", str(run), "--format", "hf", "--out",
                                                          str(tmp_path / "hf")])
