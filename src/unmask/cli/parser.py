@@ -56,6 +56,8 @@ def _eval(sub) -> None:
     p.add_argument("--detokenizer", choices=list(DETOKENIZERS),
                    help="the reference's zero-shot reading with this detokenizer (default: the dataset's own for "
                         "the paper's datasets; use it for a local copy of one)")
+    p.add_argument("--text-field", help="the field of .jsonl / column of .parquet files that holds the text "
+                                        "(default: the run's data.text_field)")
     p.add_argument("--split", choices=("train", "validation", "test", "all"),
                    help="split of --data (default: validation for the training corpus, all for a file)")
     p.add_argument("--num-t", type=at_least(1), default=1, help="time samples per sequence (K)")

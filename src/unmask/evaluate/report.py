@@ -25,6 +25,7 @@ def evaluate_checkpoint(
     seed: int = 0,
     device: str = "auto",
     precision: str = "auto",
+    text_field: str | None = None,
     detokenizer: str | None = None,
 ) -> dict[str, Any]:
     """NELBO per token (or the AR NLL), its standard error and perplexity / bits per character.
@@ -36,9 +37,10 @@ def evaluate_checkpoint(
     ``wikitext-2``, ``lambada``, ...) are read as the reference reads them, with their detokenizer
     (:mod:`unmask.data.detokenizers`); ``detokenizer`` applies one of those rules to any ``data``
     (a local copy of such a corpus), or overrides the dataset's own.
-    ``discrete_steps`` adds the discrete-time bound for each T given; ``step`` picks a checkpoint of a
-    run. Under torchrun every process evaluates a share of the batches and all get the
-    single-process result.
+    ``text_field`` names the field of .jsonl / .parquet files that holds the text (default: the
+    run's data.text_field). ``discrete_steps`` adds the discrete-time bound for each T given;
+    ``step`` picks a checkpoint of a run. Under torchrun every process evaluates a share of the
+    batches and all get the single-process result.
     """
     parallel = setup(device)  # under torchrun: join the job; each process evaluates its share of the batches
     pipeline = load(path, step=step, device=str(parallel.device))
@@ -57,9 +59,11 @@ def evaluate_checkpoint(
         raise DataError("a detokenizer applies to zero-shot data: give --data with --detokenizer")
     if data is not None and detokenizer is None:
         detokenizer = ZERO_SHOT_DETOKENIZER.get(data)
+    field = text_field or config.data.text_field
     blocks = parallel.main_first(lambda: TokenBlocks(source, pipeline.tokenizer, split=split,
                                                      length=config.data.length, layout=layout,
-                                                     cache_dir=config.data.cache_dir, detokenizer=detokenizer))
+                                                     cache_dir=config.data.cache_dir, text_field=field,
+                                                     detokenizer=detokenizer))
     common = dict(batch_size=batch_size, max_batches=max_batches, num_t=num_t, seed=seed, device=pipeline.device,
                   precision=precision, parallel=parallel)
     main = evaluate_dataset(pipeline.model, blocks, config.objective, pipeline.mask_id, **common)
