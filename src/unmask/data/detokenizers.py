@@ -19,6 +19,8 @@ from .errors import DataError
 # (pattern, replacement, is_regex), applied in order.
 Rule = tuple[str, str, bool]
 
+# The reference also rewrites the literal text "/' D/" (D a digit), a pattern with stray slashes
+# that ordinary text never contains; it is left out.
 _WIKITEXT: list[Rule] = [
     ("s '", "s'", False),
     (" @-@ ", "-", False), (" @,@ ", ",", False), (" @.@ ", ".", False),
