@@ -18,12 +18,13 @@ from unmask.evaluate.frontier import format_table, run_frontier
 from unmask.evaluate.generative import generative_perplexity, load_evaluator
 from unmask.evaluate.report import evaluate_checkpoint
 from unmask.generation import generate_text
+from unmask.interop import convert_lightning, export_hf
 from unmask.pipeline import load
-from unmask.sampling import DrawConfig, Remasking, SamplerConfig, SamplingError
+from unmask.sampling import SamplerConfig
+from unmask.serve import serve
 from unmask.train import resume_config, train
 
 DEFAULT_PRESET = "tiny"
-DEFAULT_ETA = 0.02
 
 
 def train_command(args: argparse.Namespace) -> int:
@@ -60,11 +61,15 @@ def _format_report(report: dict) -> str:
     figure = report["bits_per_token"] if report["character_level"] else report["perplexity"]
     rows = [
         ("checkpoint", report["checkpoint"]),
-        ("data", f"{report['data']} ({report['split']}), {report['tokens']:,} tokens, {report['sequences']} sequences"),
+        ("data", f"{report['data']} ({report['split']}), {report['tokens']:,} tokens, {report['sequences']} sequences"
+                 f" of {report['length']}"),
         ("NLL / token" if exact else "NELBO / token",
          f"{report['nelbo_per_token']:.4f} nats +- {report['stderr']:.4f} (K={report['num_t']})"),
         (unit, f"{figure:.3f}"),
     ]
+    if report["detokenizer"] is not None:
+        rows.insert(2, ("protocol", f"zero-shot as the reference: detokenizer {report['detokenizer']}, documents "
+                                    "wrapped, last partial block dropped"))
     for steps, result in report["discrete"].items():
         bound = f"{result['nelbo_per_token']:.4f} nats, PPL bound {result['perplexity']:.3f}"
         rows.append((f"discrete T={steps}", bound))
@@ -82,7 +87,7 @@ def eval_command(args: argparse.Namespace) -> int:
     report = evaluate_checkpoint(
         args.checkpoint, step=args.step, data=args.data, split=args.split, num_t=args.num_t,
         discrete_steps=args.discrete_steps, batch_size=args.batch_size, max_batches=args.max_batches, seed=args.seed,
-        device=args.device, text_field=args.text_field,
+        device=args.device, text_field=args.text_field, detokenizer=args.detokenizer,
     )
     if not is_main_process():  # under torchrun: rank 0 reports
         return 0
@@ -98,18 +103,10 @@ def eval_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def sampler_config(args: argparse.Namespace) -> SamplerConfig:
-    """The sampling options of ``unmask sample`` as one checked value."""
-    if args.eta is not None and args.remask is None:
-        raise SamplingError("--eta is the remasking rate: give --remask STRATEGY with it (or drop --eta)")
-    remasking = Remasking(args.remask, eta=DEFAULT_ETA if args.eta is None else args.eta) if args.remask else None
-    draw = DrawConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
-    return SamplerConfig(sampler=args.sampler, steps=args.steps, order=args.order, threshold=args.threshold,
-                         remasking=remasking, draw=draw)
-
-
 def sample_command(args: argparse.Namespace) -> int:
-    sampling = sampler_config(args)
+    sampling = SamplerConfig.from_options(
+        sampler=args.sampler, steps=args.steps, order=args.order, threshold=args.threshold, remask=args.remask,
+        eta=args.eta, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
     pipeline = load(args.checkpoint, step=args.step, device=args.device)
     on_step = None
     if args.show_steps:
@@ -123,14 +120,40 @@ def sample_command(args: argparse.Namespace) -> int:
         print(f"--- sample {i} ---\n{text}")
     print(f"({samples.num_calls} denoiser calls, {samples.seconds:.2f} s)", file=sys.stderr)
     if args.json:
-        records = [{"text": t, "tokens": ids.tolist()} for t, ids in zip(samples.texts, samples.tokens)]
-        Path(args.json).write_text(json.dumps({"samples": records, "num_calls": samples.num_calls,
-                                               "seconds": samples.seconds}, indent=2))
+        Path(args.json).write_text(json.dumps(samples.to_dict(), indent=2))
+    return 0
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    serve(args.checkpoint, host=args.host, port=args.port, max_batch=args.max_batch, device=args.device,
+          step=args.step)
     return 0
 
 
 def export_command(args: argparse.Namespace) -> int:
-    print(f"wrote {export_checkpoint(args.checkpoint, args.out, step=args.step)}")
+    if args.format == "unmask":
+        if args.allow_approximate_gelu:
+            raise UserError("--allow-approximate-gelu applies to --format hf only; add --format hf or drop it")
+        print(f"wrote {export_checkpoint(args.checkpoint, args.out, step=args.step)}")
+        return 0
+    exported = export_hf(args.checkpoint, args.out, step=args.step, allow_approximate_gelu=args.allow_approximate_gelu)
+    print(f"wrote {exported.out} in the released MDLM layout (config.json, model.safetensors, tokenizer): "
+          "unmask loads it, and so does transformers' AutoModelForMaskedLM with trust_remote_code=True")
+    if not exported.transformers_tokenizer:
+        print("note: transformers has no equivalent of this model's character tokenizer; only unmask reads the "
+              "tokenizer files", file=sys.stderr)
+    return 0
+
+
+def convert_command(args: argparse.Namespace) -> int:
+    done = convert_lightning(args.ckpt, args.out, ema=not args.no_ema, trust_pickle=args.trust_pickle)
+    shape = done.config
+    print(f"wrote {done.out}: step {done.step}, {'EMA' if done.weights == 'ema' else 'trained'} weights, "
+          f"{shape.n_layers} blocks x {shape.hidden}, {shape.n_heads} heads, vocabulary {shape.vocab_size}, "
+          f"length {shape.length}, tokenizer {done.tokenizer}")
+    if done.assumed:
+        print(f"note: the checkpoint does not record {', '.join(done.assumed)}: the paper's value was assumed",
+              file=sys.stderr)
     return 0
 
 
@@ -155,5 +178,5 @@ def frontier_command(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": train_command, "eval": eval_command, "sample": sample_command, "frontier": frontier_command,
-            "export": export_command, "demo": demo_command}
+COMMANDS = {"train": train_command, "eval": eval_command, "sample": sample_command, "serve": serve_command,
+            "frontier": frontier_command, "export": export_command, "convert": convert_command, "demo": demo_command}
