@@ -80,7 +80,7 @@ def _random_dit():
     return model
 
 
-@pytest.mark.parametrize("sampler", ["ancestral", "cached", "first_hitting"])
+@pytest.mark.parametrize("sampler", ["ancestral", "cached", "first_hitting", "analytic"])
 def test_positions_only_head_gives_the_same_samples(sampler):
     model = _random_dit()
     kw = dict(batch_size=5, length=12, mask_id=19, steps=16, sampler=sampler)

@@ -116,9 +116,9 @@ def generate_text(
     window = pipeline.config.data.length
     device = pipeline.device
     generator = torch.Generator(device).manual_seed(seed)
-    if pipeline.is_autoregressive and (sampling.uses_strategy or sampling.sampler == "first_hitting"):
+    if pipeline.is_autoregressive and (sampling.uses_strategy or sampling.sampler in ("first_hitting", "analytic")):
         raise PromptError("an AR model decodes left to right, one token per step: --order, --threshold, --remask "
-                          "and --sampler first_hitting apply to MDLM models only")
+                          f"and --sampler {sampling.sampler} apply to diffusion models only")
     started = time.perf_counter()
     with autocast(precision, device):
         if length is not None and length > window and not pipeline.is_autoregressive:
@@ -129,7 +129,7 @@ def generate_text(
             out = generate_long(model, sampling, batch_size=num_samples, total_length=length, window=window,
                                 mask_id=tokenizer.mask_id, schedule=pipeline.config.objective.schedule,
                                 overlap=overlap, prefix=prefix, stop_id=tokenizer.eos_id if stop_at_eos else None,
-                                generator=generator, on_step=on_step)
+                                generator=generator, on_step=on_step, parameterization=pipeline.parameterization)
         else:
             fixed = build_template(tokenizer, model_length=window, length=length, prompt=prompt, template=template)
             if pipeline.is_autoregressive:
@@ -139,7 +139,7 @@ def generate_text(
             else:
                 out = generate(model, sampling, batch_size=num_samples, length=len(fixed), mask_id=tokenizer.mask_id,
                                schedule=pipeline.config.objective.schedule, template=fixed, generator=generator,
-                               on_step=on_step)
+                               on_step=on_step, parameterization=pipeline.parameterization)
     seconds = time.perf_counter() - started
     texts = [decode_sample(tokenizer, row.tolist(), stop_at_eos) for row in out.tokens]
     return TextSamples(texts=texts, tokens=out.tokens, num_calls=out.num_calls, seconds=seconds)

@@ -73,7 +73,7 @@ def _sample(sub) -> None:
     p.add_argument("--steps", type=at_least(1), default=128, help="sampling steps T (per window)")
     p.add_argument("--sampler", default="cached", choices=SAMPLERS,
                    help="cached: exact, skips idle steps; ancestral: calls at every step; first_hitting: exact, "
-                        "one token per call")
+                        "one token per call; analytic: SEDD's Tweedie tau-leaping (any diffusion model)")
     p.add_argument("--length", type=at_least(2),
                    help="tokens per sample, BOS included (default: the model's; longer runs semi-autoregressively)")
     p.add_argument("--overlap", type=at_least(0), help="semi-AR: tokens of the previous window kept (default: half)")
@@ -103,7 +103,7 @@ def _frontier(sub) -> None:
     p.add_argument("--evaluator", required=True,
                    help="AR scorer: an unmask AR run, 'smollm2', a Hugging Face folder or .gguf file")
     p.add_argument("--samplers", default=",".join(DEFAULT_SAMPLERS),
-                   help="comma-separated: ancestral, cached, first_hitting, confidence, margin, entropy, "
+                   help="comma-separated: ancestral, cached, first_hitting, analytic, confidence, margin, entropy, "
                         "threshold-TAU, remdm-STRATEGY[-ETA] (cap, rescale, conf, loop)")
     p.add_argument("--steps", type=step_counts, default=list(DEFAULT_STEPS), help="comma-separated step counts")
     p.add_argument("--num-samples", type=at_least(1), default=16, help="samples per point")

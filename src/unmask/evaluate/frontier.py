@@ -44,7 +44,7 @@ DEFAULT_SAMPLERS = ("cached", "first_hitting", "confidence", "threshold-0.9", "r
 DEFAULT_STEPS = (16, 32, 64, 128)
 DEFAULT_ETA = 0.02
 LABEL_FORMS = (
-    "ancestral", "cached", "first_hitting", *[o for o in ORDERS if o != "random"], "threshold-TAU (0 < TAU < 1)",
+    *SAMPLERS, *[o for o in ORDERS if o != "random"], "threshold-TAU (0 < TAU < 1)",
     *[f"remdm-{s}[-ETA]" for s in REMASKING],
 )
 
@@ -166,7 +166,7 @@ def sweep(
             with autocast(precision, pipeline.device):
                 out = generate(pipeline.model, option, batch_size=size, length=len(template),
                                mask_id=tokenizer.mask_id, schedule=pipeline.config.objective.schedule,
-                               template=template, generator=generator)
+                               template=template, generator=generator, parameterization=pipeline.parameterization)
             if pipeline.device.type == "cuda":
                 torch.cuda.synchronize(pipeline.device)
             seconds += time.perf_counter() - started
