@@ -7,6 +7,7 @@ the one place where errors become one line on stderr.
     unmask frontier RUN_DIR_OR_CHECKPOINT --evaluator SPEC [--samplers a,b] [--steps 16,32] [--out DIR]
     unmask export RUN_DIR_OR_CHECKPOINT --out FOLDER
     unmask demo [--out DIR] [--minutes M]
+    unmask study PRESET --out DIR --budget MINUTES [--data D] [--objectives ar,mdlm,sedd,d3pm] [--ablations]
 
 Under ``torchrun --nproc-per-node N -m unmask train|eval ...`` every process runs the same command;
 rank 0 alone prints. An error the user can fix (a bad option, file, checkpoint or config, a missing
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     # key=value overrides may stand anywhere among the options, not only at the end.
     argv = sys.argv[1:] if argv is None else list(argv)
     args, extra = parser.parse_known_args(argv)
-    stray = [item for item in extra if item.startswith("-") or "=" not in item or args.command != "train"]
+    stray = [item for item in extra if item.startswith("-") or "=" not in item or not hasattr(args, "overrides")]
     if stray:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if extra:

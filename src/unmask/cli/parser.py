@@ -6,10 +6,11 @@ import argparse
 import sys
 from typing import NoReturn
 
-from unmask.cli.options import at_least, float_in, output_file, step_counts
+from unmask.cli.options import at_least, float_in, names_from, output_file, step_counts
 from unmask.config import preset_names
 from unmask.evaluate.frontier import DEFAULT_SAMPLERS, DEFAULT_STEPS
 from unmask.sampling import ORDERS, REMASKING, SAMPLERS
+from unmask.study import OBJECTIVES, EvalSettings
 
 
 class Parser(argparse.ArgumentParser):
@@ -130,9 +131,36 @@ def _demo(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _study(sub) -> None:
+    p = sub.add_parser("study", help="train AR, MDLM, SEDD, D3PM (and ablations) alike, evaluate, tabulate, plot",
+                       formatter_class=_Help)
+    p.add_argument("preset", help=f"one of {', '.join(preset_names())} or a .yaml file: the backbone and data "
+                                  "settings every model shares")
+    p.add_argument("--data", help="corpus: 'default' (embedded), a file or folder, or a dataset name "
+                                  "(default: the preset's)")
+    p.add_argument("--out", required=True,
+                   help="study folder: one run per model, the shared tokenizer, study.md/json/png; run the same "
+                        "command again to continue an interrupted study")
+    p.add_argument("--budget", type=float_in(0.0, None, low_open=True), required=True, metavar="MINUTES",
+                   help="training time per model (train.max_minutes)")
+    p.add_argument("--objectives", type=names_from(tuple(OBJECTIVES)),
+                   help=f"comma-separated, from {','.join(OBJECTIVES)} (default: every one this unmask can train)")
+    p.add_argument("--ablations", action="store_true",
+                   help="also the paper's ablations of MDLM: T = 1000/100/10, w/o carry-over, w/o zero masking, "
+                        "time conditioning")
+    p.add_argument("--num-t", type=at_least(1), default=EvalSettings.num_t, help="time samples per sequence (K)")
+    p.add_argument("--eval-batches", type=at_least(1), help="evaluate on the first batches only (default: all)")
+    p.add_argument("--eval-batch-size", type=at_least(1), default=EvalSettings.batch_size,
+                   help="sequences per evaluation pass")
+    p.add_argument("--seed", type=int, default=EvalSettings.seed, help="seed of the evaluation's noise")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config overrides for every model, e.g. train.device=cuda model.n_layers=8")
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="unmask", description="Masked diffusion language models (MDLM).")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for add in (_train, _eval, _sample, _frontier, _export, _demo):
+    for add in (_train, _eval, _sample, _frontier, _export, _demo, _study):
         add(sub)
     return parser
