@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from toy import ExactScoreDenoiser, ToyDistribution, WrongDenoiser
+from toy import ExactScoreDenoiser, ToyDistribution, WrongDenoiser, estimate
 
 from unmask import DiT, DiTConfig, nelbo, nelbo_discrete
 from unmask.denoiser import FullHead
@@ -20,16 +20,6 @@ from unmask.schedules import get_schedule
 from unmask.score import log_score, tweedie_unmask_probability
 
 N = 20000
-
-
-@pytest.fixture(scope="module")
-def toy():
-    return ToyDistribution(vocab=3, length=4, seed=1)
-
-
-def _estimate(fn, repeats, **kwargs):
-    values = torch.stack([fn(**kwargs) for _ in range(repeats)])
-    return values.mean(0), values.std(0) / repeats**0.5
 
 
 def _random_dit(**overrides):
@@ -76,7 +66,7 @@ def test_sedd_bound_with_the_exact_score_equals_exact_nll(toy):
     within the Monte Carlo error, as the MDLM bound of the exact denoiser is."""
     g = torch.Generator().manual_seed(0)
     x0 = toy.draw(6, g)
-    mean, se = _estimate(sedd_nelbo, 150, denoiser=ExactScoreDenoiser(toy), x0=x0, schedule="loglinear",
+    mean, se = estimate(sedd_nelbo, 150, denoiser=ExactScoreDenoiser(toy), x0=x0, schedule="loglinear",
                          mask_id=toy.mask_id, num_t=64, generator=g)
     z = (mean + toy.log_prob(x0)) / se
     assert z.abs().max() < 4.5, z
@@ -156,7 +146,7 @@ def test_d3pm_bound_is_exact_for_independent_tokens_at_every_T(steps):
     toy = ToyDistribution(vocab=3, length=4, seed=2, concentration=2.0, independent=True)
     g = torch.Generator().manual_seed(0)
     x0 = toy.draw(6, g)
-    mean, se = _estimate(d3pm_nelbo, 100, denoiser=toy.denoiser(), x0=x0, schedule="loglinear",
+    mean, se = estimate(d3pm_nelbo, 100, denoiser=toy.denoiser(), x0=x0, schedule="loglinear",
                          mask_id=toy.mask_id, steps=steps, num_t=64, generator=g)
     alpha_1 = float(get_schedule("loglinear").alpha(torch.tensor(1.0)))
     z = (mean + (1 - alpha_1) * toy.log_prob(x0)) / se.clamp_min(1e-6)

@@ -3,18 +3,12 @@
 import pytest
 import torch
 from sampling_args import split
-from toy import ToyDistribution
 
 from unmask import DiT, DiTConfig, sample
 from unmask.denoiser import FullHead
 from unmask.sampling import DrawConfig, SamplerConfig, draw_categorical, filtered_probs, generate
 
 N = 20000
-
-
-@pytest.fixture(scope="module")
-def toy():
-    return ToyDistribution(vocab=3, length=4, seed=1)
 
 
 def _draw(toy, n=N, seed=0, **kwargs):

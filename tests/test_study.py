@@ -138,9 +138,12 @@ def test_the_budget_ends_each_run_and_a_larger_budget_continues_it(tmp_path, cor
     assert state["train_seconds"] >= 0.3 and state["step"] >= 1
     study("tiny", budget=0.005, **kwargs)
     assert read_state(resolve_checkpoint(out / "mdlm"))["step"] == state["step"]  # done: skipped
-    study("tiny", budget=0.01, **kwargs)
+    budget = state["train_seconds"] / 60 + 0.005  # 0.3 s more than the run has had
+    study("tiny", budget=budget, **kwargs)
     longer = read_state(resolve_checkpoint(out / "mdlm"))
-    assert longer["step"] > state["step"] and longer["train_seconds"] >= 0.6
+    assert longer["step"] > state["step"] and longer["train_seconds"] >= 60 * budget - 0.01
+    with pytest.raises(StudyError, match=r"another configuration \(optim.lr: 0.001 -> 0.01\)"):
+        study("tiny", budget=budget, **{**kwargs, "overrides": [*tiny_overrides, "optim.lr=0.01"]})
 
 
 def test_study_errors_are_one_line(tmp_path, corpus_file, tiny_overrides, capsys):

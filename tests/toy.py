@@ -113,3 +113,9 @@ class ExactScoreDenoiser(ExactDenoiser):
 
     def __call__(self, x_t: Tensor, t: Tensor) -> Tensor:
         return super().__call__(x_t, t) + math.log(self.dist.vocab)
+
+
+def estimate(fn, repeats: int, **kwargs) -> tuple[Tensor, Tensor]:
+    """Mean and standard error over ``repeats`` calls of a random estimator ``fn(**kwargs)``."""
+    values = torch.stack([fn(**kwargs) for _ in range(repeats)])
+    return values.mean(0), values.std(0) / repeats**0.5

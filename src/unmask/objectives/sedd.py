@@ -40,13 +40,13 @@ is a fixed function of t, so the two carry the same information. SEDD runs need
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from unmask.denoiser import Denoiser
 from unmask.objective import masked_nll_and_logsumexp, nelbo
-from unmask.schedules import Schedule
 
 
 def sedd_token_loss(logits: Tensor, targets: Tensor, mask_id: int) -> Tensor:
@@ -57,19 +57,8 @@ def sedd_token_loss(logits: Tensor, targets: Tensor, mask_id: int) -> Tensor:
     return nll + (torch.expm1(log_z) - log_z)
 
 
-def sedd_nelbo(
-    denoiser: Denoiser,
-    x0: Tensor,
-    *,
-    schedule: Schedule | str,
-    mask_id: int,
-    num_t: int = 1,
-    t: Tensor | None = None,
-    antithetic: bool = True,
-    loss_mask: Tensor | None = None,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """SEDD's bound per sequence in nats (the diffusion-weighted denoising score entropy), averaged
-    over ``num_t`` times; the arguments are those of :func:`unmask.objective.nelbo`."""
-    return nelbo(denoiser, x0, schedule=schedule, mask_id=mask_id, num_t=num_t, t=t, antithetic=antithetic,
-                 loss_mask=loss_mask, generator=generator, token_loss=sedd_token_loss)
+def sedd_nelbo(denoiser: Denoiser, x0: Tensor, **options: Any) -> Tensor:
+    """SEDD's bound per sequence in nats (the diffusion-weighted denoising score entropy), averaged over
+    ``num_t`` times: :func:`unmask.objective.nelbo` with SEDD's per-token loss, and the same ``options``
+    (``schedule``, ``mask_id``, ``num_t``, ``t``, ``antithetic``, ``loss_mask``, ``generator``)."""
+    return nelbo(denoiser, x0, token_loss=sedd_token_loss, **options)
