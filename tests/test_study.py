@@ -29,6 +29,7 @@ def test_the_plan_is_one_ordinary_run_per_model(corpus_file, tiny_overrides):
     names = [entry.name for entry, _ in plan.runs]
     assert names[:len(names) - 6] == available_objectives(plan.base)
     assert set(BASELINES) <= set(names) and ("bd3lm" in names) == _bd3lm_available(plan)
+    assert set(plan.skipped) == set(OBJECTIVES) - set(names)  # said, with the reason, not silently dropped
     configs = {entry.name: config for entry, config in plan.runs}
     assert all(c.train.max_minutes == 2.5 and c.data.source == str(corpus_file) for c in configs.values())
     assert configs["sedd"].model.time_conditioning and configs["sedd"].objective.time_steps == 0

@@ -9,13 +9,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from unmask.study.plan import ABLATIONS, OBJECTIVES, Plan, StudyError, available_objectives, plan_study
+from unmask.study.plan import (
+    ABLATIONS,
+    OBJECTIVES,
+    Plan,
+    StudyError,
+    available_objectives,
+    plan_study,
+    unavailable_objectives,
+)
 from unmask.study.report import format_markdown, orderings, rows, write_report
 from unmask.study.runner import EvalSettings, StudyResult, run_study
 
 __all__ = [
     "ABLATIONS", "OBJECTIVES", "EvalSettings", "Plan", "StudyError", "StudyResult", "available_objectives",
-    "format_markdown", "orderings", "plan_study", "rows", "run_study", "study", "write_report",
+    "format_markdown", "orderings", "plan_study", "rows", "run_study", "study", "unavailable_objectives",
+    "write_report",
 ]
 
 

@@ -9,7 +9,7 @@ so that the budget is what ends every run.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from unmask.config import Config, ConfigError, apply_overrides, load_preset, validate
 from unmask.errors import UserError
@@ -58,11 +58,13 @@ ABLATIONS = (
 
 @dataclass
 class Plan:
-    """The runs of a study: ``runs`` pairs each entry with its full configuration; ``base`` is what they share."""
+    """The runs of a study: ``runs`` pairs each entry with its full configuration; ``base`` is what
+    they share; ``skipped`` says why an objective of the default list cannot run here."""
 
     base: Config
     runs: list[tuple[Entry, Config]]
     budget: float
+    skipped: dict[str, str] = field(default_factory=dict)
 
 
 def entry_config(base: Config, entry: Entry) -> Config:
@@ -72,16 +74,21 @@ def entry_config(base: Config, entry: Entry) -> Config:
     return config
 
 
-def available_objectives(base: Config) -> list[str]:
-    """The objectives this version of unmask can train on ``base`` (bd3lm only where it validates)."""
-    names = []
+def unavailable_objectives(base: Config) -> dict[str, str]:
+    """The objectives this version of unmask cannot train on ``base`` (bd3lm until it exists), and why."""
+    reasons = {}
     for name, entry in OBJECTIVES.items():
         try:
             entry_config(base, entry)
-        except ConfigError:
-            continue
-        names.append(name)
-    return names
+        except ConfigError as err:
+            reasons[name] = str(err)
+    return reasons
+
+
+def available_objectives(base: Config) -> list[str]:
+    """The objectives this version of unmask can train on ``base``, in the table's order."""
+    unavailable = unavailable_objectives(base)
+    return [name for name in OBJECTIVES if name not in unavailable]
 
 
 def plan_study(preset: str, *, budget: float, data: str | None = None, objectives: list[str] | None = None,
@@ -99,9 +106,11 @@ def plan_study(preset: str, *, budget: float, data: str | None = None, objective
     base = apply_overrides(load_preset(preset), [*source, f"train.max_steps={UNLIMITED_STEPS}", *overrides,
                                                  f"train.max_minutes={budget}"])
     validate(base)
-    names = available_objectives(base) if objectives is None else _checked(objectives, base)
+    skipped = unavailable_objectives(base) if objectives is None else {}
+    names = [name for name in OBJECTIVES if name not in skipped] if objectives is None else _checked(objectives, base)
     entries = [OBJECTIVES[name] for name in names] + (list(ABLATIONS) if ablations else [])
-    return Plan(base=base, runs=[(entry, entry_config(base, entry)) for entry in entries], budget=budget)
+    return Plan(base=base, runs=[(entry, entry_config(base, entry)) for entry in entries], budget=budget,
+                skipped=skipped)
 
 
 def _checked(objectives: list[str], base: Config) -> list[str]:

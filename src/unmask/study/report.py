@@ -78,8 +78,8 @@ def format_markdown(table: list[dict[str, Any]], plan: Plan, settings: EvalSetti
     evaluated = table[0]["eval_tokens"] if table else 0
     lines = [
         f"Validation nats per token (lower is better) of models trained for {plan.budget:g} minutes each on "
-        f"`{base.data.source}` (preset backbone {base.model.n_layers} x {base.model.hidden}, sequences of "
-        f"{base.data.length}, one tokenizer); {evaluated:,} tokens, K = {settings.num_t} time samples per "
+        f"`{base.data.source}` (one backbone: {base.model.n_layers} layers of {base.model.hidden}; sequences of "
+        f"{base.data.length}; one tokenizer); {evaluated:,} tokens, K = {settings.num_t} time samples per "
         "sequence, +- one standard error. AR's figure is its exact NLL; the others are upper bounds (<=).",
         "",
         "| Model | nats/token | +- s.e. | PPL | training tokens | steps | minutes |",
@@ -100,6 +100,8 @@ def format_markdown(table: list[dict[str, Any]], plan: Plan, settings: EvalSetti
                       "| T | nats/token | +- s.e. |", "|---:|---:|---:|"]
             lines += [f"| {steps} | <= {r['nats_per_token']:.4f} | {r['stderr']:.4f} |"
                       for steps, r in row["discrete"].items()]
+    if plan.skipped:
+        lines += ["", "Not run: " + "; ".join(f"{name} ({reason})" for name, reason in plan.skipped.items())]
     pairs = orderings(table)
     if pairs:
         lines += ["", "The paper's orderings at this scale (gap in nats per token; z = gap / combined s.e.):", ""]
@@ -147,10 +149,17 @@ def plot(result: StudyResult, plan: Plan, path: Path) -> Path:
     return path
 
 
+def _cpu_name() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return names[0] if names else platform.processor() or "cpu"
+
+
 def machine(device: str) -> dict[str, Any]:
     """Where the study ran: the table's figures depend on it through the budget."""
     resolved = resolve_device(device)
-    name = torch.cuda.get_device_name(resolved) if resolved.type == "cuda" else platform.processor() or "cpu"
+    name = torch.cuda.get_device_name(resolved) if resolved.type == "cuda" else _cpu_name()
     return {"device": name, "cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__}
 
 

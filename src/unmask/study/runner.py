@@ -121,6 +121,8 @@ def run_study(plan: Plan, out: str | Path, *, settings: EvalSettings | None = No
     lock = RunLock(out)  # one study per folder at a time
     try:
         prepare_tokenizer(plan.base, out)  # out/tokenizer, once
+        for name, reason in plan.skipped.items():
+            print(f"== {name}: not trained, this unmask cannot ({reason})")
         for entry, config in plan.runs:
             if not _train(entry, config, out, plan.budget, progress):
                 return StudyResult(interrupted=entry.name)
