@@ -39,7 +39,8 @@ def rows(result: StudyResult) -> list[dict[str, Any]]:
             "objective": report["objective"], "exact": report["objective"] == "ar",
             "nats_per_token": report["nelbo_per_token"], "stderr": report["stderr"],
             "perplexity": report["perplexity"], "bits_per_token": report["bits_per_token"],
-            "eval_tokens": report["tokens"], "training_tokens": record.tokens, "steps": record.step,
+            "eval_tokens": report["tokens"], "eval_sequences": report["sequences"],
+            "training_tokens": record.tokens, "steps": record.step,
             "train_minutes": record.train_seconds / 60,
             "discrete": {steps: {"nats_per_token": r["nelbo_per_token"], "stderr": r["stderr"]}
                          for steps, r in report["discrete"].items()},
@@ -64,6 +65,10 @@ def orderings(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return pairs
 
 
+def _perplexity(value: float) -> str:
+    return f"{value:.2f}" if value < 1e5 else f"{value:.3g}"
+
+
 def _tokens(n: int) -> str:
     for size, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
         if n >= size:
@@ -75,12 +80,13 @@ def format_markdown(table: list[dict[str, Any]], plan: Plan, settings: EvalSetti
     """The paper's layout: AR, the diffusion baselines, then the ablations; AR's figure is exact, the
     others are upper bounds (<=)."""
     base = plan.base
-    evaluated = table[0]["eval_tokens"] if table else 0
+    sequences = table[0]["eval_sequences"] if table else 0
     lines = [
         f"Validation nats per token (lower is better) of models trained for {plan.budget:g} minutes each on "
         f"`{base.data.source}` (one backbone: {base.model.n_layers} layers of {base.model.hidden}; sequences of "
-        f"{base.data.length}; one tokenizer); {evaluated:,} tokens, K = {settings.num_t} time samples per "
-        "sequence, +- one standard error. AR's figure is its exact NLL; the others are upper bounds (<=).",
+        f"{base.data.length}; one tokenizer), all scored on the same {sequences:,} validation sequences with "
+        f"K = {settings.num_t} time samples each; +- one standard error. AR's figure is its exact NLL (it scores "
+        "one token fewer per sequence); the others are upper bounds (<=).",
         "",
         "| Model | nats/token | +- s.e. | PPL | training tokens | steps | minutes |",
         "|---|---:|---:|---:|---:|---:|---:|",
@@ -92,8 +98,8 @@ def format_markdown(table: list[dict[str, Any]], plan: Plan, settings: EvalSetti
             ablation_header = True
         bound = "" if row["exact"] else "<= "
         lines.append(f"| {row['label']} | {bound}{row['nats_per_token']:.4f} | {row['stderr']:.4f} | "
-                     f"{bound}{row['perplexity']:.2f} | {_tokens(row['training_tokens'])} | {row['steps']:,} | "
-                     f"{row['train_minutes']:.1f} |")
+                     f"{bound}{_perplexity(row['perplexity'])} | {_tokens(row['training_tokens'])} | "
+                     f"{row['steps']:,} | {row['train_minutes']:.1f} |")
     for row in table:
         if row["discrete"]:
             lines += ["", f"{row['label']} (trained in continuous time), its bound evaluated at T steps:", "",
@@ -129,14 +135,18 @@ def plot(result: StudyResult, plan: Plan, path: Path) -> Path:
     plt = pyplot("the study's plot")
     tokens_per_step = plan.base.train.global_batch * plan.base.data.length
     fig, ax = plt.subplots(figsize=(8, 5))
+    values = []
     for i, record in enumerate(result.records):
         curve = validation_curve(record.run_dir, tokens_per_step)
+        values += [value for _, value in curve]
         if curve:
             xs, ys = zip(*curve)
             exact = " (exact NLL)" if record.report["objective"] == "ar" else ""
             # Distinct hollow markers keep models whose curves coincide apart.
             ax.plot(xs, ys, marker=MARKERS[i % len(MARKERS)], markersize=5, markerfacecolor="none",
                     linestyle="--" if record.entry.ablation else "-", label=record.entry.label + exact)
+    if values and min(values) > 0 and max(values) / min(values) > 3:
+        ax.set_yscale("log")  # one diverging model should not flatten the others
     ax.set_xlabel("training tokens")
     ax.set_ylabel("validation nats per token (bound; lower is better)")
     ax.set_title(f"validation during training (train.eval_batches = {plan.base.train.eval_batches}, K = 1)",

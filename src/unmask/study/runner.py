@@ -82,7 +82,7 @@ def _train(entry: Entry, config: Config, out: Path, budget: float, progress: boo
     run_dir = out / entry.name
     left = _remaining_minutes(run_dir, config, budget)
     if not left:
-        print(f"== {entry.name}: trained ({budget:g} min budget used), skipped")
+        print(f"== {entry.name}: trained (budget used or train.max_steps reached), skipped")
         return True
     resume = has_run(run_dir)
     config.train.max_minutes = left
