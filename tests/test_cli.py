@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from one_line import one_line_error as _error
 
 from unmask.cli import main
 
@@ -104,14 +105,6 @@ def test_zero_shot_eval_on_shared_test_sets(trained, tmp_path, name):
                  "--json", str(tmp_path / "zs.json")]) == 0
     report = json.loads((tmp_path / "zs.json").read_text())
     assert report["split"] == "all" and report["tokens"] > 0
-
-
-def _error(capsys, argv):
-    code = main(argv)
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert "Traceback" not in err and len(err.splitlines()) == 1, err
-    return err
 
 
 def test_bad_input_gets_one_clear_line(tmp_path, corpus_file, tiny_overrides, trained, capsys):

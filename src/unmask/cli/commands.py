@@ -18,6 +18,7 @@ from unmask.evaluate.frontier import format_table, run_frontier
 from unmask.evaluate.generative import generative_perplexity, load_evaluator
 from unmask.evaluate.report import evaluate_checkpoint
 from unmask.generation import generate_text
+from unmask.interop import convert_lightning, export_hf
 from unmask.pipeline import load
 from unmask.sampling import SamplerConfig
 from unmask.serve import serve
@@ -61,11 +62,15 @@ def _format_report(report: dict) -> str:
     figure = report["bits_per_token"] if report["character_level"] else report["perplexity"]
     rows = [
         ("checkpoint", report["checkpoint"]),
-        ("data", f"{report['data']} ({report['split']}), {report['tokens']:,} tokens, {report['sequences']} sequences"),
+        ("data", f"{report['data']} ({report['split']}), {report['tokens']:,} tokens, {report['sequences']} sequences"
+                 f" of {report['length']}"),
         ("NLL / token" if exact else "NELBO / token",
          f"{report['nelbo_per_token']:.4f} nats +- {report['stderr']:.4f} (K={report['num_t']})"),
         (unit, f"{figure:.3f}"),
     ]
+    if report["detokenizer"] is not None:
+        rows.insert(2, ("protocol", f"zero-shot as the reference: detokenizer {report['detokenizer']}, documents "
+                                    "wrapped, last partial block dropped"))
     for steps, result in report["discrete"].items():
         bound = f"{result['nelbo_per_token']:.4f} nats, PPL bound {result['perplexity']:.3f}"
         rows.append((f"discrete T={steps}", bound))
@@ -83,7 +88,7 @@ def eval_command(args: argparse.Namespace) -> int:
     report = evaluate_checkpoint(
         args.checkpoint, step=args.step, data=args.data, split=args.split, num_t=args.num_t,
         discrete_steps=args.discrete_steps, batch_size=args.batch_size, max_batches=args.max_batches, seed=args.seed,
-        device=args.device, text_field=args.text_field,
+        device=args.device, text_field=args.text_field, detokenizer=args.detokenizer,
     )
     if not is_main_process():  # under torchrun: rank 0 reports
         return 0
@@ -127,7 +132,29 @@ def serve_command(args: argparse.Namespace) -> int:
 
 
 def export_command(args: argparse.Namespace) -> int:
-    print(f"wrote {export_checkpoint(args.checkpoint, args.out, step=args.step)}")
+    if args.format == "unmask":
+        if args.allow_approximate_gelu:
+            raise UserError("--allow-approximate-gelu applies to --format hf only; add --format hf or drop it")
+        print(f"wrote {export_checkpoint(args.checkpoint, args.out, step=args.step)}")
+        return 0
+    exported = export_hf(args.checkpoint, args.out, step=args.step, allow_approximate_gelu=args.allow_approximate_gelu)
+    print(f"wrote {exported.out} in the released MDLM layout (config.json, model.safetensors, tokenizer): "
+          "unmask loads it, and so does transformers' AutoModelForMaskedLM with trust_remote_code=True")
+    if not exported.transformers_tokenizer:
+        print("note: transformers has no equivalent of this model's character tokenizer; only unmask reads the "
+              "tokenizer files", file=sys.stderr)
+    return 0
+
+
+def convert_command(args: argparse.Namespace) -> int:
+    done = convert_lightning(args.ckpt, args.out, ema=not args.no_ema, trust_pickle=args.trust_pickle)
+    shape = done.config
+    print(f"wrote {done.out}: step {done.step}, {'EMA' if done.weights == 'ema' else 'trained'} weights, "
+          f"{shape.n_layers} blocks x {shape.hidden}, {shape.n_heads} heads, vocabulary {shape.vocab_size}, "
+          f"length {shape.length}, tokenizer {done.tokenizer}")
+    if done.assumed:
+        print(f"note: the checkpoint does not record {', '.join(done.assumed)}: the paper's value was assumed",
+              file=sys.stderr)
     return 0
 
 
@@ -169,4 +196,5 @@ def study_command(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": train_command, "eval": eval_command, "sample": sample_command, "serve": serve_command,
-            "frontier": frontier_command, "export": export_command, "demo": demo_command, "study": study_command}
+            "frontier": frontier_command, "export": export_command, "convert": convert_command, "demo": demo_command,
+            "study": study_command}

@@ -8,6 +8,7 @@ from typing import NoReturn
 
 from unmask.cli.options import at_least, float_in, names_from, output_file, port, step_counts
 from unmask.config import preset_names
+from unmask.data import DETOKENIZERS
 from unmask.evaluate.frontier import DEFAULT_SAMPLERS, DEFAULT_STEPS
 from unmask.sampling import ORDERS, REMASKING, SAMPLERS
 from unmask.study import OBJECTIVES, EvalSettings
@@ -26,7 +27,8 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def _checkpoint_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="run directory (its latest checkpoint) or checkpoint folder")
+    p.add_argument("checkpoint", help="run directory (its latest checkpoint), checkpoint folder, released MDLM or "
+                                      "Hugging Face masked-LM folder, or its hub name (online)")
     p.add_argument("--step", type=at_least(0), help="use this step's checkpoint of the run instead of the latest")
 
 
@@ -50,7 +52,11 @@ def _eval(sub) -> None:
     p = sub.add_parser("eval", help="likelihood bound (and generative perplexity) of a checkpoint",
                        formatter_class=_Help)
     _checkpoint_arguments(p)
-    p.add_argument("--data", help="evaluate zero-shot on this file, folder or dataset name")
+    p.add_argument("--data", help="evaluate zero-shot on this file, folder or dataset name (ptb, wikitext-2, "
+                                  "lambada, lm1b, ag_news, pubmed, arxiv: the paper's protocol)")
+    p.add_argument("--detokenizer", choices=list(DETOKENIZERS),
+                   help="the reference's zero-shot reading with this detokenizer (default: the dataset's own for "
+                        "the paper's datasets; use it for a local copy of one)")
     p.add_argument("--text-field", help="the field of .jsonl / column of .parquet files that holds the text "
                                         "(default: the run's data.text_field)")
     p.add_argument("--split", choices=("train", "validation", "test", "all"),
@@ -130,10 +136,28 @@ def _frontier(sub) -> None:
 
 
 def _export(sub) -> None:
-    p = sub.add_parser("export", help="write a checkpoint as a single-process safetensors folder",
-                       formatter_class=_Help)
+    p = sub.add_parser("export", help="write a checkpoint as a single-process safetensors folder, or in the "
+                                      "released MDLM (Hugging Face) layout", formatter_class=_Help)
     _checkpoint_arguments(p)
-    p.add_argument("--out", required=True, help="new folder for model/ema safetensors, config, tokenizer, state")
+    p.add_argument("--out", required=True, help="new folder for the exported model")
+    p.add_argument("--format", choices=("unmask", "hf"), default="unmask",
+                   help="unmask: model/ema safetensors, config, tokenizer, state (resumes training); hf: the released "
+                        "MDLM layout (config.json, model.safetensors, tokenizer files) for the reference code and "
+                        "transformers")
+    p.add_argument("--allow-approximate-gelu", action="store_true",
+                   help="with --format hf: export a model trained with the exact (erf) GELU although the reference "
+                        "computes the tanh approximation (its logits then differ slightly there)")
+
+
+def _convert(sub) -> None:
+    p = sub.add_parser("convert", help="convert a reference MDLM Lightning checkpoint (.ckpt) to an unmask checkpoint",
+                       formatter_class=_Help)
+    p.add_argument("ckpt", metavar="CHECKPOINT.ckpt", help="the reference code's PyTorch Lightning checkpoint")
+    p.add_argument("--out", required=True, help="new folder for the unmask checkpoint")
+    p.add_argument("--no-ema", action="store_true", help="convert the trained weights instead of their EMA")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="read the .ckpt although it is a pickle, which runs any code it contains: only for files "
+                        "from a source you trust")
 
 
 def _demo(sub) -> None:
@@ -177,6 +201,6 @@ def _study(sub) -> None:
 def build_parser() -> Parser:
     parser = Parser(prog="unmask", description="Masked diffusion language models (MDLM).")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for add in (_train, _eval, _sample, _serve, _frontier, _export, _demo, _study):
+    for add in (_train, _eval, _sample, _serve, _frontier, _export, _convert, _demo, _study):
         add(sub)
     return parser

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from unmask.data import TokenBlocks
+from unmask.data import ZERO_SHOT_DETOKENIZER, DataError, TokenBlocks
 from unmask.distributed.process import setup
 from unmask.errors import UserError
 from unmask.evaluate.likelihood import evaluate_dataset
@@ -28,13 +28,17 @@ def evaluate_checkpoint(
     device: str = "auto",
     precision: str = "auto",
     text_field: str | None = None,
+    detokenizer: str | None = None,
 ) -> dict[str, Any]:
     """NELBO per token (or the AR NLL), its standard error and perplexity / bits per character.
 
     ``data`` defaults to the run's validation data (its ``data.valid_source``, else ``split``
     "validation" of its corpus); any other file, folder or dataset name is re-tokenized with the
     checkpoint's tokenizer and wrapped into blocks as the paper does for zero-shot evaluation (a
-    local file or folder is used whole: ``split`` "all").
+    local file or folder is used whole: ``split`` "all"). The paper's zero-shot datasets (``ptb``,
+    ``wikitext-2``, ``lambada``, ...) are read as the reference reads them, with their detokenizer
+    (:mod:`unmask.data.detokenizers`); ``detokenizer`` applies one of those rules to any ``data``
+    (a local copy of such a corpus), or overrides the dataset's own.
     ``text_field`` names the field of .jsonl / .parquet files that holds the text (default: the
     run's data.text_field). ``discrete_steps`` adds the discrete-time bound for each T given (mdlm
     and d3pm runs); ``step`` picks a checkpoint of a run. Under torchrun every process evaluates a
@@ -56,10 +60,15 @@ def evaluate_checkpoint(
     if split is None:
         split = "all" if whole else "validation"
     layout = config.data.layout if data is None else "wrapped"
+    if data is None and detokenizer is not None:
+        raise DataError("a detokenizer applies to zero-shot data: give --data with --detokenizer")
+    if data is not None and detokenizer is None:
+        detokenizer = ZERO_SHOT_DETOKENIZER.get(data)
     field = text_field or config.data.text_field
     blocks = parallel.main_first(lambda: TokenBlocks(source, pipeline.tokenizer, split=split,
                                                      length=config.data.length, layout=layout,
-                                                     cache_dir=config.data.cache_dir, text_field=field))
+                                                     cache_dir=config.data.cache_dir, text_field=field,
+                                                     detokenizer=detokenizer))
     common = dict(batch_size=batch_size, max_batches=max_batches, num_t=num_t, seed=seed, device=pipeline.device,
                   precision=precision, parallel=parallel)
     main = evaluate_dataset(pipeline.model, blocks, config.objective, pipeline.mask_id, **common)
@@ -68,6 +77,8 @@ def evaluate_checkpoint(
         "objective": config.objective.name,
         "data": source,
         "split": split,
+        "detokenizer": detokenizer,
+        "length": config.data.length,
         "tokenizer": pipeline.tokenizer.name,
         "character_level": pipeline.tokenizer.name == "char",
         **main.to_dict(),
