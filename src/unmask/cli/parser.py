@@ -23,7 +23,12 @@ class Parser(argparse.ArgumentParser):
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows each option's default (unless it has none)."""
+    """Shows each option's default, unless it has none (None, or a flag that is off)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False, argparse.SUPPRESS) or "%(default)" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
 
 
 def _checkpoint_arguments(p: argparse.ArgumentParser) -> None:
