@@ -47,14 +47,30 @@ class DataConfig:
     streaming: bool = False
 
 
+# The objectives a run can train with (objective.name); each has a branch in unmask.objectives.
+OBJECTIVES = ("mdlm", "ar", "sedd", "d3pm")
+D3PM_STEPS = 1000  # T of the paper's D3PM row
+
+
 @dataclass
 class ObjectiveConfig:
-    name: str = "mdlm"  # "mdlm" or "ar" (the autoregressive baseline on the same backbone)
+    # "mdlm" (SUBS), "ar" (the autoregressive baseline on the same backbone), "sedd" (score entropy,
+    # absorbing) or "d3pm" (absorbing, discrete time, no zero masking, no carry-over)
+    name: str = "mdlm"
     schedule: str = "loglinear"
-    discrete_steps: int = 0  # 0: continuous time (the paper's default); T > 0: the discrete-time bound
-    carry_over: bool = True  # ablation: False also scores unmasked positions
-    zero_masking: bool = True  # ablation: False lets the model predict MASK (discrete time only)
+    # T of the discrete-time bound; 0: continuous time; null: the objective's own (continuous for
+    # mdlm and sedd, D3PM_STEPS for d3pm). Read it through time_steps.
+    discrete_steps: int | None = None
+    carry_over: bool = True  # mdlm ablation: False also scores unmasked positions
+    zero_masking: bool = True  # mdlm ablation: False lets the model predict MASK (discrete time only)
     antithetic: bool = True
+
+    @property
+    def time_steps(self) -> int:
+        """T of the bound this objective trains and evaluates with (0: continuous time)."""
+        if self.discrete_steps is not None:
+            return self.discrete_steps
+        return D3PM_STEPS if self.name == "d3pm" else 0
 
 
 @dataclass
@@ -282,7 +298,7 @@ RANGES: dict[str, tuple[float, float | None, bool, bool]] = {
 def validate(config: Config) -> None:
     """Reject combinations that cannot run, with the fix in the message."""
     choices = {
-        "objective.name": (config.objective.name, ("mdlm", "ar")),
+        "objective.name": (config.objective.name, OBJECTIVES),
         "data.layout": (config.data.layout, ("wrapped", "padded")),
         "optim.decay": (config.optim.decay, ("constant", "cosine")),
         "train.precision": (config.train.precision, ("auto", "bf16", "fp32")),
@@ -313,10 +329,7 @@ def validate(config: Config) -> None:
             "data.streaming needs a fixed tokenizer (data.tokenizer=gpt2, bert-base-uncased, char or a folder): "
             "training a BPE on the corpus would need the corpus on disk"
         )
-    if not config.objective.zero_masking and config.objective.discrete_steps <= 0:
-        raise ConfigError(
-            "objective.zero_masking=false needs the discrete-time bound: set objective.discrete_steps=1000"
-        )
+    _validate_objective(config)
     if config.train.global_batch % config.train.micro_batch:
         raise ConfigError(
             f"train.global_batch ({config.train.global_batch}) must be a multiple of train.micro_batch "
@@ -324,3 +337,28 @@ def validate(config: Config) -> None:
         )
     if config.model.hidden % config.model.n_heads:
         raise ConfigError(f"model.hidden ({config.model.hidden}) must be divisible by model.n_heads")
+
+
+def _validate_objective(config: Config) -> None:
+    """The objective's own rules: the MDLM ablation switches, SEDD's time conditioning, D3PM's discrete time."""
+    objective = config.objective
+    switched_off = " and ".join(f"objective.{name}=false" for name in ("carry_over", "zero_masking")
+                                if not getattr(objective, name))
+    if objective.name == "mdlm" and not objective.zero_masking and objective.time_steps == 0:
+        raise ConfigError("objective.zero_masking=false needs the discrete-time bound: "
+                          "set objective.discrete_steps=1000")
+    if objective.name == "d3pm":
+        if switched_off:
+            raise ConfigError(f"d3pm has neither zero masking nor carry-over already: drop {switched_off}")
+        if objective.time_steps == 0:
+            raise ConfigError(f"d3pm is a discrete-time objective: set objective.discrete_steps to T >= 1 "
+                              f"(or leave it unset for {D3PM_STEPS})")
+    if objective.name == "sedd":
+        if switched_off:
+            raise ConfigError(f"{switched_off}: these are MDLM ablations; sedd has its own parameterization: "
+                              "drop them")
+        if objective.time_steps:
+            raise ConfigError("sedd's bound is continuous-time: drop objective.discrete_steps")
+        if not config.model.time_conditioning:
+            raise ConfigError("objective.name=sedd reads the output as a score at the noise level t, so the model "
+                              "must see t: add model.time_conditioning=true")

@@ -119,9 +119,9 @@ def prepare(
         raise PromptError(f"--num-samples must be at least 1, got {num_samples}")
     if length is not None and length < 2:
         raise PromptError(f"--length counts every token, BOS included: at least 2, got {length}")
-    if pipeline.is_autoregressive and (sampling.uses_strategy or sampling.sampler == "first_hitting"):
-        raise PromptError("an AR model decodes left to right, one token per step: --order, --threshold, --remask "
-                          "and --sampler first_hitting apply to MDLM models only")
+    if pipeline.is_autoregressive and (sampling.uses_strategy or sampling.sampler in ("first_hitting", "analytic")):
+        raise PromptError("an AR model decodes left to right, one token per step: --order, --threshold, --remask, "
+                          "--sampler first_hitting and --sampler analytic apply to diffusion models only")
     tokenizer, window = pipeline.tokenizer, pipeline.config.data.length
     if in_windows(pipeline, length):
         if template is not None:
@@ -139,7 +139,7 @@ def start_run(pipeline: Pipeline, sampling: SamplerConfig, fixed: Tensor, *, num
     x = initial_state(batch_size=num_samples, length=len(fixed), mask_id=pipeline.mask_id, template=fixed,
                       device=device)
     return SamplingRun(sampling, x, mask_id=pipeline.mask_id, schedule=pipeline.config.objective.schedule,
-                       generator=torch.Generator(device).manual_seed(seed))
+                       generator=torch.Generator(device).manual_seed(seed), parameterization=pipeline.parameterization)
 
 
 def generate_text(
@@ -182,7 +182,7 @@ def generate_text(
                                     window=pipeline.config.data.length, mask_id=tokenizer.mask_id,
                                     schedule=pipeline.config.objective.schedule, overlap=overlap, prefix=fixed,
                                     stop_id=tokenizer.eos_id if stop_at_eos else None, generator=generator,
-                                    on_step=on_step)
+                                    on_step=on_step, parameterization=pipeline.parameterization)
     return text_samples(tokenizer, out, time.perf_counter() - started, stop_at_eos=stop_at_eos)
 
 

@@ -45,6 +45,11 @@ class Pipeline:
         return self.config.objective.name == "ar"
 
     @property
+    def parameterization(self) -> str:
+        """How the model's logits read (:mod:`unmask.score`): "sedd" (a log-score) or "subs" (an x0 prediction)."""
+        return "sedd" if self.config.objective.name == "sedd" else "subs"
+
+    @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 

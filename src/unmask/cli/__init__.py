@@ -9,6 +9,7 @@ the one place where errors become one line on stderr.
     unmask export RUN_DIR_OR_CHECKPOINT --out FOLDER [--format unmask|hf] [--allow-approximate-gelu]
     unmask convert CHECKPOINT.ckpt --out FOLDER [--no-ema] [--trust-pickle]
     unmask demo [--out DIR] [--minutes M]
+    unmask study PRESET --out DIR --budget MINUTES [--data D] [--objectives ar,mdlm,sedd,d3pm] [--ablations]
 
 MODEL is an unmask run directory or checkpoint folder, a released MDLM folder (Hugging Face layout),
 a Hugging Face masked-LM folder, or the hub name of either (online, or in the hub cache).
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         args, extra = parser.parse_known_args(argv)
-        stray = [item for item in extra if item.startswith("-") or "=" not in item or args.command != "train"]
+        stray = [item for item in extra if item.startswith("-") or "=" not in item or not hasattr(args, "overrides")]
         if stray:
             parser.error(f"unrecognized arguments: {' '.join(stray)}")
     except SystemExit as done:  # --help, or a bad option (already said in one line)

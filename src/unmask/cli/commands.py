@@ -22,6 +22,7 @@ from unmask.interop import convert_lightning, export_hf
 from unmask.pipeline import load
 from unmask.sampling import SamplerConfig
 from unmask.serve import serve
+from unmask.study import EvalSettings, study
 from unmask.train import resume_config, train
 
 DEFAULT_PRESET = "tiny"
@@ -178,5 +179,22 @@ def frontier_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def study_command(args: argparse.Namespace) -> int:
+    settings = EvalSettings(num_t=args.num_t, max_batches=args.eval_batches, batch_size=args.eval_batch_size,
+                            seed=args.seed)
+    result, written = study(args.preset, out=args.out, budget=args.budget, data=args.data,
+                            objectives=args.objectives, ablations=args.ablations, overrides=args.overrides,
+                            settings=settings, progress=not args.quiet)
+    if result.interrupted:
+        print(f"interrupted while training {result.interrupted} (its progress is saved); run the same command "
+              "again to continue", file=sys.stderr)
+        return 130
+    print("\n" + (Path(args.out) / "study.md").read_text(), end="")
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
 COMMANDS = {"train": train_command, "eval": eval_command, "sample": sample_command, "serve": serve_command,
-            "frontier": frontier_command, "export": export_command, "convert": convert_command, "demo": demo_command}
+            "frontier": frontier_command, "export": export_command, "convert": convert_command, "demo": demo_command,
+            "study": study_command}

@@ -77,3 +77,17 @@ def step_counts(text: str) -> list[int]:
     """Comma-separated step counts, each >= 1."""
     parse = at_least(1)
     return [parse(item) for item in text.split(",") if item.strip()]
+
+
+def names_from(choices: tuple[str, ...] | list[str]):
+    """Comma-separated names, each one of ``choices`` (in the order given, once each)."""
+
+    def parse(text: str) -> list[str]:
+        names = list(dict.fromkeys(item.strip() for item in text.split(",") if item.strip()))
+        unknown = [name for name in names if name not in choices]
+        if unknown or not names:
+            raise argparse.ArgumentTypeError(f"expected comma-separated names from {', '.join(choices)}, got {text!r}")
+        return names
+
+    parse.__name__ = "names"
+    return parse

@@ -6,11 +6,12 @@ import argparse
 import sys
 from typing import NoReturn
 
-from unmask.cli.options import at_least, float_in, output_file, port, step_counts
+from unmask.cli.options import at_least, float_in, names_from, output_file, port, step_counts
 from unmask.config import preset_names
 from unmask.data import DETOKENIZERS
 from unmask.evaluate.frontier import DEFAULT_SAMPLERS, DEFAULT_STEPS
 from unmask.sampling import ORDERS, REMASKING, SAMPLERS
+from unmask.study import OBJECTIVES, EvalSettings
 
 
 class Parser(argparse.ArgumentParser):
@@ -22,7 +23,12 @@ class Parser(argparse.ArgumentParser):
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows each option's default (unless it has none)."""
+    """Shows each option's default, unless it has none (None, or a flag that is off)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False, argparse.SUPPRESS) or "%(default)" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
 
 
 def _checkpoint_arguments(p: argparse.ArgumentParser) -> None:
@@ -81,7 +87,7 @@ def _sample(sub) -> None:
     p.add_argument("--steps", type=at_least(1), default=128, help="sampling steps T (per window)")
     p.add_argument("--sampler", default="cached", choices=SAMPLERS,
                    help="cached: exact, skips idle steps; ancestral: calls at every step; first_hitting: exact, "
-                        "one token per call")
+                        "one token per call; analytic: SEDD's Tweedie tau-leaping (any diffusion model)")
     p.add_argument("--length", type=at_least(2),
                    help="tokens per sample, BOS included (default: the model's; longer runs semi-autoregressively)")
     p.add_argument("--overlap", type=at_least(0), help="semi-AR: tokens of the previous window kept (default: half)")
@@ -123,7 +129,7 @@ def _frontier(sub) -> None:
     p.add_argument("--evaluator", required=True,
                    help="AR scorer: an unmask AR run, 'smollm2', a Hugging Face folder or .gguf file")
     p.add_argument("--samplers", default=",".join(DEFAULT_SAMPLERS),
-                   help="comma-separated: ancestral, cached, first_hitting, confidence, margin, entropy, "
+                   help="comma-separated: ancestral, cached, first_hitting, analytic, confidence, margin, entropy, "
                         "threshold-TAU, remdm-STRATEGY[-ETA] (cap, rescale, conf, loop)")
     p.add_argument("--steps", type=step_counts, default=list(DEFAULT_STEPS), help="comma-separated step counts")
     p.add_argument("--num-samples", type=at_least(1), default=16, help="samples per point")
@@ -170,9 +176,36 @@ def _demo(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _study(sub) -> None:
+    p = sub.add_parser("study", help="train AR, MDLM, SEDD, D3PM (and ablations) alike, evaluate, tabulate, plot",
+                       formatter_class=_Help)
+    p.add_argument("preset", help=f"one of {', '.join(preset_names())} or a .yaml file: the backbone and data "
+                                  "settings every model shares")
+    p.add_argument("--data", help="corpus: 'default' (embedded), a file or folder, or a dataset name "
+                                  "(default: the preset's)")
+    p.add_argument("--out", required=True,
+                   help="study folder: one run per model, the shared tokenizer, study.md/json/png; run the same "
+                        "command again to continue an interrupted study")
+    p.add_argument("--budget", type=float_in(0.0, None, low_open=True), required=True, metavar="MINUTES",
+                   help="training time per model (train.max_minutes)")
+    p.add_argument("--objectives", type=names_from(tuple(OBJECTIVES)),
+                   help=f"comma-separated, from {','.join(OBJECTIVES)} (default: every one this unmask can train)")
+    p.add_argument("--ablations", action="store_true",
+                   help="also the paper's ablations of MDLM: T = 1000/100/10, w/o carry-over, w/o zero masking, "
+                        "time conditioning")
+    p.add_argument("--num-t", type=at_least(1), default=EvalSettings.num_t, help="time samples per sequence (K)")
+    p.add_argument("--eval-batches", type=at_least(1), help="evaluate on the first batches only (default: all)")
+    p.add_argument("--eval-batch-size", type=at_least(1), default=EvalSettings.batch_size,
+                   help="sequences per evaluation pass")
+    p.add_argument("--seed", type=int, default=EvalSettings.seed, help="seed of the evaluation's noise")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config overrides for every model, e.g. train.device=cuda model.n_layers=8")
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="unmask", description="Masked diffusion language models (MDLM).")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for add in (_train, _eval, _sample, _serve, _frontier, _export, _convert, _demo):
+    for add in (_train, _eval, _sample, _serve, _frontier, _export, _convert, _demo, _study):
         add(sub)
     return parser

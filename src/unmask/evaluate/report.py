@@ -8,7 +8,9 @@ from typing import Any
 
 from unmask.data import ZERO_SHOT_DETOKENIZER, DataError, TokenBlocks
 from unmask.distributed.process import setup
+from unmask.errors import UserError
 from unmask.evaluate.likelihood import evaluate_dataset
+from unmask.objectives import DISCRETE_TIME_OBJECTIVES
 from unmask.pipeline import load
 
 
@@ -38,13 +40,16 @@ def evaluate_checkpoint(
     (:mod:`unmask.data.detokenizers`); ``detokenizer`` applies one of those rules to any ``data``
     (a local copy of such a corpus), or overrides the dataset's own.
     ``text_field`` names the field of .jsonl / .parquet files that holds the text (default: the
-    run's data.text_field). ``discrete_steps`` adds the discrete-time bound for each T given;
-    ``step`` picks a checkpoint of a run. Under torchrun every process evaluates a share of the
-    batches and all get the single-process result.
+    run's data.text_field). ``discrete_steps`` adds the discrete-time bound for each T given (mdlm
+    and d3pm runs); ``step`` picks a checkpoint of a run. Under torchrun every process evaluates a
+    share of the batches and all get the single-process result.
     """
     parallel = setup(device)  # under torchrun: join the job; each process evaluates its share of the batches
     pipeline = load(path, step=step, device=str(parallel.device))
     config = pipeline.config
+    if discrete_steps and config.objective.name not in DISCRETE_TIME_OBJECTIVES:
+        raise UserError(f"--discrete-steps applies to {' and '.join(DISCRETE_TIME_OBJECTIVES)} runs; this is a "
+                        f"{config.objective.name} run, whose bound has no time steps: drop --discrete-steps")
     # A file or folder, and the run's valid_source, are used whole; a corpus gives its validation split.
     if data is not None:
         source, whole = data, Path(data).exists()
@@ -79,7 +84,7 @@ def evaluate_checkpoint(
         **main.to_dict(),
         "discrete": {},
     }
-    if config.objective.name == "mdlm":
+    if config.objective.name in DISCRETE_TIME_OBJECTIVES:
         for steps in discrete_steps:
             result = evaluate_dataset(
                 pipeline.model, blocks, config.objective, pipeline.mask_id, discrete_steps=steps, **common
