@@ -93,6 +93,8 @@ DEFAULT_SHAPES = ("char-6x256-L256", "gpt2-6x256-L128")
 
 # The train group: (system, objective) for each row, timed in turns with the GEMM of their dtype.
 TRAIN_ROWS = (("unmask", "mdlm"), ("unmask", "ar"), ("hf-gpt2", "hf"))
+# Objectives whose attention is causal (their FLOPs count only the lower triangle of attention).
+CAUSAL_OBJECTIVES = ("ar", "hf")
 
 
 def train_flops(shape: Shape, batch: int, head_rows: float, vocab_out: int, causal: bool) -> float:
@@ -254,7 +256,7 @@ def train_member(dev: Device, shape: Shape, spec: dict[str, Any]) -> Member:
 
     def extra() -> dict[str, Any]:
         rows = statistics.mean(rows for rows, _ in heads)
-        flops = train_flops(shape, batch, rows, heads[0][1], causal=objective != "mdlm")
+        flops = train_flops(shape, batch, rows, heads[0][1], causal=objective in CAUSAL_OBJECTIVES)
         return {"batch": batch, "flops": flops, "head_rows": rows}
 
     return Member(spec, run, warm, tokens=batch * shape.length, extra=extra, close=close)
