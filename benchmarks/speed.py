@@ -3,6 +3,7 @@
 Usage::
 
     python benchmarks/speed.py [--shape NAME] [--device cpu|cuda] [--json OUT.json] [--repeats N] [--quick]
+                               [--static-shapes]
 
 What runs is in ``speed_workloads.py`` (shapes, workloads, the plan of groups), how it is timed in
 ``speed_runner.py`` (groups in fresh processes, turns, memory apart), what is printed in
@@ -21,7 +22,7 @@ from typing import Any
 
 import torch
 import transformers
-from speed_report import HEADER, add_mfu, device_name, format_row, ratio_lines
+from speed_report import HEADER, add_mfu, device_name, format_row, gpu_target_lines, ratio_lines
 from speed_runner import child_setup, measure_memory, run_group, time_members
 from speed_workloads import DEFAULT_SHAPES, DTYPES, SHAPES, WORKLOADS, build_member, plan
 
@@ -51,6 +52,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--budget-s", type=float, default=120.0, help="timed seconds per sampling row (soft cap)")
     parser.add_argument("--skip-memory", action="store_true", help="do not measure peak memory")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads in each child")
+    parser.add_argument("--static-shapes", action="store_true",
+                        help="also time the static-shape path (unmask-static rows; always with --device cuda)")
     parser.add_argument("--_group", help=argparse.SUPPRESS)
     parser.add_argument("--_memory", help=argparse.SUPPRESS)
     parser.add_argument("--_out", help=argparse.SUPPRESS)
@@ -77,21 +80,32 @@ def main(argv: list[str] | None = None) -> None:
     print(HEADER, flush=True)
     rows: list[dict[str, Any]] = []
     for shape_name in [args.shape] if args.shape else DEFAULT_SHAPES:
-        for group in plan(shape_name, dtypes=dtypes, whats=chosen, quick=args.quick, budget_s=args.budget_s):
+        for group in plan(shape_name, dtypes=dtypes, whats=chosen, quick=args.quick, budget_s=args.budget_s,
+                          static=args.static_shapes or args.device == "cuda"):
             for row in run_group(group, device=args.device, threads=args.threads, repeats=args.repeats,
                                  skip_memory=args.skip_memory):
                 row.update(device=args.device, device_name=name, date=date)
                 rows.append(row)
                 add_mfu(rows)
                 print(format_row(row), flush=True)
+            if args.json:  # after every group: a run stopped part way keeps what it measured
+                write_rows(rows, args.json)
     print()
-    for line in ratio_lines(rows):
+    for line in ratio_lines(rows) + gpu_target_lines(rows):
         print(line)
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
         print(f"\nwrote {len(rows)} rows to {args.json}")
+    failed = [row for row in rows if row.get("error") or row.get("memory_error")]
+    if failed:
+        raise SystemExit(f"{len(failed)} of {len(rows)} rows failed: see their error or memory_error field")
+
+
+def write_rows(rows: list[dict[str, Any]], path: str) -> None:
+    """The rows as JSON at ``path``, replaced whole (never a half-written file)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(f"{path}.tmp", "w") as f:
+        json.dump(rows, f, indent=1)
+    os.replace(f"{path}.tmp", path)
 
 
 if __name__ == "__main__":

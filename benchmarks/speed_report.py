@@ -3,28 +3,65 @@
 ``mfu`` of a training row = its FLOPs per second / the GEMM FLOP/s of the same dtype and shape
 measured in the same run. The ratios compare rows of one group (timed in turns in one process):
 the ratio of medians is the one judged, the ratio of the fastest repeats follows in brackets.
+
+The paper's shape on a GPU (``dit-small-L1024``) also has absolute targets (issue 16, for one
+H100/H200), each printed beside the reference code's own figure: :func:`gpu_target_lines`.
 """
 
 from __future__ import annotations
 
 import platform
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from speed_workloads import DTYPES, SHAPES
 
 # Targets (ratios to GPT-2 measured in the same run): train is unmask/HF tokens/s (at least),
-# sample is unmask/HF seconds (at most), keyed by (shape, batch, steps as a fraction of length).
+# sample is unmask/HF seconds (at most), keyed by (shape, batch, steps).
 TRAIN_TARGETS = {"char-6x256-L256": 4.0, "gpt2-6x256-L128": 2.5}
 SAMPLE_TARGETS = {
-    ("char-6x256-L256", 1, 1): 2.5,
-    ("char-6x256-L256", 16, 1): 12.0,
-    ("gpt2-6x256-L128", 1, 1): 1.2,
-    ("gpt2-6x256-L128", 16, 1): 3.0,
-    ("char-6x256-L256", 1, 8): 1.0,
-    ("gpt2-6x256-L128", 1, 8): 1.0,
-    ("gpt2-6x256-L128", 16, 8): 1.0,
+    ("char-6x256-L256", 1, 256): 2.5,
+    ("char-6x256-L256", 16, 256): 12.0,
+    ("gpt2-6x256-L128", 1, 128): 1.2,
+    ("gpt2-6x256-L128", 16, 128): 3.0,
+    ("char-6x256-L256", 1, 32): 1.0,
+    ("gpt2-6x256-L128", 1, 16): 1.0,
+    ("gpt2-6x256-L128", 16, 16): 1.0,
 }
+# The systems of unmask that are compared with GPT-2 (the static-shape path where it ran).
+UNMASK_SYSTEMS = ("unmask", "unmask-static")
+
+
+@dataclass(frozen=True)
+class GpuTarget:
+    """An absolute target of issue 16 on one H100/H200: ``field`` of the bf16 rows matching ``keys``
+    (every unmask system's) at most (or, with ``at_least``, at least) ``limit``; ``reference`` is the
+    reference code's figure on an H100 as the issue quotes it (None where it gives none)."""
+
+    label: str
+    keys: dict[str, Any]
+    field: str
+    limit: float
+    reference: float | None
+    unit: str
+    at_least: bool = False
+
+
+GPU_SHAPE = "dit-small-L1024"
+GPU_TARGETS = (
+    GpuTarget("train tokens/s, batch 32", {"what": "train", "objective": "mdlm"}, "tokens_per_s", 470_000, 117_000,
+              "tokens/s", at_least=True),
+    GpuTarget("train peak memory, batch 32", {"what": "train", "objective": "mdlm"}, "peak_cuda_mib", 24 * 1024,
+              None, "MiB"),
+    GpuTarget("one call, batch 1", {"what": "call", "batch": 1}, "seconds", 1.5e-3, 18e-3, "s"),
+    GpuTarget("sample 1,024 tokens, batch 1, T=1000", {"what": "sample", "batch": 1, "steps": 1000}, "seconds", 0.8,
+              9.8, "s"),
+    GpuTarget("sample 1,024 tokens, batch 16, T=1000", {"what": "sample", "batch": 16, "steps": 1000}, "seconds",
+              12.0, 55.0, "s"),
+    GpuTarget("sample 1,024 tokens, batch 16, T=128", {"what": "sample", "batch": 16, "steps": 128}, "seconds", 1.5,
+              7.0, "s"),
+)
 
 HEADER = (
     f"{'shape':<16} {'system':<8} {'what':<6} {'dtype':<5} {'batch':>5} {'steps':>5} {'seconds':>9} "
@@ -89,23 +126,23 @@ def train_ratio_lines(rows: list[dict[str, Any]], shape_name: str, dtype: str) -
 
 
 def seconds_ratio_lines(rows: list[dict[str, Any]], shape_name: str, what: str, dtype: str) -> list[str]:
-    """unmask/HF seconds of one call or of sampling, at each batch (and step count)."""
-    length = SHAPES[shape_name].length
+    """unmask/HF seconds of one call or of sampling, at each batch (and step count), for each unmask system.
+    The targets judge the plain path (``unmask``); the static-shape path's ratio is printed beside it."""
     lines = []
     for batch in (1, 16):
         hf = _find(rows, shape=shape_name, what=what, system="hf-gpt2", dtype=dtype, batch=batch)
-        for divisor in (1, 8) if what == "sample" else (None,):
-            steps = length // divisor if divisor else None
-            own = _find(rows, shape=shape_name, what=what, system="unmask", dtype=dtype, batch=batch, steps=steps)
-            if not (hf and own):
-                continue
-            ratio, best = own["seconds"] / hf["seconds"], own["seconds_min"] / hf["seconds_min"]
-            target = SAMPLE_TARGETS.get((shape_name, batch, divisor)) if what == "sample" else None
-            goal = f" target <= {target}x" if target else ""
-            ok = None if target is None else ratio <= target
-            label = f"{what} {dtype} b{batch}" + (f" T={steps}" if steps else "")
-            lines.append(f"{shape_name} {label}: unmask/HF seconds = {ratio:.2f}x [{best:.2f}x] "
-                         f"(HF/unmask {1 / ratio:.2f}x){goal}{_verdict(ok)}")
+        for steps in SHAPES[shape_name].sample_steps if what == "sample" else (None,):
+            for system in UNMASK_SYSTEMS:
+                own = _find(rows, shape=shape_name, what=what, system=system, dtype=dtype, batch=batch, steps=steps)
+                if not (hf and own):
+                    continue
+                ratio, best = own["seconds"] / hf["seconds"], own["seconds_min"] / hf["seconds_min"]
+                target = SAMPLE_TARGETS.get((shape_name, batch, steps)) if system == "unmask" else None
+                goal = f" target <= {target}x" if target else ""
+                ok = None if target is None else ratio <= target
+                label = f"{what} {dtype} b{batch}" + (f" T={steps}" if steps else "")
+                lines.append(f"{shape_name} {label}: {system}/HF seconds = {ratio:.2f}x [{best:.2f}x] "
+                             f"(HF/{system} {1 / ratio:.2f}x){goal}{_verdict(ok)}")
     return lines
 
 
@@ -118,6 +155,35 @@ def ratio_lines(rows: list[dict[str, Any]]) -> list[str]:
         for what in ("call", "sample"):
             for dtype in DTYPES:
                 lines += seconds_ratio_lines(rows, shape_name, what, dtype)
+    return lines
+
+
+def _figure(value: float, unit: str) -> str:
+    if unit == "s":
+        return f"{value * 1e3:.2f} ms" if value < 0.1 else f"{value:.2f} s"
+    if unit == "MiB":
+        return f"{value / 1024:.1f} GiB"
+    return f"{value:,.0f} {unit}"
+
+
+def gpu_target_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The absolute targets of the paper's shape (``GPU_TARGETS``), judged for every unmask system
+    that has a bf16 row (training: the trainer's), with the speed-up over the reference code's figure."""
+    lines = []
+    for target in GPU_TARGETS:
+        for system in ("unmask",) if target.keys["what"] == "train" else UNMASK_SYSTEMS:
+            row = _find(rows, shape=GPU_SHAPE, dtype="bf16", system=system, **target.keys)
+            if row is None or row.get(target.field) is None:
+                continue
+            value = row[target.field]
+            ok = value >= target.limit if target.at_least else value <= target.limit
+            sign = ">=" if target.at_least else "<="
+            line = (f"{GPU_SHAPE} {target.label} ({row.get('device_name') or row.get('device')}, {system}): "
+                    f"{_figure(value, target.unit)}, target {sign} {_figure(target.limit, target.unit)}{_verdict(ok)}")
+            if target.reference is not None:
+                speedup = value / target.reference if target.at_least else target.reference / value
+                line += f"; {speedup:.1f}x the reference code's speed ({_figure(target.reference, target.unit)})"
+            lines.append(line)
     return lines
 
 

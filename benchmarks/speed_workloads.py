@@ -5,7 +5,10 @@ Shapes (``SHAPES``), each one model shape for both systems, named after its toke
 - ``char-6x256-L256``: the text8 character tokenizer (30 ids + MASK), length 256, training batch 32;
 - ``gpt2-6x256-L128``: GPT-2 BPE (50,257 ids + MASK), length 128, training batch 16;
 - ``dit-small-L1024``: the paper's DiT small (12 x 768, 12 heads) with GPT-2 BPE at length 1024,
-  training batch 32: for GPUs, so not in the default run (``--shape dit-small-L1024``).
+  training batch 32, sampled at T = 1000 (the reference code's default) and 128: for GPUs, so not in
+  the default run (``--shape dit-small-L1024``; ``benchmarks/gpu.sh`` runs it);
+- ``char-2x64-L64``: the smallest shape, which checks the plumbing in seconds on a CPU (the smoke
+  mode of ``benchmarks/gpu.sh``): not a measurement.
 
 unmask runs ``DiT`` with the shape's vocabulary plus MASK; the baseline is Hugging Face
 ``GPT2LMHeadModel`` over the same ids without MASK, with ``tie_word_embeddings=False`` (both have an
@@ -23,11 +26,16 @@ Workloads (``WORKLOADS``; the ``what`` of a row):
 - ``call``: one forward call on a full-length batch (1 and 16) in inference mode, logits everywhere.
   The DiT's weights are redrawn from N(0, 0.02) with zero biases (as GPT-2 initialises), since its
   zero-initialised adaLN and output layer would make every draw uniform; the same in ``sample``.
+  ``unmask-static`` is the same call through ``unmask.static_shapes.StaticShapeDenoiser`` at the call's
+  shape (a CUDA graph on GPUs; its logits are copied out of the graph's memory on every call).
 - ``sample``: wall time to generate full-length sequences (batch 1 and 16). unmask:
-  ``unmask.generate(model, SamplerConfig(sampler="cached", steps=T), ...)`` with T = length and
-  T = length / 8 (``model_calls`` is its ``num_calls``). GPT-2: ``generate`` with the KV cache,
+  ``unmask.generate(model, SamplerConfig(sampler="cached", steps=T), ...)`` at the shape's two step
+  counts (T = length and length / 8 but for ``dit-small-L1024``; ``model_calls`` is its
+  ``num_calls``); ``unmask-static`` the same through one ``StaticShapeDenoiser`` of [batch, length]
+  built (and, on CUDA, captured) in the warm-up. GPT-2: ``generate`` with the KV cache,
   ``do_sample=True, top_k=0``, length - 1 new tokens after a one-token prompt, so both produce
-  ``length`` tokens per sequence.
+  ``length`` tokens per sequence. The ``unmask-static`` rows run with ``--device cuda`` (or with
+  ``--static-shapes``).
 
 FLOPs of a training step (``train_flops``; forward + backward = 3 x forward, 2 FLOPs per multiply-add):
 6 * 12 * n_layers * d^2 * tokens for the blocks' matmuls, plus a * n_layers * L * d * tokens for
@@ -43,12 +51,12 @@ holds), register it in ``WORKLOADS`` under its ``what``, and give it rows in :fu
 is a list of rows timed in turns in one process, so rows compared with each other share a group.
 A new system in an existing workload (e.g. another sampler beside ``unmask`` and ``hf-gpt2``) is one
 more entry in ``SAMPLERS`` (how it samples) or ``TRAIN_STEPS`` (how it trains) and one more row in
-its group; a new objective of unmask's trainer is only a row ``("unmask", name)`` in ``TRAIN_ROWS``.
+its group (``unmask-static`` is such a sampler); a new objective of unmask's trainer is only a row
+``("unmask", name)`` in ``TRAIN_ROWS``.
 """
 
 from __future__ import annotations
 
-import random
 import statistics
 import tempfile
 from collections.abc import Callable
@@ -57,12 +65,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from generated_corpus import write_corpus
 from speed_runner import Device, Member
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from unmask import DiT, generate
 from unmask.config import Config, apply_overrides
 from unmask.sampling import SamplerConfig
+from unmask.static_shapes import StaticShapeDenoiser
 from unmask.train import Trainer
 
 DTYPES = ("fp32", "bf16")
@@ -78,6 +88,7 @@ class Shape:
     hidden: int
     n_heads: int
     train_batch: int
+    sample_steps: tuple[int, int]  # the step counts T of the sampling rows
 
     @property
     def mask_id(self) -> int:
@@ -85,9 +96,14 @@ class Shape:
 
 
 SHAPES: dict[str, Shape] = {
-    "char-6x256-L256": Shape("char", vocab=30, length=256, n_layers=6, hidden=256, n_heads=8, train_batch=32),
-    "gpt2-6x256-L128": Shape("gpt2", vocab=50257, length=128, n_layers=6, hidden=256, n_heads=8, train_batch=16),
-    "dit-small-L1024": Shape("gpt2", vocab=50257, length=1024, n_layers=12, hidden=768, n_heads=12, train_batch=32),
+    "char-6x256-L256": Shape("char", vocab=30, length=256, n_layers=6, hidden=256, n_heads=8, train_batch=32,
+                             sample_steps=(256, 32)),
+    "gpt2-6x256-L128": Shape("gpt2", vocab=50257, length=128, n_layers=6, hidden=256, n_heads=8, train_batch=16,
+                             sample_steps=(128, 16)),
+    "dit-small-L1024": Shape("gpt2", vocab=50257, length=1024, n_layers=12, hidden=768, n_heads=12, train_batch=32,
+                             sample_steps=(1000, 128)),
+    "char-2x64-L64": Shape("char", vocab=30, length=64, n_layers=2, hidden=64, n_heads=2, train_batch=4,
+                           sample_steps=(64, 8)),
 }
 DEFAULT_SHAPES = ("char-6x256-L256", "gpt2-6x256-L128")
 
@@ -123,8 +139,8 @@ def randomize(model: torch.nn.Module) -> None:
 
 
 def build_model(system: str, shape: Shape, device: torch.device) -> torch.nn.Module:
-    """unmask's DiT (random N(0, 0.02) weights) or GPT-2 of ``shape``, on ``device``."""
-    if system == "unmask":
+    """unmask's DiT (random N(0, 0.02) weights; every "unmask..." system) or GPT-2 of ``shape``, on ``device``."""
+    if system.startswith("unmask"):
         config = Config()
         apply_overrides(config, model_overrides(shape))
         model = DiT(config.model_config(shape.vocab + 1))
@@ -152,18 +168,6 @@ def random_tokens(shape: Shape, batch: int, device: torch.device) -> torch.Tenso
 # ---------------------------------------------------------------------------------------------
 # The trainer's own step
 # ---------------------------------------------------------------------------------------------
-
-
-CORPUS_WORDS = ("the", "of", "and", "to", "in", "is", "was", "he", "that", "it", "for", "on", "with", "his", "at")
-
-
-def write_corpus(path: Path, length: int, documents: int = 50) -> Path:
-    """A small text file of random words: enough for a trainer to open its training and validation
-    blocks at ``length`` (the last 2% of documents validate, so each document holds several blocks)."""
-    rng = random.Random(0)
-    text = "\n\n".join(" ".join(rng.choice(CORPUS_WORDS) for _ in range(4 * length)) for _ in range(documents))
-    path.write_text(text + "\n")
-    return path
 
 
 def build_trainer(shape: Shape, folder: Path, *, objective: str, precision: str, device: str,
@@ -283,12 +287,14 @@ def gemm_member(dev: Device, shape: Shape, spec: dict[str, Any]) -> Member:
 def call_member(dev: Device, shape: Shape, spec: dict[str, Any]) -> Member:
     system, dtype, batch = spec["system"], spec["dtype"], spec["batch"]
     model = build_model(system, shape, dev.device).eval()
+    if system == "unmask-static":
+        model = StaticShapeDenoiser(model, batch_size=batch, length=shape.length)
     x = random_tokens(shape, batch, dev.device)
     t = torch.rand(batch, device=dev.device)
 
     def call() -> int:
         with torch.inference_mode(), dev.autocast(dtype):
-            model(x, t) if system == "unmask" else model(input_ids=x, use_cache=False)
+            model(input_ids=x, use_cache=False) if system == "hf-gpt2" else model(x, t)
         return 1
 
     def warm() -> None:
@@ -331,8 +337,18 @@ def gpt2_sampling(model: torch.nn.Module, shape: Shape, dev: Device, dtype: str,
     return run_steps
 
 
+def static_sampling(model: torch.nn.Module, shape: Shape, dev: Device, dtype: str, batch: int
+                    ) -> Callable[[int], int]:
+    """:func:`unmask_sampling` through one static-shape denoiser of [batch, length] (captured on its first call)."""
+    return unmask_sampling(StaticShapeDenoiser(model, batch_size=batch, length=shape.length), shape, dev, dtype, batch)
+
+
 # How each system samples: (model, shape, device, dtype, batch) -> run(steps) -> network calls.
-SAMPLERS: dict[str, Callable[..., Callable[[int], int]]] = {"unmask": unmask_sampling, "hf-gpt2": gpt2_sampling}
+SAMPLERS: dict[str, Callable[..., Callable[[int], int]]] = {
+    "unmask": unmask_sampling,
+    "unmask-static": static_sampling,
+    "hf-gpt2": gpt2_sampling,
+}
 
 
 def sample_member(dev: Device, shape: Shape, spec: dict[str, Any]) -> Member:
@@ -355,11 +371,13 @@ def build_member(dev: Device, spec: dict[str, Any]) -> Member:
     return WORKLOADS[spec["what"]](dev, SHAPES[spec["shape"]], spec)
 
 
-def plan(shape_name: str, *, dtypes: list[str], whats: list[str], quick: bool, budget_s: float
-         ) -> list[list[dict[str, Any]]]:
-    """The groups of one shape, in the order they run; each group is a list of row specs."""
+def plan(shape_name: str, *, dtypes: list[str], whats: list[str], quick: bool, budget_s: float,
+         static: bool = False) -> list[list[dict[str, Any]]]:
+    """The groups of one shape, in the order they run; each group is a list of row specs. ``static``
+    adds the ``unmask-static`` rows beside the ``unmask`` ones."""
     shape = SHAPES[shape_name]
     base = {"shape": shape_name}
+    unmask_systems = ("unmask", "unmask-static") if static else ("unmask",)
 
     def gemm(dtype: str) -> list[dict[str, Any]]:
         return [{**base, "system": "torch", "what": "gemm", "dtype": dtype}] if "gemm" in whats else []
@@ -373,12 +391,10 @@ def plan(shape_name: str, *, dtypes: list[str], whats: list[str], quick: bool, b
                                           "objective": objective} for system, objective in TRAIN_ROWS])
         for batch in (1, 16) if "call" in whats else ():
             groups.append([{**base, "system": system, "what": "call", "dtype": dtype, "batch": batch}
-                           for system in ("unmask", "hf-gpt2")])
+                           for system in (*unmask_systems, "hf-gpt2")])
         for batch in ((1,) if quick else (1, 16)) if "sample" in whats else ():
             sample = {**base, "what": "sample", "dtype": dtype, "batch": batch, "budget_s": budget_s}
-            groups.append([
-                {**sample, "system": "hf-gpt2", "steps": shape.length - 1},
-                {**sample, "system": "unmask", "steps": shape.length},
-                {**sample, "system": "unmask", "steps": shape.length // 8},
-            ])
+            groups.append([{**sample, "system": "hf-gpt2", "steps": shape.length - 1}] + [
+                {**sample, "system": system, "steps": steps} for system in unmask_systems
+                for steps in shape.sample_steps])
     return groups

@@ -1,6 +1,7 @@
 import os
 
 import pytest
+import torch
 from toy import ToyDistribution
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -19,6 +20,16 @@ TINY = [
     "train.eval_every=2", "train.eval_batches=2", "train.save_every=2", "train.log_every=1",
     "train.precision=fp32", "train.tensorboard=false", "optim.warmup_steps=2",
 ]
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` are skipped, with the reason, where torch sees no CUDA device."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU: torch.cuda.is_available() is False here")
+    for item in items:
+        if item.get_closest_marker("cuda"):
+            item.add_marker(skip)
 
 
 @pytest.fixture()

@@ -1,4 +1,5 @@
 """Several processes on CPU (gloo): DDP and FSDP match one process, a killed run resumes, eval splits.
+With two GPUs, the DDP and FSDP runs are also made with one process per GPU (NCCL).
 
 Each test starts real worker processes (torchrun, or ``unmask train --nproc``) on a very small
 model; dropout is off so that runs with different numbers of processes can be compared.
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
+from devices import TWO_GPUS
 from safetensors.torch import load_file
 
 from unmask.checkpoint import export_checkpoint, is_sharded, resolve_checkpoint
@@ -34,8 +36,10 @@ TOLERANCE = dict(rtol=1e-4, atol=1e-6)
 
 @pytest.fixture()
 def overrides(tiny_overrides, corpus_file):
-    # Four micro-batches of 2 per step: with 2 processes each accumulates 2 (DDP no_sync / FSDP).
-    return [*tiny_overrides, "model.dropout=0.0", "train.micro_batch=2", f"data.source={corpus_file}"]
+    # Four micro-batches of 2 per step: with 2 processes each accumulates 2 (DDP no_sync / FSDP). On the CPU
+    # even where GPUs are (the default "auto" would put two processes on cuda:0 and cuda:1).
+    return [*tiny_overrides, "model.dropout=0.0", "train.micro_batch=2", f"data.source={corpus_file}",
+            "train.device=cpu"]
 
 
 def _env() -> dict[str, str]:
@@ -82,9 +86,10 @@ def _assert_same_weights(a, b):
             torch.testing.assert_close(a[kind][name], b[kind][name], **TOLERANCE, msg=f"{kind} {name}")
 
 
+@pytest.mark.parametrize("device", ["cpu", TWO_GPUS])
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_two_processes_match_one(tmp_path, overrides, strategy):
-    args = [*overrides, f"parallel.strategy={strategy}"]
+def test_two_processes_match_one(tmp_path, overrides, strategy, device):
+    args = [*overrides, f"parallel.strategy={strategy}", f"train.device={device}"]  # cuda: NCCL, a GPU each
     _single(args, tmp_path / "one", max_steps=4)
     train = ["train", "--out", str(tmp_path / "two"), "--max-steps", "4", "--quiet", *args]
     if strategy == "ddp":
@@ -184,7 +189,7 @@ def test_distributed_eval_equals_single_process(tmp_path, overrides, capsys):
     _single(overrides, tmp_path / "run", max_steps=2)
     # 5 batches of 4: the two processes take 3 and 2; the discrete bound goes through the same path.
     common = ["eval", str(tmp_path / "run"), "--batch-size", "4", "--max-batches", "5", "--discrete-steps", "10",
-              "--num-t", "2"]
+              "--num-t", "2", "--device", "cpu"]
     assert main([*common, "--json", str(tmp_path / "one.json")]) == 0
     result = _torchrun(*common, "--json", str(tmp_path / "two.json"))
     one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from devices import DEVICES, generator
 from toy import WrongDenoiser, estimate
 
 from unmask import DiT, DiTConfig, ar_loss, nelbo, nelbo_discrete, objective, subs_log_probs
@@ -11,14 +12,13 @@ from unmask.objective import masked_log_probs
 SCHEDULES = ["loglinear", "linear", "cosine", "cosine_squared", "geometric", "polynomial"]
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("schedule", SCHEDULES)
-def test_continuous_nelbo_equals_exact_nll(toy, schedule):
-    g = torch.Generator().manual_seed(0)
-    x0 = toy.draw(6, g)
-    mean, se = estimate(
-        nelbo, 150, denoiser=toy.denoiser(), x0=x0, schedule=schedule, mask_id=toy.mask_id, num_t=64, generator=g
-    )
-    z = (mean + toy.log_prob(x0)) / se
+def test_continuous_nelbo_equals_exact_nll(toy, schedule, device):
+    x0 = toy.draw(6, torch.Generator().manual_seed(0))
+    mean, se = estimate(nelbo, 150, denoiser=toy.denoiser(device), x0=x0.to(device), schedule=schedule,
+                        mask_id=toy.mask_id, num_t=64, generator=generator(device, 0))
+    z = (mean.cpu() + toy.log_prob(x0)) / se.cpu()
     assert z.abs().max() < 4.5, z
 
 
@@ -53,15 +53,16 @@ def test_antithetic_times_cut_the_variance():
     assert abs(float(anti.mean() - plain.mean())) < 4 * float(plain.std()) / 200**0.5
 
 
-def test_discrete_bound_is_above_continuous_and_falls_with_T(toy):
-    g = torch.Generator().manual_seed(3)
-    x0 = toy.draw(400, g)
+@pytest.mark.parametrize("device", DEVICES)
+def test_discrete_bound_is_above_continuous_and_falls_with_T(toy, device):
+    x0 = toy.draw(400, torch.Generator().manual_seed(3))
     nll = -toy.log_prob(x0).mean()
-    den = toy.denoiser()
+    den, g = toy.denoiser(device), generator(device, 3)
     gaps = []
     for steps in (1, 2, 4, 16):
-        bound = nelbo_discrete(den, x0, schedule="loglinear", mask_id=toy.mask_id, steps=steps, num_t=32, generator=g)
-        gaps.append(float(bound.mean() - nll))
+        bound = nelbo_discrete(den, x0.to(device), schedule="loglinear", mask_id=toy.mask_id, steps=steps, num_t=32,
+                               generator=g)
+        gaps.append(float(bound.mean().cpu() - nll))
     assert gaps[0] > gaps[1] > gaps[2] > gaps[3] > 0.0, gaps
     # T = 1 is a single parallel step: the gap is the total correlation of the distribution.
     assert gaps[0] > 0.3
@@ -138,6 +139,26 @@ def test_masked_only_head_equals_full_head():
     assert torch.allclose(fast, plain, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_bf16_autocast_keeps_the_loss_in_float32(device):
+    model = _tiny_dit().to(device)
+    x0 = torch.randint(0, 11, (4, 16), generator=torch.Generator().manual_seed(1)).to(device)
+    kw = dict(x0=x0, schedule="loglinear", mask_id=11, num_t=2)
+    with torch.no_grad():
+        reference = nelbo(model, generator=generator(device, 0), **kw)
+    head_dtypes = []
+    model.head.register_forward_hook(lambda module, args, out: head_dtypes.append(out.dtype))
+    with torch.autocast(device, dtype=torch.bfloat16):
+        loss = nelbo(model, generator=generator(device, 0), **kw)
+    loss.sum().backward()
+
+    assert head_dtypes == [torch.bfloat16], "autocast reached the network"
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, reference, rtol=0.05, atol=0.05)
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(g.dtype == torch.float32 and g.isfinite().all() for g in grads)
+
+
 def test_loss_is_zero_at_unmasked_positions():
     model = _tiny_dit()
     x0 = torch.randint(0, 11, (2, 16))
@@ -174,14 +195,15 @@ def test_ar_loss_is_next_token_cross_entropy():
     assert (part < ar_loss(model, x0, mask_id=11)).all()
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("mask_id", [6, None])
-def test_fused_masked_nll_equals_log_softmax_and_gather(monkeypatch, dtype, mask_id):
+def test_fused_masked_nll_equals_log_softmax_and_gather(monkeypatch, dtype, mask_id, device):
     monkeypatch.setattr(objective, "_CHUNK_ELEMENTS", 16)  # two rows per chunk: the chunking is exercised
-    generator = torch.Generator().manual_seed(0)
-    logits = (3 * torch.randn(9, 7, generator=generator)).to(dtype).requires_grad_()
-    targets = torch.randint(0, 6, (9,), generator=generator)
-    weights = torch.randn(9, generator=generator)
+    g = torch.Generator().manual_seed(0)
+    logits = (3 * torch.randn(9, 7, generator=g)).to(device, dtype).requires_grad_()
+    targets = torch.randint(0, 6, (9,), generator=g).to(device)
+    weights = torch.randn(9, generator=g).to(device)
 
     fused = objective.masked_nll(logits, targets, mask_id)
     (grad_fused,) = torch.autograd.grad((fused * weights).sum(), logits)
@@ -195,4 +217,4 @@ def test_fused_masked_nll_equals_log_softmax_and_gather(monkeypatch, dtype, mask
     torch.testing.assert_close(grad_fused.float(), grad_plain.float(), rtol=tolerance, atol=tolerance)
     if mask_id is not None:
         assert grad_fused[:, mask_id].eq(0).all()  # MASK has no probability, so no gradient
-        assert objective.masked_nll(logits[:2], torch.full((2,), mask_id), mask_id).isinf().all()
+        assert objective.masked_nll(logits[:2], torch.full((2,), mask_id, device=device), mask_id).isinf().all()

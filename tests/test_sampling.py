@@ -1,7 +1,10 @@
 """Samplers against the exact denoiser of an enumerable distribution."""
 
+import dataclasses
+
 import pytest
 import torch
+from devices import DEVICES, generator
 from sampling_args import split
 
 from unmask import DiT, DiTConfig, sample
@@ -11,50 +14,58 @@ from unmask.sampling import DrawConfig, SamplerConfig, draw_categorical, filtere
 N = 20000
 
 
-def _draw(toy, n=N, seed=0, **kwargs):
+def _draw(toy, n=N, seed=0, device="cpu", **kwargs):
+    """Samples of the exact denoiser on ``device``; the tokens come back on the CPU (the toy's tables)."""
     config, rest = split(kwargs)
-    return generate(
-        toy.denoiser(), config, batch_size=n, length=toy.length, mask_id=toy.mask_id,
-        generator=torch.Generator().manual_seed(seed), **rest,
-    )
+    if "template" in rest:
+        rest["template"] = rest["template"].to(device)
+    out = generate(toy.denoiser(device), config, batch_size=n, length=toy.length, mask_id=toy.mask_id,
+                   generator=generator(device, seed), device=device, **rest)
+    return dataclasses.replace(out, tokens=out.tokens.cpu())
 
 
-def test_first_hitting_reproduces_the_distribution(toy):
-    out = _draw(toy, sampler="first_hitting")
+@pytest.mark.parametrize("device", DEVICES)
+def test_first_hitting_reproduces_the_distribution(toy, device):
+    out = _draw(toy, sampler="first_hitting", device=device)
     assert toy.tv_distance(out.tokens) < 0.03
     assert out.num_calls == toy.length  # one network call per generated token
 
 
-def test_one_step_ancestral_is_the_product_of_marginals(toy):
-    out = _draw(toy, sampler="ancestral", steps=1)
+@pytest.mark.parametrize("device", DEVICES)
+def test_one_step_ancestral_is_the_product_of_marginals(toy, device):
+    out = _draw(toy, sampler="ancestral", steps=1, device=device)
     assert toy.tv_distance(out.tokens, toy.product_of_marginals()) < 0.04
     assert toy.tv_distance(out.tokens) > 0.2
 
 
-def test_ancestral_approaches_the_truth_as_steps_grow(toy):
-    distances = [toy.tv_distance(_draw(toy, sampler="ancestral", steps=steps).tokens) for steps in (1, 4, 64)]
+@pytest.mark.parametrize("device", DEVICES)
+def test_ancestral_approaches_the_truth_as_steps_grow(toy, device):
+    distances = [toy.tv_distance(_draw(toy, sampler="ancestral", steps=steps, device=device).tokens)
+                 for steps in (1, 4, 64)]
     assert distances[0] > distances[1] > distances[2]
     assert distances[2] < 0.04
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("sampler", ["first_hitting", "cached"])
-def test_template_gives_the_exact_conditional(toy, sampler):
+def test_template_gives_the_exact_conditional(toy, sampler, device):
     template = torch.tensor([toy.mask_id, 1, toy.mask_id, 0])
-    out = _draw(toy, sampler=sampler, steps=256, template=template)
+    out = _draw(toy, sampler=sampler, steps=256, template=template, device=device)
     assert (out.tokens[:, 1] == 1).all() and (out.tokens[:, 3] == 0).all(), "fixed tokens never change"
     assert toy.tv_distance(out.tokens, toy.conditional(template)) < 0.03
 
 
-def test_cached_calls_only_when_something_unmasks(toy):
-    den = toy.denoiser()
+@pytest.mark.parametrize("device", DEVICES)
+def test_cached_calls_only_when_something_unmasks(toy, device):
+    den = toy.denoiser(device)
     masked_counts = [3 * toy.length]
     out = generate(den, SamplerConfig(sampler="cached", steps=200), batch_size=3, length=toy.length,
-                   mask_id=toy.mask_id, generator=torch.Generator().manual_seed(1),
+                   mask_id=toy.mask_id, generator=generator(device, 1), device=device,
                    on_step=lambda x: masked_counts.append(int((x == toy.mask_id).sum())))
     steps_that_unmasked = sum(after < before for before, after in zip(masked_counts, masked_counts[1:]))
     assert out.num_calls == den.calls == steps_that_unmasked < 200
-    plain = generate(toy.denoiser(), SamplerConfig(sampler="ancestral", steps=200), batch_size=3, length=toy.length,
-                     mask_id=toy.mask_id, generator=torch.Generator().manual_seed(1))
+    plain = generate(toy.denoiser(device), SamplerConfig(sampler="ancestral", steps=200), batch_size=3,
+                     length=toy.length, mask_id=toy.mask_id, generator=generator(device, 1), device=device)
     assert plain.num_calls == 200
     assert torch.equal(plain.tokens, out.tokens)
 
@@ -74,12 +85,13 @@ def _random_dit():
     return model
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("sampler", ["ancestral", "cached", "first_hitting", "analytic"])
-def test_positions_only_head_gives_the_same_samples(sampler):
-    model = _random_dit()
+def test_positions_only_head_gives_the_same_samples(sampler, device):
+    model = _random_dit().to(device)
     kw = dict(batch_size=5, length=12, mask_id=19, steps=16, sampler=sampler)
-    fast = sample(model, generator=torch.Generator().manual_seed(3), **kw)
-    plain = sample(FullHead(model), generator=torch.Generator().manual_seed(3), **kw)
+    fast = sample(model, generator=generator(device, 3), **kw)
+    plain = sample(FullHead(model), generator=generator(device, 3), **kw)
     assert torch.equal(fast, plain)
     assert not (fast == 19).any()
 

@@ -68,8 +68,9 @@ class ToyDistribution:
             result = result * marginal[self.sequences[:, i]]
         return result
 
-    def denoiser(self) -> ExactDenoiser:
-        return ExactDenoiser(self)
+    def denoiser(self, device: str = "cpu") -> ExactDenoiser:
+        """The exact denoiser, taking and returning tensors on ``device``."""
+        return ExactDenoiser(self).to(device)
 
 
 class ExactDenoiser:
@@ -90,6 +91,11 @@ class ExactDenoiser:
         marginals = torch.einsum("bs,slv->blv", weights, onehot)
         self.table = (marginals / marginals.sum(-1, keepdim=True)).log().float()
         self.powers = ids ** torch.arange(dist.length - 1, -1, -1)
+
+    def to(self, device: str) -> ExactDenoiser:
+        """Move the table to ``device``: calls then take and return tensors there."""
+        self.table, self.powers = self.table.to(device), self.powers.to(device)
+        return self
 
     def __call__(self, x_t: Tensor, t: Tensor) -> Tensor:
         self.calls += 1

@@ -155,22 +155,28 @@ def generate_text(
     stop_at_eos: bool = False,
     precision: str = "auto",
     on_step: Callable[[Tensor], None] | None = None,
+    static_shapes: bool = False,
 ) -> TextSamples:
     """Sample ``num_samples`` texts from a loaded model (MDLM or the AR baseline) as ``sampling`` says.
 
     A ``length`` beyond the model's runs semi-autoregressively: windows of the model's length,
     each starting with the last ``overlap`` tokens of the previous one (default: half a window),
     ``sampling.steps`` steps per window. ``stop_at_eos`` stops at the first EOS of every sample.
-    ``on_step`` sees the token ids of every sample after every step.
+    ``on_step`` sees the token ids of every sample after every step. ``static_shapes`` runs every
+    denoiser call of an MDLM at one shape (:func:`unmask.sampling.loop.run_to_end`: CUDA graphs on a
+    GPU), for the same texts.
     """
     sampling = sampling or SamplerConfig()
+    if static_shapes and pipeline.is_autoregressive:
+        raise PromptError("--static-shapes runs a diffusion model's calls at one shape; the AR baseline's calls "
+                          "grow by one token each: drop --static-shapes")
     fixed = prepare(pipeline, sampling, num_samples=num_samples, length=length, prompt=prompt, template=template)
     tokenizer, model, device = pipeline.tokenizer, pipeline.model, pipeline.device
     started = time.perf_counter()
     with autocast(precision, device):
         if not in_windows(pipeline, length) and not pipeline.is_autoregressive:
             out = run_to_end(model, start_run(pipeline, sampling, fixed, num_samples=num_samples, seed=seed),
-                             on_step=on_step)
+                             on_step=on_step, static_shapes=static_shapes)
         else:
             generator = torch.Generator(device).manual_seed(seed)
             if pipeline.is_autoregressive:
@@ -182,7 +188,8 @@ def generate_text(
                                     window=pipeline.config.data.length, mask_id=tokenizer.mask_id,
                                     schedule=pipeline.config.objective.schedule, overlap=overlap, prefix=fixed,
                                     stop_id=tokenizer.eos_id if stop_at_eos else None, generator=generator,
-                                    on_step=on_step, parameterization=pipeline.parameterization)
+                                    on_step=on_step, parameterization=pipeline.parameterization,
+                                    static_shapes=static_shapes)
     return text_samples(tokenizer, out, time.perf_counter() - started, stop_at_eos=stop_at_eos)
 
 

@@ -116,7 +116,7 @@ def sample_command(args: argparse.Namespace) -> int:
 
     samples = generate_text(pipeline, sampling, num_samples=args.num_samples, length=args.length, prompt=args.prompt,
                             template=args.template, seed=args.seed, overlap=args.overlap,
-                            stop_at_eos=args.stop_at_eos, on_step=on_step)
+                            stop_at_eos=args.stop_at_eos, on_step=on_step, static_shapes=args.static_shapes)
     for i, text in enumerate(samples.texts):
         print(f"--- sample {i} ---\n{text}")
     print(f"({samples.num_calls} denoiser calls, {samples.seconds:.2f} s)", file=sys.stderr)

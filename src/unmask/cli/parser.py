@@ -108,6 +108,9 @@ def _sample(sub) -> None:
     p.add_argument("--eta", type=float_in(0.0, 1.0), help="ReMDM remasking rate (with --remask; default 0.02)")
     p.add_argument("--show-steps", action="store_true", help="print the first sample as it unmasks")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--static-shapes", action="store_true",
+                   help="run every denoiser call at one fixed shape, replayed from a CUDA graph on a GPU (far less "
+                        "launch overhead at small batches; the same samples)")
     p.add_argument("--json", type=output_file, help="also write the samples to this JSON file")
 
 

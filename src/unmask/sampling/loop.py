@@ -45,6 +45,7 @@ from unmask.sampling.draw import draw_categorical, filtered_probs
 from unmask.sampling.strategies import expected_counts, position_scores, top_per_row
 from unmask.schedules import Schedule, get_schedule
 from unmask.score import PARAMETERIZATIONS, tweedie_unmask_probability
+from unmask.static_shapes import StaticShapeDenoiser
 
 
 @dataclass
@@ -116,23 +117,36 @@ def generate(
     device: torch.device | str | None = None,
     on_step: Callable[[Tensor], None] | None = None,
     parameterization: str = "subs",
+    static_shapes: bool = False,
 ) -> SampleOutput:
     """Generate [batch_size, length] tokens as ``config`` says (default: ``SamplerConfig()``).
 
     See the module docstring for the samplers and :class:`SamplerConfig` for the options;
     ``template`` holds fixed tokens (every non-MASK entry). ``on_step`` sees the state after every step.
     ``parameterization`` ("subs" or "sedd", :mod:`unmask.score`) is how the analytic sampler reads the logits.
+    ``static_shapes`` runs every denoiser call at [batch_size, length] (see :func:`run_to_end`).
     """
     device = model_device(denoiser) if device is None else device
     x = initial_state(batch_size=batch_size, length=length, mask_id=mask_id, template=template, device=device)
     run = SamplingRun(config or SamplerConfig(), x, mask_id=mask_id, schedule=schedule, generator=generator,
                       parameterization=parameterization)
-    return run_to_end(denoiser, run, on_step=on_step)
+    return run_to_end(denoiser, run, on_step=on_step, static_shapes=static_shapes)
 
 
-def run_to_end(denoiser: Denoiser, run: SamplingRun, *,
-               on_step: Callable[[Tensor], None] | None = None) -> SampleOutput:
-    """Answer every call of ``run`` with ``denoiser``; ``on_step`` sees the state after every step."""
+def run_to_end(denoiser: Denoiser, run: SamplingRun, *, on_step: Callable[[Tensor], None] | None = None,
+               static_shapes: bool = False) -> SampleOutput:
+    """Answer every call of ``run`` with ``denoiser``; ``on_step`` sees the state after every step.
+
+    ``static_shapes`` runs every call at the run's shape [B, L], rows padded and the full head
+    computed (:class:`unmask.static_shapes.StaticShapeDenoiser`: a CUDA graph on GPUs, where launch
+    overhead sets the time of small batches), for the same samples. It is an argument of the
+    drivers, not a field of :class:`SamplerConfig`: it is about running the denoiser, not about how
+    to sample, so it changes no token drawn, and a SamplerConfig (what the frontier sweeps and a
+    server takes from its clients) stays a description of the sampler alone. To reuse one capture
+    over many runs of the same shape, wrap the denoiser once and pass the wrapper instead.
+    """
+    if static_shapes:
+        denoiser = StaticShapeDenoiser(denoiser, batch_size=run.x.shape[0], length=run.x.shape[1])
     events = run.events()
     answer: Tensor | None = None
     with torch.no_grad():
