@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU measurements of issue 16 in one command, about 7 minutes on one H100/H200:
+# The GPU measurements of issue 16 in one command, about 8 minutes on one H100/H200:
 #
 #   benchmarks/gpu.sh [OUT_DIR]        (default: benchmarks/results/gpu-<UTC date and time>)
 #
@@ -14,6 +14,8 @@
 #   speed-sample  speed-sample.json               sampling 1,024 tokens, batch 1 and 16, T = 1000 and 128,
 #                                                 eager and static shapes, beside GPT-2's generate
 #   train         train-owt-small.json            two minutes of owt-small's model on random tokens
+#   profile       profile.json                    where the time goes: the training step, and sampling
+#                                                 (T = 128) plain and static, by kind of kernel, with wall time
 #
 # then summary.md: every part, and the figures against the issue's targets. Exit status 0 when
 # every part passed, 1 when one did not, 2 when the machine cannot run it (checked first, one line).
@@ -49,14 +51,16 @@ if [ "$SMOKE" = 1 ]; then
     TRAIN_REPEATS=(--repeats 1) CALL_REPEATS=(--repeats 2) SAMPLE_REPEATS=(--repeats 1 --budget-s 2)
     TRAIN_RUN=(--seconds 3 model.n_layers=1 model.hidden=64 model.n_heads=2 data.length=64
                train.global_batch=4 train.micro_batch=2)
-    LIMITS=(env=60 tests=300 speed-train=300 speed-call=180 speed-sample=300 train=180)
+    PROFILE=(--device cpu --shape char-2x64-L64 --steps 8)
+    LIMITS=(env=60 tests=300 speed-train=300 speed-call=180 speed-sample=300 train=180 profile=180)
     export OMP_NUM_THREADS=1
 else
     DEVICE=cuda
     SPEED=(benchmarks/speed.py --device cuda --shape dit-small-L1024 --dtypes bf16)
-    TRAIN_REPEATS=(--repeats 5) CALL_REPEATS=(--repeats 20) SAMPLE_REPEATS=(--repeats 3 --budget-s 30)
+    TRAIN_REPEATS=(--repeats 5) CALL_REPEATS=(--repeats 20) SAMPLE_REPEATS=(--repeats 2 --budget-s 25)
     TRAIN_RUN=(--seconds 120)
-    LIMITS=(env=60 tests=180 speed-train=180 speed-call=90 speed-sample=240 train=210)
+    PROFILE=(--device cuda --shape dit-small-L1024 --steps 128)
+    LIMITS=(env=60 tests=180 speed-train=180 speed-call=90 speed-sample=240 train=210 profile=120)
 fi
 
 limit_of() {  # the time limit of part $1
@@ -118,6 +122,8 @@ part speed-sample "$PYTHON" "${SPEED[@]}" --what sample "${SAMPLE_REPEATS[@]}" -
     --json "$OUT/speed-sample.json"
 part train "$PYTHON" benchmarks/train_throughput.py --preset owt-small --random-tokens --precision bf16 \
     --device "$DEVICE" --json "$OUT/train-owt-small.json" "${TRAIN_RUN[@]}"
+part profile "$PYTHON" benchmarks/time_profile.py "${PROFILE[@]}" --dtype bf16 --static-shapes \
+    --json "$OUT/profile.json"
 
 echo
 "$PYTHON" benchmarks/gpu_report.py summary "$OUT" || FAILED+=(summary)

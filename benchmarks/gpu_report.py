@@ -6,7 +6,8 @@ starts are ``gpu_preflight.py``).
     python benchmarks/gpu_report.py summary OUT_DIR       # summary.md: every part, the figures against the targets
 
 The summary reads what the parts wrote (``parts.json``, ``env.json``, ``tests-cuda.json``,
-``speed-*.json``, ``train-owt-small.json``), so it also reports a run whose later parts failed.
+``speed-*.json``, ``train-owt-small.json``, ``profile.json``), so it also reports a run whose
+later parts failed.
 """
 
 from __future__ import annotations
@@ -144,6 +145,14 @@ def summary(out: Path) -> str:
                          f"(micro-batches of {row['micro_batch']}): {row['tokens_per_s']:,.0f} tokens/s over "
                          f"{row['steps']} steps in {row['seconds']:.0f} s, peak CUDA memory "
                          f"{'-' if peak is None else f'{peak / 1024:.1f} GiB'}")
+    profile = _load(out / "profile.json")
+    if profile:
+        lines += ["", "## Where the time goes (profile.json: operators' time by kind, on CUDA their kernels')", "",
+                  "| workload | wall ms | profiled ms | largest kinds |", "|---|---:|---:|---|"]
+        for row in profile:
+            kinds = sorted(row["ms"].items(), key=lambda item: -item[1])[:3]
+            share = ", ".join(f"{kind} {100 * ms / row['total_ms']:.0f}%" for kind, ms in kinds)
+            lines.append(f"| {row['workload']} | {row['wall_ms']:.1f} | {row['total_ms']:.1f} | {share} |")
     return "\n".join(lines) + "\n"
 
 
