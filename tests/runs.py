@@ -13,10 +13,12 @@ from unmask.distributed import Parallel
 from unmask.models import DiT
 
 
-def untrained_run(root: Path, objective: str, *, length: int = 32, seed: int = 0) -> tuple[Path, DiT]:
-    """A run directory ``root/run_OBJECTIVE`` with one checkpoint (step 1) of a random model, and the model."""
+def untrained_run(root: Path, objective: str, *, length: int = 32, seed: int = 0,
+                  block_size: int = 16) -> tuple[Path, DiT]:
+    """A run directory ``root/run_OBJECTIVE`` with one checkpoint (step 1) of a random model, and the model
+    (``block_size`` for bd3lm)."""
     config = Config()
-    config.objective.name = objective
+    config.objective.name, config.objective.block_size = objective, block_size
     config.model.n_layers, config.model.hidden, config.model.n_heads, config.model.cond_dim = 1, 32, 2, 16
     config.data.length, config.data.tokenizer = length, "char"
     tokenizer = get_tokenizer("char")

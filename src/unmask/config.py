@@ -23,12 +23,16 @@ from typing import Any
 import yaml
 
 from unmask.errors import UserError
+from unmask.models.block_attention import ATTENTIONS
 from unmask.models.dit import GELUS, DiTConfig
 from unmask.schedules import SCHEDULES
 
 
 class ConfigError(UserError):
     """A user-facing configuration mistake; the message names the fix."""
+
+
+OBJECTIVES = ("mdlm", "ar", "bd3lm")
 
 
 @dataclass
@@ -48,12 +52,15 @@ class DataConfig:
 
 @dataclass
 class ObjectiveConfig:
-    name: str = "mdlm"  # "mdlm" or "ar" (the autoregressive baseline on the same backbone)
+    name: str = "mdlm"  # "mdlm", "ar" (the autoregressive baseline on the same backbone) or "bd3lm" (block diffusion)
     schedule: str = "loglinear"
     discrete_steps: int = 0  # 0: continuous time (the paper's default); T > 0: the discrete-time bound
     carry_over: bool = True  # ablation: False also scores unmasked positions
     zero_masking: bool = True  # ablation: False lets the model predict MASK (discrete time only)
     antithetic: bool = True
+    block_size: int = 16  # bd3lm: tokens per block, a divisor of data.length (the paper's: 4, 8, 16)
+    # bd3lm training draws masking rates from [beta, omega] (clipped schedule); evaluation uses [0, 1].
+    mask_rate_range: list[float] = field(default_factory=lambda: [0.0, 1.0])
 
 
 @dataclass
@@ -174,6 +181,12 @@ def _coerce(value: Any, key: str) -> Any:
     """Check (and where harmless convert) a value against a field's annotation."""
     section, name = key.split(".")
     hint = typing.get_type_hints(_FIELD_OWNERS[section])[name]
+    if typing.get_origin(hint) is list:
+        numbers = isinstance(value, (list, tuple)) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        if not numbers:
+            raise ConfigError(f"{key} must be a list of numbers, e.g. [0.3, 0.8], got {value!r}")
+        return [float(v) for v in value]
     allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     if value is None and type(None) in allowed:
         return None
@@ -260,11 +273,12 @@ def load_preset(name: str) -> Config:
 def validate(config: Config) -> None:
     """Reject combinations that cannot run, with the fix in the message."""
     choices = {
-        "objective.name": (config.objective.name, ("mdlm", "ar")),
+        "objective.name": (config.objective.name, OBJECTIVES),
         "data.layout": (config.data.layout, ("wrapped", "padded")),
         "optim.decay": (config.optim.decay, ("constant", "cosine")),
         "train.precision": (config.train.precision, ("auto", "bf16", "fp32")),
         "model.gelu": (config.model.gelu, GELUS),
+        "model.attention": (config.model.attention, ATTENTIONS),
         "parallel.strategy": (config.parallel.strategy, ("ddp", "fsdp")),
     }
     for key, (value, allowed) in choices.items():
@@ -289,3 +303,25 @@ def validate(config: Config) -> None:
         )
     if config.model.hidden % config.model.n_heads:
         raise ConfigError(f"model.hidden ({config.model.hidden}) must be divisible by model.n_heads")
+    _validate_block_diffusion(config)
+
+
+def _validate_block_diffusion(config: Config) -> None:
+    """bd3lm's own settings: a block size dividing the length, a masking-rate range, no time conditioning."""
+    objective = config.objective
+    rates = objective.mask_rate_range
+    if len(rates) != 2 or not 0 <= rates[0] < rates[1] <= 1:
+        raise ConfigError(f"objective.mask_rate_range must be [beta, omega] with 0 <= beta < omega <= 1 "
+                          f"(e.g. [0.3, 0.8]), got {rates}")
+    if objective.name != "bd3lm":
+        if list(rates) != [0.0, 1.0]:
+            raise ConfigError("objective.mask_rate_range applies to objective.name=bd3lm only; drop it")
+        return
+    if objective.block_size < 1 or config.data.length % objective.block_size:
+        raise ConfigError(f"objective.block_size ({objective.block_size}) must divide data.length "
+                          f"({config.data.length}), e.g. 4, 8 or 16")
+    if config.model.time_conditioning:
+        raise ConfigError("objective.name=bd3lm gives every block its own time: set model.time_conditioning=false")
+    if objective.discrete_steps or not objective.carry_over or not objective.zero_masking:
+        raise ConfigError("objective.name=bd3lm uses the continuous-time SUBS bound: drop objective.discrete_steps, "
+                          "carry_over and zero_masking")

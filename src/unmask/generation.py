@@ -8,6 +8,7 @@ never changed by the sampler.
 from __future__ import annotations
 
 import re
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,8 +20,9 @@ from unmask.data import Tokenizer
 from unmask.errors import UserError
 from unmask.pipeline import Pipeline
 from unmask.runtime import autocast
-from unmask.sampling import SamplerConfig, generate, generate_long
+from unmask.sampling import SampleOutput, SamplerConfig, generate, generate_long
 from unmask.sampling.autoregressive import generate_autoregressive
+from unmask.sampling.blocks import CachedContext, generate_blocks
 
 PLACEHOLDER = re.compile(r"\[MASK(?::(\d+))?\]")
 
@@ -100,12 +102,15 @@ def generate_text(
     precision: str = "auto",
     on_step: Callable[[Tensor], None] | None = None,
 ) -> TextSamples:
-    """Sample ``num_samples`` texts from a loaded model (MDLM or the AR baseline) as ``sampling`` says.
+    """Sample ``num_samples`` texts from a loaded model (MDLM, block diffusion or the AR baseline) as
+    ``sampling`` says.
 
-    A ``length`` beyond the model's runs semi-autoregressively: windows of the model's length,
-    each starting with the last ``overlap`` tokens of the previous one (default: half a window),
-    ``sampling.steps`` steps per window. ``stop_at_eos`` stops at the first EOS of every sample.
-    ``on_step`` sees the token ids of every sample after every step.
+    For MDLM a ``length`` beyond the model's runs semi-autoregressively: windows of the model's
+    length, each starting with the last ``overlap`` tokens of the previous one (default: half a
+    window), ``sampling.steps`` steps per window. A block diffusion model generates block by block
+    (``sampling.steps`` per block) to any length, sliding its cache past the model's length.
+    ``stop_at_eos`` stops at the first EOS of every sample. ``on_step`` sees the token ids of every
+    sample after every step.
     """
     sampling = sampling or SamplerConfig()
     if num_samples < 1:
@@ -119,9 +124,12 @@ def generate_text(
     if pipeline.is_autoregressive and (sampling.uses_strategy or sampling.sampler == "first_hitting"):
         raise PromptError("an AR model decodes left to right, one token per step: --order, --threshold, --remask "
                           "and --sampler first_hitting apply to MDLM models only")
+    if pipeline.block_size is not None and overlap is not None:
+        raise PromptError("--overlap sets MDLM's semi-autoregressive windows; a bd3lm model slides its cache block "
+                          "by block: drop --overlap")
     started = time.perf_counter()
     with autocast(precision, device):
-        if length is not None and length > window and not pipeline.is_autoregressive:
+        if length is not None and length > window and not pipeline.is_autoregressive and pipeline.block_size is None:
             if template is not None:
                 raise PromptError(f"a template must fit the model's length {window}; --length extends only prompts")
             prefix = build_template(tokenizer, model_length=window, length=window, prompt=prompt)
@@ -131,18 +139,40 @@ def generate_text(
                                 overlap=overlap, prefix=prefix, stop_id=tokenizer.eos_id if stop_at_eos else None,
                                 generator=generator, on_step=on_step)
         else:
+            if pipeline.block_size is not None:  # any length: --length or the template decides
+                window = length or (window if template is None else sys.maxsize)
             fixed = build_template(tokenizer, model_length=window, length=length, prompt=prompt, template=template)
-            if pipeline.is_autoregressive:
-                out = generate_autoregressive(model, batch_size=num_samples, length=len(fixed),
-                                              mask_id=tokenizer.mask_id, template=fixed, generator=generator,
-                                              draw=sampling.draw, on_step=on_step)
-            else:
-                out = generate(model, sampling, batch_size=num_samples, length=len(fixed), mask_id=tokenizer.mask_id,
-                               schedule=pipeline.config.objective.schedule, template=fixed, generator=generator,
-                               on_step=on_step)
+            out = sample_tokens(pipeline, sampling, batch_size=num_samples, template=fixed, generator=generator,
+                                stop_id=tokenizer.eos_id if stop_at_eos else None, on_step=on_step)
     seconds = time.perf_counter() - started
     texts = [decode_sample(tokenizer, row.tolist(), stop_at_eos) for row in out.tokens]
     return TextSamples(texts=texts, tokens=out.tokens, num_calls=out.num_calls, seconds=seconds)
+
+
+def sample_tokens(
+    pipeline: Pipeline,
+    sampling: SamplerConfig,
+    *,
+    batch_size: int,
+    template: Tensor,
+    generator: torch.Generator | None = None,
+    stop_id: int | None = None,
+    on_step: Callable[[Tensor], None] | None = None,
+) -> SampleOutput:
+    """Fill the MASK positions of ``template`` [L] for ``batch_size`` samples with the pipeline's own
+    sampler: block by block with the key/value cache (bd3lm; ``stop_id`` may end it early), left to
+    right (AR), or the sampling loop over the whole template (MDLM)."""
+    model, mask_id, schedule = pipeline.model, pipeline.mask_id, pipeline.config.objective.schedule
+    if pipeline.block_size is not None:
+        return generate_blocks(CachedContext(model, pipeline.block_size), sampling, batch_size=batch_size,
+                               length=len(template), block_size=pipeline.block_size, mask_id=mask_id,
+                               schedule=schedule, template=template, stop_id=stop_id, generator=generator,
+                               on_step=on_step)
+    if pipeline.is_autoregressive:
+        return generate_autoregressive(model, batch_size=batch_size, length=len(template), mask_id=mask_id,
+                                       template=template, generator=generator, draw=sampling.draw, on_step=on_step)
+    return generate(model, sampling, batch_size=batch_size, length=len(template), mask_id=mask_id, schedule=schedule,
+                    template=template, generator=generator, on_step=on_step)
 
 
 def decode_sample(tokenizer: Tokenizer, ids: list[int], stop_at_eos: bool = False) -> str:

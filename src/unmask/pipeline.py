@@ -40,6 +40,11 @@ class Pipeline:
         return self.config.objective.name == "ar"
 
     @property
+    def block_size(self) -> int | None:
+        """Tokens per block of a block diffusion (bd3lm) model, None for the others."""
+        return self.config.objective.block_size if self.config.objective.name == "bd3lm" else None
+
+    @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 

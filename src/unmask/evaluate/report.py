@@ -6,9 +6,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from unmask.config import ConfigError
 from unmask.data import TokenBlocks
 from unmask.distributed.process import setup
-from unmask.evaluate.likelihood import evaluate_dataset
+from unmask.evaluate.likelihood import block_loss_variance, evaluate_dataset
+from unmask.objectives.bd3lm import CANDIDATE_RANGES
 from unmask.pipeline import load
 
 
@@ -25,6 +27,7 @@ def evaluate_checkpoint(
     seed: int = 0,
     device: str = "auto",
     precision: str = "auto",
+    mask_rate_ranges: Sequence[Sequence[float]] | None = None,
 ) -> dict[str, Any]:
     """NELBO per token (or the AR NLL), its standard error and perplexity / bits per character.
 
@@ -34,11 +37,15 @@ def evaluate_checkpoint(
     local file or folder is used whole: ``split`` "all").
     ``discrete_steps`` adds the discrete-time bound for each T given; ``step`` picks a checkpoint of a
     run. Under torchrun every process evaluates a share of the batches and all get the
-    single-process result.
+    single-process result. ``mask_rate_ranges`` (of a bd3lm checkpoint; empty: a few candidates)
+    adds the variance of the per-block loss under each range (:func:`block_loss_variance`).
     """
     parallel = setup(device)  # under torchrun: join the job; each process evaluates its share of the batches
     pipeline = load(path, step=step, device=str(parallel.device))
     config = pipeline.config
+    if mask_rate_ranges is not None and pipeline.block_size is None:
+        raise ConfigError(f"--mask-rate-ranges compares clipped schedules of block diffusion; {path} is a "
+                          f"{config.objective.name} checkpoint, not bd3lm")
     # A file or folder, and the run's valid_source, are used whole; a corpus gives its validation split.
     if data is not None:
         source, whole = data, Path(data).exists()
@@ -71,4 +78,8 @@ def evaluate_checkpoint(
                 pipeline.model, blocks, config.objective, pipeline.mask_id, discrete_steps=steps, **common
             )
             report["discrete"][str(steps)] = result.to_dict()
+    if mask_rate_ranges is not None:
+        report["block_variance"] = parallel.main_only(lambda: block_loss_variance(
+            pipeline.model, blocks, config.objective, pipeline.mask_id, ranges=mask_rate_ranges or CANDIDATE_RANGES,
+            batch_size=batch_size, max_batches=max_batches, seed=seed, device=pipeline.device, precision=precision))
     return report

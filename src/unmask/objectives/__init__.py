@@ -2,7 +2,8 @@
 
 :func:`sequence_losses` is the one dispatch from a run's :class:`ObjectiveConfig` to the math:
 ``mdlm`` (the paper's SUBS objective, continuous or discrete time, with its ablations:
-:mod:`unmask.objective`) and ``ar`` (the autoregressive baseline on the same backbone). It
+:mod:`unmask.objective`), ``ar`` (the autoregressive baseline on the same backbone) and ``bd3lm``
+(block diffusion: :mod:`unmask.objectives.bd3lm`). It
 returns per-sequence losses in nats and the number of tokens each one scores, so that callers can
 form per-token figures over any number of batches, processes or time samples.
 """
@@ -15,6 +16,7 @@ from torch import Tensor
 from unmask.config import ObjectiveConfig
 from unmask.denoiser import Denoiser
 from unmask.objective import ar_loss, ar_token_count, nelbo, nelbo_discrete
+from unmask.objectives.bd3lm import FULL_RANGE, bd3lm_nelbo
 
 
 def sequence_losses(
@@ -26,15 +28,22 @@ def sequence_losses(
     generator: torch.Generator | None = None,
     num_t: int = 1,
     discrete_steps: int | None = None,
+    train: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """(loss [B], scored tokens [B]) for a batch {"input_ids", "loss_mask"}.
 
     ``discrete_steps`` overrides the configuration's choice of bound (evaluation at several T).
+    ``train`` marks the training loss: only it draws bd3lm's masking rates from the clipped range.
     """
     x0, loss_mask = batch["input_ids"], batch["loss_mask"]
     padded = None if bool(loss_mask.all()) else loss_mask
     if objective.name == "ar":
         return ar_loss(model, x0, mask_id=mask_id, loss_mask=padded), ar_token_count(x0, loss_mask)
+    if objective.name == "bd3lm":
+        loss = bd3lm_nelbo(model, x0, block_size=objective.block_size, schedule=objective.schedule, mask_id=mask_id,
+                           num_t=num_t, antithetic=objective.antithetic, loss_mask=padded, generator=generator,
+                           mask_rate_range=objective.mask_rate_range if train else FULL_RANGE)
+        return loss, loss_mask.sum(1)
     steps = objective.discrete_steps if discrete_steps is None else discrete_steps
     common = dict(
         schedule=objective.schedule,

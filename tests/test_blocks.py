@@ -1,0 +1,200 @@
+"""Block-by-block sampling (BD3-LM): the exact key/value cache, every sampler per block, any length,
+the exact toy distribution; and bd3lm runs through the CLI, unmask.load and the frontier."""
+
+import json
+
+import pytest
+import torch
+from runs import untrained_run
+from toy import ToyDistribution
+
+from unmask import DiT, DiTConfig, load
+from unmask.cli import main
+from unmask.evaluate.frontier import sweep
+from unmask.generation import PromptError, generate_text
+from unmask.sampling import DrawConfig, Remasking, SamplerConfig
+from unmask.sampling.blocks import CachedContext, RecomputedContext, generate_blocks
+
+MASK = 11
+CONFIGS = {
+    "cached": SamplerConfig(steps=4),
+    "ancestral": SamplerConfig(sampler="ancestral", steps=3),
+    "first_hitting": SamplerConfig(sampler="first_hitting"),
+    "margin": SamplerConfig(order="margin", steps=2),
+    "threshold": SamplerConfig(order="confidence", threshold=0.3, steps=2),
+    "remasking": SamplerConfig(steps=6, remasking=Remasking("cap", eta=0.1)),
+    "draw": SamplerConfig(steps=4, draw=DrawConfig(temperature=0.7, top_k=5, top_p=0.9)),
+}
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    model = DiT(DiTConfig(vocab_size=12, length=16, n_layers=2, hidden=32, n_heads=4, cond_dim=16, dropout=0.0)).eval()
+    for p in model.parameters():  # random outputs: every draw depends on the logits
+        torch.nn.init.normal_(p, std=0.3)
+    return model
+
+
+def _blocks(context, config, *, length=16, block_size=4, seed=3, **kwargs):
+    return generate_blocks(context, config, batch_size=5, length=length, block_size=block_size, mask_id=MASK,
+                           generator=torch.Generator().manual_seed(seed), **kwargs)
+
+
+class CallCounter:
+    """Counts the model's passes: denoiser calls (forward) and every pass through its first block."""
+
+    def __init__(self, model):
+        self.calls = self.passes = 0
+        self.handles = [model.register_forward_hook(lambda *_: self._count("calls")),
+                        model.blocks[0].register_forward_hook(lambda *_: self._count("passes"))]
+
+    def _count(self, name):
+        setattr(self, name, getattr(self, name) + 1)
+
+    def remove(self):
+        for handle in self.handles:
+            handle.remove()
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("block_size", [4, 8])
+def test_cache_gives_the_tokens_of_recomputing_every_prefix(model, name, block_size):
+    template = torch.full((16,), MASK)
+    template[:6] = torch.tensor([0, 1, 2, 3, 4, 5])  # a prompt: one block and a half (block 4), or less than one
+    cached_context = CachedContext(model, block_size)
+    counter = CallCounter(model)
+    cached = _blocks(cached_context, CONFIGS[name], block_size=block_size, template=template)
+    counter.remove()
+    recomputed = _blocks(RecomputedContext(model, block_size, 16, MASK), CONFIGS[name], block_size=block_size,
+                         template=template)
+    assert torch.equal(cached.tokens, recomputed.tokens)
+    assert (cached.tokens[:, :6] == template[:6]).all() and not (cached.tokens == MASK).any()
+    # Each finished block is run through the model once to fill the cache, and never again.
+    blocks = 16 // block_size
+    assert cached_context.fills == blocks - 1 == counter.passes - counter.calls
+    assert cached.num_calls == counter.passes == recomputed.num_calls + blocks - 1
+    assert cached_context.cache.length == 16 - block_size and cached_context.cache.end == 16 - block_size
+
+
+def test_generation_continues_past_the_models_length_with_a_sliding_cache(model):
+    context = CachedContext(model, 4)
+    long = _blocks(context, CONFIGS["cached"], length=50)
+    assert long.tokens.shape == (5, 50) and not (long.tokens == MASK).any()
+    assert context.cache.length == 12 and context.cache.end == 48  # the last 12 positions; 13 blocks done
+    assert context.fills == 12
+    # The first window is what a run of the model's length gives: later blocks draw after it.
+    short = _blocks(CachedContext(model, 4), CONFIGS["cached"], length=16)
+    assert torch.equal(long.tokens[:, :16], short.tokens)
+    # Recomputing sees the same window of tokens; the cache keeps each block's keys as they were computed.
+    recomputed = _blocks(RecomputedContext(model, 4, 16, MASK), CONFIGS["cached"], length=50)
+    assert torch.equal(recomputed.tokens[:, :16], short.tokens)
+
+
+def test_generation_stops_at_eos(model):
+    stop = int(_blocks(CachedContext(model, 4), CONFIGS["cached"], length=8).tokens[0, 1])
+    out = _blocks(CachedContext(model, 4), CONFIGS["cached"], length=64, stop_id=stop)
+    assert out.tokens.shape[1] % 4 == 0 and out.tokens.shape[1] < 64
+    assert ((out.tokens == stop).any(1)).all()
+    rows_with_stop = [(out.tokens[:, : k * 4] == stop).any(1).all() for k in range(1, out.tokens.shape[1] // 4)]
+    assert not any(rows_with_stop)  # it stopped after the first block in which every row had it
+
+
+def _toy_blocks(toy, config, block_size):
+    return generate_blocks(RecomputedContext(toy.denoiser(), block_size, toy.length, toy.mask_id), config,
+                           batch_size=20000, length=toy.length, block_size=block_size, mask_id=toy.mask_id,
+                           generator=torch.Generator().manual_seed(0)).tokens
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("block_size", [1, 2, 4])
+def test_block_sampling_with_the_exact_denoiser_reproduces_the_distribution(block_size):
+    toy = ToyDistribution(vocab=3, length=4, seed=1)
+    assert toy.tv_distance(_toy_blocks(toy, SamplerConfig(sampler="first_hitting"), block_size)) < 0.03
+    # One parallel step per block is exact at block size 1, and loses the correlations within larger blocks.
+    one_step = toy.tv_distance(_toy_blocks(toy, SamplerConfig(sampler="ancestral", steps=1), block_size))
+    assert one_step < 0.03 if block_size == 1 else one_step > 0.1
+
+
+def test_a_template_keeps_its_fixed_tokens_in_every_block(model):
+    template = torch.full((16,), MASK)
+    template[[0, 5, 9, 15]] = torch.tensor([1, 2, 3, 4])
+    out = _blocks(CachedContext(model, 4), CONFIGS["threshold"], template=template)
+    assert (out.tokens[:, [0, 5, 9, 15]] == torch.tensor([1, 2, 3, 4])).all()
+
+
+# --- bd3lm runs through the library and the CLI --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bd3lm_run(tmp_path_factory):
+    return untrained_run(tmp_path_factory.mktemp("bd3lm_run"), "bd3lm", block_size=8)[0]
+
+
+def test_load_and_generate_text(bd3lm_run):
+    pipeline = load(bd3lm_run)
+    assert pipeline.block_size == 8 and not pipeline.model.config.causal
+    samples = generate_text(pipeline, SamplerConfig(steps=8), num_samples=2, length=70, prompt="it is", seed=0)
+    assert samples.tokens.shape == (2, 70) and all(text.startswith("it is") for text in samples.texts)
+    again = generate_text(pipeline, SamplerConfig(steps=8), num_samples=2, length=70, prompt="it is", seed=0)
+    assert torch.equal(samples.tokens, again.tokens)
+    filled = generate_text(pipeline, SamplerConfig(steps=4), num_samples=1, template="a [MASK:12] b [MASK:30] c")
+    assert filled.texts[0].startswith("a") and filled.texts[0].endswith(" c") and len(filled.tokens[0]) == 48
+    with pytest.raises(PromptError, match="overlap"):
+        generate_text(pipeline, num_samples=1, length=40, overlap=8)
+
+
+def test_frontier_sweeps_a_bd3lm_checkpoint(bd3lm_run, tmp_path):
+    evaluator = untrained_run(tmp_path, "ar")[0]
+    done = sweep(bd3lm_run, evaluator=str(evaluator), samplers=["cached", "first_hitting"], steps=[4], num_samples=2,
+                 batch_size=2, length=24, device="cpu")
+    assert [p.sampler for p in done.points] == ["cached", "first_hitting"] and done.length == 24
+    assert all(p.num_calls >= 2 for p in done.points)  # calls include the two cache fills
+
+
+@pytest.mark.slow
+def test_cli_train_eval_sample_export(tmp_path, corpus_file, tiny_overrides, capsys):
+    run = tmp_path / "run"
+    args = ["train", "--preset", "tiny", "--data", str(corpus_file), "--out", str(run), "--quiet", *tiny_overrides,
+            "objective.name=bd3lm", "objective.block_size=8", "objective.mask_rate_range=[0.3,0.8]"]
+    assert main([*args, "--max-steps", "2"]) == 0
+    assert main([*args, "--max-steps", "4", "--resume"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["step"] == 4
+
+    assert main(["eval", str(run), "--max-batches", "2", "--mask-rate-ranges", "--json", str(tmp_path / "e.json")]) == 0
+    report = json.loads((tmp_path / "e.json").read_text())
+    assert report["objective"] == "bd3lm" and report["nelbo_per_token"] > 0
+    assert len(report["block_variance"]) == 5 and "<- lowest" in capsys.readouterr().out
+    assert main(["eval", str(run), "--max-batches", "1", "--mask-rate-ranges", "0.2:0.6",
+                 "--json", str(tmp_path / "e2.json")]) == 0
+    assert json.loads((tmp_path / "e2.json").read_text())["block_variance"][0]["mask_rate_range"] == [0.2, 0.6]
+
+    assert main(["sample", str(run), "--num-samples", "2", "--steps", "8", "--length", "100", "--prompt", "it is a",
+                 "--sampler", "first_hitting", "--stop-at-eos", "--json", str(tmp_path / "s.json")]) == 0
+    samples = json.loads((tmp_path / "s.json").read_text())["samples"]
+    assert all(s["text"].startswith("it is a") and len(s["tokens"]) <= 100 for s in samples)
+    assert main(["sample", str(run), "--template", "a single [MASK:12] in possession", "--order", "margin",
+                 "--json", str(tmp_path / "t.json")]) == 0
+    assert json.loads((tmp_path / "t.json").read_text())["samples"][0]["text"].endswith(" in possession")
+
+    assert main(["export", str(run), "--out", str(tmp_path / "exported")]) == 0
+    assert load(tmp_path / "exported").block_size == 8
+
+
+def _error(capsys, argv):
+    try:
+        code = main(argv)
+    except SystemExit as exit:  # refused by the option parser
+        code = exit.code
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    return err
+
+
+def test_cli_errors_are_one_line(bd3lm_run, tmp_path, capsys):
+    mdlm = untrained_run(tmp_path, "mdlm")[0]
+    assert "not bd3lm" in _error(capsys, ["eval", str(mdlm), "--mask-rate-ranges"])
+    assert "LO:HI" in _error(capsys, ["eval", str(bd3lm_run), "--mask-rate-ranges", "0.3-0.8"])
+    assert "0 <= LO < HI <= 1" in _error(capsys, ["eval", str(bd3lm_run), "--mask-rate-ranges", "0.8:0.3"])
+    assert "--overlap" in _error(capsys, ["sample", str(bd3lm_run), "--length", "40", "--overlap", "8"])
