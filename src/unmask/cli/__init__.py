@@ -22,7 +22,7 @@ import warnings
 from unmask.cli.commands import COMMANDS
 from unmask.cli.parser import build_parser
 from unmask.distributed.launch import launch, launched, record_failure
-from unmask.distributed.process import is_main_process, shutdown
+from unmask.distributed.process import exit_process, is_main_process, shutdown
 from unmask.errors import UserError, install_hint
 
 
@@ -30,10 +30,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # key=value overrides may stand anywhere among the options, not only at the end.
     argv = sys.argv[1:] if argv is None else list(argv)
-    args, extra = parser.parse_known_args(argv)
-    stray = [item for item in extra if item.startswith("-") or "=" not in item or args.command != "train"]
-    if stray:
-        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    try:
+        args, extra = parser.parse_known_args(argv)
+        stray = [item for item in extra if item.startswith("-") or "=" not in item or args.command != "train"]
+        if stray:
+            parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    except SystemExit as done:  # --help, or a bad option (already said in one line)
+        return int(done.code or 0)
     if extra:
         args.overrides = [*args.overrides, *extra]
     if getattr(args, "nproc", None) is not None:
@@ -42,7 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     with warnings.catch_warnings():
         warnings.showwarning = lambda message, *_: _say(f"{prefix}: warning: {message}")
         try:
-            return COMMANDS[args.command](args)
+            status = COMMANDS[args.command](args)
+            if shutdown():  # a worker of a multi-process job: done, every file written
+                exit_process(status)
+            return status
         except UserError as err:
             _say(f"{prefix}: error: {err}")
             return 2

@@ -6,12 +6,14 @@ import argparse
 import json
 import shlex
 import sys
+import warnings
 from pathlib import Path
 
 from unmask.checkpoint import export_checkpoint
 from unmask.config import apply_overrides, load_preset
 from unmask.demo import run_demo
 from unmask.distributed.process import is_main_process
+from unmask.errors import UserError
 from unmask.evaluate.frontier import format_table, run_frontier
 from unmask.evaluate.generative import generative_perplexity, load_evaluator
 from unmask.evaluate.report import evaluate_checkpoint
@@ -25,13 +27,18 @@ DEFAULT_ETA = 0.02
 
 
 def train_command(args: argparse.Namespace) -> int:
+    if args.step is not None and not args.resume:
+        raise UserError("--step picks the checkpoint to resume from: give --resume with it")
     overrides = list(args.overrides)
     if args.data is not None:
         overrides.insert(0, f"data.source={args.data}")
     if args.max_steps is not None:
         overrides.append(f"train.max_steps={args.max_steps}")
-    if args.resume and args.preset is None:
-        config = resume_config(args.out, overrides, step=args.step)  # the saved run's config
+    if args.resume:
+        config = resume_config(args.out, overrides, step=args.step)
+        if args.preset is not None:
+            warnings.warn("--resume continues the saved run's config (the preset it started from included); "
+                          "--preset is not used", stacklevel=1)
     else:
         config = apply_overrides(load_preset(args.preset or DEFAULT_PRESET), overrides)
     result = train(config, args.out, resume=args.resume, step=args.step, progress=not args.quiet)
@@ -82,7 +89,7 @@ def eval_command(args: argparse.Namespace) -> int:
     report = evaluate_checkpoint(
         args.checkpoint, step=args.step, data=args.data, split=args.split, num_t=args.num_t,
         discrete_steps=args.discrete_steps, batch_size=args.batch_size, max_batches=args.max_batches, seed=args.seed,
-        device=args.device, mask_rate_ranges=args.mask_rate_ranges,
+        device=args.device, text_field=args.text_field, mask_rate_ranges=args.mask_rate_ranges,
     )
     if not is_main_process():  # under torchrun: rank 0 reports
         return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
+import tempfile
 from pathlib import Path
 
 
@@ -54,8 +54,12 @@ def output_file(text: str) -> Path:
     folder = path.parent
     if not folder.is_dir():
         raise argparse.ArgumentTypeError(f"folder {folder} does not exist; create it first")
-    if not os.access(folder, os.W_OK):
-        raise argparse.ArgumentTypeError(f"folder {folder} is not writable; choose another path")
+    try:  # a real write: permission bits say nothing for root, a read-only mount or a full disk
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise argparse.ArgumentTypeError(f"folder {folder} is not writable ({err.strerror}); "
+                                         "choose another path") from None
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{path} is a folder; give a file name")
     return path

@@ -50,6 +50,8 @@ def _eval(sub) -> None:
                        formatter_class=_Help)
     _checkpoint_arguments(p)
     p.add_argument("--data", help="evaluate zero-shot on this file, folder or dataset name")
+    p.add_argument("--text-field", help="the field of .jsonl / column of .parquet files that holds the text "
+                                        "(default: the run's data.text_field)")
     p.add_argument("--split", choices=("train", "validation", "test", "all"),
                    help="split of --data (default: validation for the training corpus, all for a file)")
     p.add_argument("--num-t", type=at_least(1), default=1, help="time samples per sequence (K)")

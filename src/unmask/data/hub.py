@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from unmask.errors import require
+
 from .env import offline
 from .errors import DataError
 
@@ -68,6 +70,7 @@ def hub_documents(name: str, split: str) -> Iterator[str]:
     else:
         raise DataError(f"dataset {name} has no {split!r} split (it has: "
                         f"{', '.join([*entry.splits, 'all'])})")
+    require("datasets", f"dataset {name}")
     if offline():
         raise DataError(f"dataset {name} needs network access (offline mode is set); "
                         f"pass a local path instead")

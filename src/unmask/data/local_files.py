@@ -19,8 +19,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from unmask.errors import require
+
 from .errors import DataError
 
+# How a user names the field of their files that holds the text, in every message that needs it.
+TEXT_FIELD_FIX = "name the one that holds the text with data.text_field=NAME (train) or --text-field NAME (eval)"
 _SNIFF_BYTES = 8192
 _READ_CHUNK = 1 << 20
 
@@ -119,6 +123,7 @@ def _check_text(path: Path) -> bool:
 
 
 def _check_parquet(path: Path, text_field: str) -> None:
+    require("pyarrow", f"reading {path.name}")
     import pyarrow.parquet as pq  # only needed for parquet input
 
     try:
@@ -127,8 +132,7 @@ def _check_parquet(path: Path, text_field: str) -> None:
         raise _Unreadable(f"it is not a readable parquet file ({error})") from None
     if text_field not in schema.names:
         raise DataError(f"{path} has no column {text_field!r} (columns: "
-                        f"{', '.join(schema.names)}); pass text_field= with the column that "
-                        f"holds the text")
+                        f"{', '.join(schema.names)}); {TEXT_FIELD_FIX}")
 
 
 def _lines(path: Path) -> Iterator[str]:
@@ -159,8 +163,7 @@ def _jsonl_texts(path: Path, text_field: str) -> Iterator[str]:
             except json.JSONDecodeError as error:
                 raise DataError(f"{path}:{number} is not valid JSON ({error.msg})") from None
             if not isinstance(record, dict) or text_field not in record:
-                raise DataError(f"{path}:{number} has no field {text_field!r}; pass text_field= "
-                                f"with the field that holds the text")
+                raise DataError(f"{path}:{number} has no field {text_field!r}; {TEXT_FIELD_FIX}")
             text = record[text_field]
             if not isinstance(text, str):
                 raise DataError(f"{path}:{number}: field {text_field!r} is "

@@ -8,8 +8,8 @@ Splits:
   ~2,000 characters (about 2,500 documents in all).
 - local files and folders (see ``local_files`` for what a document is): "train" is all but
   the last 2% of documents (at least 1), "validation" is that tail, "all" is everything (for
-  evaluating on a given file). A local source has no "test" split: pass the test file itself
-  with split="all".
+  evaluating on a given file). A local source has no "test" split: evaluate the test file
+  itself (``unmask eval RUN --data TEST_FILE`` uses all of it).
 - text8: 90M / 5M / 5M characters; Hugging Face datasets: see ``hub.HUB_DATASETS``.
 """
 
@@ -64,8 +64,8 @@ def iter_documents(source: str, split: str = "train", *, text_field: str = "text
     if is_text8_path(path):
         return text8_documents(path, split, default_cache_dir() / "downloads")
     if split == "test":
-        raise DataError(f"local source {source} has splits train, validation and all; for a "
-                        f"test set pass the test file itself with split='all'")
+        raise DataError(f"local source {source} has splits train, validation and all; to evaluate on a "
+                        f"test set, pass the test file itself as --data (all of it is used)")
     plan = plan_files(path, text_field)
     return _hold_out_tail(lambda: read_documents(plan, text_field), split, source)
 
@@ -155,8 +155,8 @@ def _hold_out_tail(documents: Callable[[], Iterator[str]], split: str, source: s
     if count == 0:
         raise DataError(f"{source} contains no text (every document is empty)")
     if count < 2:
-        raise DataError(f"{source} has a single document, too few to hold out validation; "
-                        f"use split='all' or give train and validation as separate files")
+        raise DataError(f"{source} has a single document, too few to hold out validation; give a "
+                        f"validation file with data.valid_source=FILE (train), or use --split all (eval)")
     held_out = max(1, round(count * LOCAL_VALIDATION_FRACTION))
     start, stop = (0, count - held_out) if split == "train" else (count - held_out, count)
     return itertools.islice(documents(), start, stop)

@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from unmask.errors import require
+
 from .batching import Batch, stack_items
 from .blocks import check_block_options, frame_block
 from .env import offline
@@ -65,6 +67,7 @@ def _hub_stream(name: str, split: str) -> tuple[Any, str, int | None]:
     entry = HUB_DATASETS[name]
     if split not in entry.splits:
         raise DataError(f"dataset {name} has no {split!r} split to stream (it has: {', '.join(entry.splits)})")
+    require("datasets", f"streaming dataset {name}")
     if offline():
         raise DataError(f"streaming dataset {name} needs network access (offline mode is set); "
                         f"pass a local path instead")
@@ -107,6 +110,7 @@ def _local_stream(source: str, split: str) -> Any:
     builders = {_BUILDERS.get(file.suffix, "text") for file in files}
     if len(builders) > 1:
         raise DataError(f"{source} mixes file types ({', '.join(sorted(builders))}); stream one type per folder")
+    require("datasets", "data.streaming")
     import datasets
 
     try:

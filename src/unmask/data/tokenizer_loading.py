@@ -13,11 +13,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from collections.abc import Iterable
 from pathlib import Path
 
 import tokenizers
+
+from unmask.errors import install_hint
 
 from .char_tokenizer import CharTokenizer
 from .env import offline, package_path
@@ -160,6 +163,10 @@ def _roles(tokens: dict[str, str | None]) -> dict[str, str | None]:
 
 
 def _from_hub(name: str, offline_fix: str | None) -> HFTokenizer:
+    if importlib.util.find_spec("transformers") is None:
+        local = f"`{offline_fix}` (works offline), or " if offline_fix else ""
+        raise DataError(f"tokenizer {name!r} needs {local}transformers and network access "
+                        f"({install_hint('transformers')}), or a local tokenizer folder")
     if offline():
         hint = f"`{offline_fix}` to use it offline, or pass" if offline_fix else "pass"
         raise DataError(f"tokenizer {name!r} needs network access (offline mode is set); "

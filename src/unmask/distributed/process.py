@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -135,7 +136,21 @@ def setup(device: str = "auto") -> Parallel:
     return Parallel(device=chosen, rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank)
 
 
-def shutdown() -> None:
-    """Leave the process group, if this process joined one."""
+def shutdown() -> bool:
+    """Leave the process group, if this process joined one; True if it did."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+        return True
+    return False
+
+
+def exit_process(status: int) -> NoReturn:
+    """End a worker of a multi-process job once its work is done and its output flushed.
+
+    ``os._exit`` skips the interpreter's teardown, where the C++ threads of a destroyed process
+    group sometimes abort the process ("terminate called without an active exception", seen in 1
+    of 6 runs on a loaded 2-core machine, after every file had been written).
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from unmask.checkpoint import CheckpointError, resolve_checkpoint
 from unmask.data.env import offline
-from unmask.errors import UserError
+from unmask.errors import UserError, require
 from unmask.objective import ar_loss, ar_token_count
 from unmask.pipeline import load
 
@@ -103,11 +103,6 @@ def _pad(windows: list[list[int]], pad_id: int, device: torch.device) -> tuple[t
     return ids.to(device), mask.to(device)
 
 
-def _require(package: str, why: str) -> None:
-    if importlib.util.find_spec(package) is None:
-        raise EvaluatorError(f"{why} needs the '{package}' package; install it with `pip install {package}`")
-
-
 class HFCausalEvaluator:
     """A Hugging Face causal LM (local folder, GGUF file via ``gguf_file``, or hub name when online).
 
@@ -126,11 +121,12 @@ class HFCausalEvaluator:
         name: str | None = None,
         bos_token: str | None = None,
     ) -> None:
+        require("transformers", "a Hugging Face evaluator")
+        if gguf_file is not None:
+            require("gguf", "loading a .gguf evaluator")
+            require("accelerate", "loading a .gguf evaluator")
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        if gguf_file is not None:
-            _require("gguf", "loading a .gguf evaluator")
-            _require("accelerate", "loading a .gguf evaluator")
         kwargs: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
@@ -244,7 +240,9 @@ def load_evaluator(spec: str, *, device: str = "cpu") -> Evaluator:
             return HFCausalEvaluator(str(path), device=device)
         raise EvaluatorError(f"{spec} is neither an unmask run/checkpoint nor a Hugging Face model folder "
                              "(config.json)")
-    if path.exists() or spec.startswith((".", "/", "~")) or spec.endswith(".gguf") or spec.count("/") > 1:
+    # A hub name is "name" or "org/name"; a path whose folder exists here ("runs/ar") is a local path.
+    local = path.parent != Path(".") and path.parent.is_dir()
+    if path.exists() or local or spec.startswith((".", "/", "~")) or spec.endswith(".gguf") or spec.count("/") > 1:
         raise EvaluatorError(f"evaluator {spec!r} does not exist; pass an existing path, 'smollm2', or a hub name")
     return HFCausalEvaluator(spec, device=device)
 

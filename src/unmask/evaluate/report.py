@@ -27,6 +27,7 @@ def evaluate_checkpoint(
     seed: int = 0,
     device: str = "auto",
     precision: str = "auto",
+    text_field: str | None = None,
     mask_rate_ranges: Sequence[Sequence[float]] | None = None,
 ) -> dict[str, Any]:
     """NELBO per token (or the AR NLL), its standard error and perplexity / bits per character.
@@ -35,10 +36,12 @@ def evaluate_checkpoint(
     "validation" of its corpus); any other file, folder or dataset name is re-tokenized with the
     checkpoint's tokenizer and wrapped into blocks as the paper does for zero-shot evaluation (a
     local file or folder is used whole: ``split`` "all").
-    ``discrete_steps`` adds the discrete-time bound for each T given; ``step`` picks a checkpoint of a
-    run. Under torchrun every process evaluates a share of the batches and all get the
-    single-process result. ``mask_rate_ranges`` (of a bd3lm checkpoint; empty: a few candidates)
-    adds the variance of the per-block loss under each range (:func:`block_loss_variance`).
+    ``text_field`` names the field of .jsonl / .parquet files that holds the text (default: the
+    run's data.text_field). ``discrete_steps`` adds the discrete-time bound for each T given;
+    ``step`` picks a checkpoint of a run. Under torchrun every process evaluates a share of the
+    batches and all get the single-process result. ``mask_rate_ranges`` (of a bd3lm checkpoint;
+    empty: a few candidates) adds the variance of the per-block loss under each range
+    (:func:`block_loss_variance`).
     """
     parallel = setup(device)  # under torchrun: join the job; each process evaluates its share of the batches
     pipeline = load(path, step=step, device=str(parallel.device))
@@ -56,9 +59,10 @@ def evaluate_checkpoint(
     if split is None:
         split = "all" if whole else "validation"
     layout = config.data.layout if data is None else "wrapped"
+    field = text_field or config.data.text_field
     blocks = parallel.main_first(lambda: TokenBlocks(source, pipeline.tokenizer, split=split,
                                                      length=config.data.length, layout=layout,
-                                                     cache_dir=config.data.cache_dir))
+                                                     cache_dir=config.data.cache_dir, text_field=field))
     common = dict(batch_size=batch_size, max_batches=max_batches, num_t=num_t, seed=seed, device=pipeline.device,
                   precision=precision, parallel=parallel)
     main = evaluate_dataset(pipeline.model, blocks, config.objective, pipeline.mask_id, **common)

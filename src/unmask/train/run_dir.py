@@ -103,6 +103,10 @@ def start_or_resume(run_dir: Path, config: Config, *, resume: bool, step: int | 
     if not has_run(run_dir):
         raise ConfigError(f"--resume: {run_dir} holds no checkpoint to resume; drop --resume to start")
     checkpoint = resolve_checkpoint(run_dir, step=step)
+    later = [f.name for f in step_folders(run_dir) if f.name > checkpoint.name]
+    if step is not None and later:
+        raise ConfigError(f"--step {step}: {run_dir} has later checkpoints ({', '.join(later)}) that resuming from "
+                          f"step {step} would replace; copy the run first (cp -r {run_dir} NEW) and resume the copy")
     _refuse_changes(load_config(checkpoint), config)
     return checkpoint
 
@@ -113,7 +117,7 @@ def prepare_tokenizer(config: Config, run_dir: Path) -> Tokenizer:
     if folder.is_dir():
         return load_tokenizer(folder)
     spec = config.data.tokenizer
-    corpus = iter_documents(config.data.source, "train") if spec == "bpe" else None
+    corpus = iter_documents(config.data.source, "train", text_field=config.data.text_field) if spec == "bpe" else None
     tokenizer = get_tokenizer(spec, corpus=corpus, vocab_size=config.data.vocab_size)
     with staging_folder(folder) as tmp:
         tokenizer.save(tmp)
@@ -126,18 +130,20 @@ def open_datasets(config: Config, tokenizer: Tokenizer, parallel: Parallel | Non
     """The training set (cached blocks, or with ``data.streaming`` this process's stream) and the
     validation set (the same for every process)."""
     d = config.data
-    common = dict(length=d.length, layout=d.layout, cache_dir=d.cache_dir, max_documents=d.max_documents)
+    common = dict(length=d.length, layout=d.layout, cache_dir=d.cache_dir, max_documents=d.max_documents,
+                  text_field=d.text_field)
     if d.valid_source:
         valid = TokenBlocks(d.valid_source, tokenizer, split="all", **common)
     elif d.streaming:  # a fixed slice of the streamed validation split
-        stream = StreamingBlocks(d.source, tokenizer, split="validation", length=d.length, layout=d.layout)
+        stream = StreamingBlocks(d.source, tokenizer, split="validation", length=d.length, layout=d.layout,
+                                 text_field=d.text_field)
         valid = BlockList(stream, config.train.eval_batches * config.train.micro_batch)
     else:
         valid = TokenBlocks(d.source, tokenizer, split="validation", **common)
     if d.streaming:
         rank, world = (parallel.rank, parallel.world_size) if parallel is not None else (0, 1)
         train = StreamingBlocks(d.source, tokenizer, split="train", length=d.length, layout=d.layout,
-                                rank=rank, world_size=world, max_documents=d.max_documents)
+                                rank=rank, world_size=world, max_documents=d.max_documents, text_field=d.text_field)
     else:
         train = TokenBlocks(d.source, tokenizer, split="train", **common)
     return train, valid
