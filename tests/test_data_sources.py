@@ -105,7 +105,7 @@ def test_local_splits_hold_out_the_tail(tmp_path):
     with pytest.raises(DataError, match="single document"):
         iter_documents(str(single), "train")
     assert list(iter_documents(str(single), "all")) == ["only one document"]
-    with pytest.raises(DataError, match="split='all'"):
+    with pytest.raises(DataError, match="pass the test file itself as --data"):
         iter_documents(str(path), "test")
 
 

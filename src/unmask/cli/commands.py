@@ -142,7 +142,7 @@ def export_command(args: argparse.Namespace) -> int:
 
 
 def demo_command(args: argparse.Namespace) -> int:
-    run_demo(Path(args.out), minutes=args.minutes, progress=not args.quiet)
+    run_demo(Path(args.out), minutes=args.minutes, progress=not args.quiet, precision=args.precision)
     return 0
 
 

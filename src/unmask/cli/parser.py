@@ -133,6 +133,8 @@ def _demo(sub) -> None:
     p.add_argument("--out", default="runs/demo", help="folder for the two runs (a new one if it holds runs)")
     p.add_argument("--minutes", type=float_in(0.0, None, low_open=True), default=3.5,
                    help="training budget per model")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="training precision (auto: bf16 where the CPU or GPU has it natively)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
