@@ -17,7 +17,8 @@ standard errors before the ordering. A bd3lm step runs the model on 2L tokens (t
 clean sequence), so under one time budget it makes about half the steps of MDLM. Extra
 ``key=value`` overrides go to every run: ``objective.mask_rate_range=[0.3,0.8]`` (bd3lm runs
 only) for the paper's clipped schedule, or for a quick check at tiny size
-``--minutes 0.05 model.n_layers=1 model.hidden=32 model.n_heads=2``.
+``--minutes 0.05 model.n_layers=1 model.hidden=32 model.n_heads=2`` (model overrides replace the
+size the demo picks).
 """
 
 from __future__ import annotations
