@@ -41,16 +41,24 @@ def _blocks(context, config, *, length=16, block_size=4, seed=3, **kwargs):
                            generator=torch.Generator().manual_seed(seed), **kwargs)
 
 
-class CallCounter:
-    """Counts the model's passes: denoiser calls (forward) and every pass through its first block."""
+class Counted(CachedContext):
+    """The cached context, counting the tokens its denoiser calls ask for and every pass of the model:
+    forward calls, passes through the first layer and the tokens they run."""
 
-    def __init__(self, model):
-        self.calls = self.passes = 0
-        self.handles = [model.register_forward_hook(lambda *_: self._count("calls")),
-                        model.blocks[0].register_forward_hook(lambda *_: self._count("passes"))]
+    def __init__(self, model, block_size):
+        super().__init__(model, block_size)
+        self.asked = self.calls = self.passes = self.tokens = 0
+        self.handles = [model.register_forward_hook(lambda *_: self._add(calls=1)),
+                        model.blocks[0].register_forward_pre_hook(
+                            lambda _, args: self._add(passes=1, tokens=args[0].shape[0] * args[0].shape[1]))]
 
-    def _count(self, name):
-        setattr(self, name, getattr(self, name) + 1)
+    def _add(self, **counts):
+        for name, count in counts.items():
+            setattr(self, name, getattr(self, name) + count)
+
+    def logits(self, call):
+        self.asked += call.x.numel()
+        return super().logits(call)
 
     def remove(self):
         for handle in self.handles:
@@ -62,19 +70,21 @@ class CallCounter:
 def test_cache_gives_the_tokens_of_recomputing_every_prefix(model, name, block_size):
     template = torch.full((16,), MASK)
     template[:6] = torch.tensor([0, 1, 2, 3, 4, 5])  # a prompt: one block and a half (block 4), or less than one
-    cached_context = CachedContext(model, block_size)
-    counter = CallCounter(model)
-    cached = _blocks(cached_context, CONFIGS[name], block_size=block_size, template=template)
-    counter.remove()
+    context = Counted(model, block_size)
+    cached = _blocks(context, CONFIGS[name], block_size=block_size, template=template)
+    context.remove()
     recomputed = _blocks(RecomputedContext(model, block_size, 16, MASK), CONFIGS[name], block_size=block_size,
                          template=template)
     assert torch.equal(cached.tokens, recomputed.tokens)
     assert (cached.tokens[:, :6] == template[:6]).all() and not (cached.tokens == MASK).any()
-    # Each finished block is run through the model once to fill the cache, and never again.
+    # Each finished block is run through the model once to fill the cache, and never again: the model runs
+    # the tokens the calls ask for and every finished block's once more (alone, or with the next block's call).
     blocks = 16 // block_size
-    assert cached_context.fills == blocks - 1 == counter.passes - counter.calls
-    assert cached.num_calls == counter.passes == recomputed.num_calls + blocks - 1
-    assert cached_context.cache.length == 16 - block_size and cached_context.cache.end == 16 - block_size
+    assert context.cache.fills == blocks - 1
+    assert context.tokens == context.asked + (blocks - 1) * 5 * block_size
+    assert cached.num_calls == context.passes == context.calls + context.fill_calls
+    assert cached.num_calls == recomputed.num_calls + context.fill_calls
+    assert context.cache.length == 16 - block_size and context.cache.end == 16 - block_size
 
 
 def test_generation_continues_past_the_models_length_with_a_sliding_cache(model):
@@ -82,13 +92,25 @@ def test_generation_continues_past_the_models_length_with_a_sliding_cache(model)
     long = _blocks(context, CONFIGS["cached"], length=50)
     assert long.tokens.shape == (5, 50) and not (long.tokens == MASK).any()
     assert context.cache.length == 12 and context.cache.end == 48  # the last 12 positions; 13 blocks done
-    assert context.fills == 12
+    assert context.cache.fills == 12
     # The first window is what a run of the model's length gives: later blocks draw after it.
     short = _blocks(CachedContext(model, 4), CONFIGS["cached"], length=16)
     assert torch.equal(long.tokens[:, :16], short.tokens)
     # Recomputing sees the same window of tokens; the cache keeps each block's keys as they were computed.
     recomputed = _blocks(RecomputedContext(model, 4, 16, MASK), CONFIGS["cached"], length=50)
     assert torch.equal(recomputed.tokens[:, :16], short.tokens)
+    # A finished block riding along with the next block's first call is the same as a call of its own.
+    alone = FillAlone(model, 4)
+    assert torch.equal(_blocks(alone, CONFIGS["cached"], length=50).tokens, long.tokens)
+    assert alone.fill_calls == 12 and context.fill_calls < 12
+
+
+class FillAlone(CachedContext):
+    """Fills the cache with a call of its own for every finished block."""
+
+    def append(self, block):
+        super().append(block)
+        self._fill()
 
 
 def test_generation_stops_at_eos(model):
@@ -149,7 +171,7 @@ def test_frontier_sweeps_a_bd3lm_checkpoint(bd3lm_run, tmp_path):
     done = sweep(bd3lm_run, evaluator=str(evaluator), samplers=["cached", "first_hitting"], steps=[4], num_samples=2,
                  batch_size=2, length=24, device="cpu")
     assert [p.sampler for p in done.points] == ["cached", "first_hitting"] and done.length == 24
-    assert all(p.num_calls >= 2 for p in done.points)  # calls include the two cache fills
+    assert all(p.num_calls >= 3 for p in done.points)  # at least one call per block
 
 
 @pytest.mark.slow

@@ -15,8 +15,10 @@ blocks 0..b-1 and sees them clean. Three ways to run the DiT on that factorisati
   prefix followed by it, for every block in one forward pass.
 - **Cached** (``cache=``): new tokens (the block being sampled) see the cached keys and values of
   the finished blocks and each other; their positions continue after the cache. The keys and
-  values of a finished block are computed once (:meth:`unmask.models.DiT.extend_cache`), as the
-  block-causal pass computes them, and appended.
+  values of a finished block are computed once, as the block-causal pass computes them, and
+  appended (:meth:`unmask.models.DiT.extend_cache`, or :meth:`KVCache.commit` after a cached
+  block-causal pass over the finished block followed by the next one, which fills the cache and
+  answers the next block's first call in one pass).
 
 SDPA with a boolean mask runs everywhere; with ``DiTConfig.attention="flex"`` the vectorised and
 block-causal masks use FlexAttention's block-sparse kernels instead on CUDA (same results; it
@@ -97,6 +99,14 @@ def flex_available() -> bool:
     return flex_attention is not None
 
 
+def cached_block_mask(context: int, length: int, block_size: int, capacity: int, device: torch.device) -> Tensor:
+    """Bool [n, context + n] of a cached pass over n new tokens (whole blocks) after ``context`` cached ones:
+    a token sees its own block and the last ``capacity`` positions before that block (the sliding window)."""
+    start = context + torch.arange(length, device=device)[:, None] // block_size * block_size  # its block's start
+    key = torch.arange(context + length, device=device)[None, :]
+    return ((key >= start) & (key < start + block_size)) | ((key < start) & (key >= start - capacity))
+
+
 def block_attention_mask(
     length: int,
     block_size: int,
@@ -169,13 +179,14 @@ class KVCache:
         view.end = self.end
         return view
 
-    def commit(self) -> None:
-        """Append the keys and values of the latest pass at every layer (a finished block), then trim."""
+    def commit(self, count: int | None = None) -> None:
+        """Append the keys and values of the latest pass at every layer (its first ``count`` positions: a
+        finished block), then trim to the capacity."""
         added = 0
         for layer in self.layers:
             if layer.fresh is None:
                 raise RuntimeError("no pass to commit: run the finished block through the model with this cache")
-            k, v = layer.fresh
+            k, v = (tensor[:, :, :count] for tensor in layer.fresh)
             added = k.shape[2]
             if layer.keys is not None:
                 k, v = torch.cat([layer.keys, k], dim=2), torch.cat([layer.values, v], dim=2)

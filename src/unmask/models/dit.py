@@ -27,7 +27,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from unmask.models.block_attention import ATTENTIONS, KVCache, LayerCache, block_attention_mask, flex_attend
+from unmask.models.block_attention import (
+    ATTENTIONS,
+    KVCache,
+    LayerCache,
+    block_attention_mask,
+    cached_block_mask,
+    flex_attend,
+)
 from unmask.models.dropout import Dropout
 
 GELUS = ("erf", "tanh")
@@ -226,7 +233,8 @@ class DiT(nn.Module):
         Block diffusion (:mod:`unmask.models.block_attention`): ``block_size`` alone makes the pass
         block-causal; with ``x0`` (the clean sequence, [B, L]) it is the vectorised pass over
         [x_t, x0] and the logits are those of x_t; ``cache`` lets x_t (new tokens) attend to the
-        finished blocks' keys and values, positions continuing after them.
+        finished blocks' keys and values, positions continuing after them (block-causal among
+        them with ``block_size``).
         """
         x, c = self._hidden(x_t, t, attention_mask, block_size, x0, cache)
         if x0 is not None:
@@ -255,7 +263,8 @@ class DiT(nn.Module):
                 x0: Tensor | None, cache: KVCache | None) -> tuple[Tensor, Tensor]:
         """The last block's output [B, L (or 2L), hidden] and the conditioning vector c [B, cond]."""
         b, length = x_t.shape
-        context = 0 if cache is None else cache.length
+        # A cached block-causal pass limits what each token sees to the model's length itself (its window).
+        context = 0 if cache is None or block_size is not None else cache.length
         if length + context > self.config.length:
             raise ValueError(f"sequence length {length + context} exceeds the model's length {self.config.length}")
         blockwise = block_size is not None or x0 is not None or cache is not None
@@ -288,12 +297,16 @@ class DiT(nn.Module):
                       x0: Tensor | None, cache: KVCache | None):
         """Embeddings, rotary tables and attention mask of a block-causal, vectorised or cached pass."""
         length = x_t.shape[1]
-        if cache is not None:
-            if x0 is not None or block_size is not None or padding is not None:
-                raise ValueError("a cached pass takes new tokens only (no x0, block_size or padding)")
-            return self.embed(x_t), self.rotary(length, dtype, start=cache.end), None
-        if block_size is None or block_size < 1 or length % block_size:
+        if block_size is not None and (block_size < 1 or length % block_size):
             raise ValueError(f"block_size must divide the sequence length {length}, got {block_size}")
+        if cache is not None:
+            if x0 is not None or padding is not None:
+                raise ValueError("a cached pass takes new tokens only (no x0 or padding)")
+            mask = None if block_size is None else cached_block_mask(cache.length, length, block_size,
+                                                                     cache.capacity, x_t.device)
+            return self.embed(x_t), self.rotary(length, dtype, start=cache.end), mask
+        if block_size is None:
+            raise ValueError("the vectorised pass (x0=) needs block_size")
         cos, sin = self.rotary(length, dtype)
         mask = block_attention_mask(length, block_size, vectorised=x0 is not None, attention_mask=padding,
                                     attention=self.config.attention, device=x_t.device)

@@ -8,8 +8,9 @@ works unchanged within a block; ``steps`` are per block. The run's denoiser call
 a *context*, which lets the block see the finished blocks:
 
 - :class:`CachedContext`: the model's per-layer key/value cache (:class:`unmask.models.block_attention.KVCache`).
-  A finished block's keys and values are computed once, in one pass over that block, and
-  appended; a denoiser call then runs the current block alone.
+  A finished block's keys and values are computed once and appended; a denoiser call then runs
+  the current block alone. The finished block rides along with the next block's first call (one
+  block-causal pass over both), so filling the cache costs no call of its own.
 - :class:`RecomputedContext`: no cache; every call runs the finished blocks again with the
   current one (block-causal attention, or for a fixed-length denoiser without it the later
   blocks as MASK). It is what the cache must match, and it samples block by block from any denoiser.
@@ -34,10 +35,10 @@ from unmask.schedules import Schedule
 
 class BlockContext(Protocol):
     """What a block is sampled after: ``logits`` answers the block's denoiser calls, ``append`` adds a
-    finished block [B, block_size]; ``fills`` counts the network passes spent on finished blocks."""
+    finished block [B, block_size]; ``fill_calls`` counts the network calls made for finished blocks alone."""
 
     model: Denoiser
-    fills: int
+    fill_calls: int
 
     def logits(self, call: DenoiserCall) -> Tensor: ...
 
@@ -51,23 +52,37 @@ class CachedContext:
         self.model = unwrap(model)
         if not hasattr(self.model, "extend_cache"):
             raise SamplingError("block-by-block sampling with a cache needs a model with a key/value cache (a DiT)")
+        self.block_size = block_size
         self.cache = self.model.new_cache(block_size)
-
-    @property
-    def fills(self) -> int:
-        return self.cache.fills
+        self.pending: Tensor | None = None  # a finished block not in the cache yet
+        self.fill_calls = 0
 
     def logits(self, call: DenoiserCall) -> Tensor:
+        if self.pending is not None and call.rows is None:  # fill the cache and answer in one pass
+            x = torch.cat([self.pending, call.x], dim=1)
+            where = torch.cat([torch.zeros_like(self.pending, dtype=torch.bool), call.where], dim=1)
+            logits = self.model(x, call.t, where=where, cache=self.cache, block_size=self.block_size)
+            self.cache.commit(self.pending.shape[1])
+            self.pending = None
+            return logits
+        self._fill()
         return self.model(call.x, call.t, where=call.where, cache=self.cache.rows(call.rows))
 
     def append(self, block: Tensor) -> None:
-        self.model.extend_cache(self.cache, block)
+        self._fill()
+        self.pending = block
+
+    def _fill(self) -> None:
+        """Put the pending block in the cache with a call of its own (when no full-batch call can carry it)."""
+        if self.pending is not None:
+            self.model.extend_cache(self.cache, self.pending)
+            self.pending, self.fill_calls = None, self.fill_calls + 1
 
 
 class RecomputedContext:
     """The finished blocks kept as tokens and run again at every call (the last ``window - block_size``)."""
 
-    fills = 0
+    fill_calls = 0
 
     def __init__(self, model: Denoiser, block_size: int, window: int, mask_id: int) -> None:
         self.model, self.block_size, self.window, self.mask_id = model, block_size, window, mask_id
@@ -113,7 +128,8 @@ def generate_blocks(
     ``template`` [length] holds fixed tokens (every non-MASK entry); the last block is sampled
     whole and cut at ``length``. With ``stop_id`` generation ends after the first block in which
     every row has produced it (the tokens end with that block). ``on_step`` sees the sequence so
-    far after every step. ``num_calls`` counts denoiser calls and the passes that fill the context.
+    far after every step. ``num_calls`` counts the network calls (those for the blocks' steps and any
+    made only to fill the context).
     """
     if block_size < 1:
         raise SamplingError(f"the block size must be at least 1, got {block_size}")
@@ -134,7 +150,8 @@ def generate_blocks(
             calls, steps = calls + run.num_calls, steps + run.num_steps
         finished = (k + 1) * block_size
         if stop_id is not None and bool(((x[:, :finished] == stop_id) & generated[:, :finished]).any(1).all()):
-            return SampleOutput(tokens=x[:, : min(length, finished)], num_calls=calls + context.fills, num_steps=steps)
+            tokens = x[:, : min(length, finished)]
+            return SampleOutput(tokens=tokens, num_calls=calls + context.fill_calls, num_steps=steps)
         if k + 1 < num_blocks:
             context.append(x[:, span])
-    return SampleOutput(tokens=x[:, :length], num_calls=calls + context.fills, num_steps=steps)
+    return SampleOutput(tokens=x[:, :length], num_calls=calls + context.fill_calls, num_steps=steps)
