@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from unmask.models.block_attention import (
     ATTENTIONS,
+    BlockMask,
     KVCache,
     LayerCache,
     block_attention_mask,
@@ -149,7 +150,7 @@ class Block(nn.Module):
         self.adaLN = nn.Linear(config.cond_dim, 6 * d)
         self.dropout = Dropout(config.dropout)
 
-    def forward(self, x: Tensor, c: Tensor, rotary: tuple[Tensor, Tensor], attn_mask: Tensor | None,
+    def forward(self, x: Tensor, c: Tensor, rotary: tuple[Tensor, Tensor], attn_mask: Tensor | BlockMask | None,
                 cache: LayerCache | None = None) -> Tensor:
         b, length, d = x.shape
         shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN(c)[:, None].chunk(6, dim=-1)
