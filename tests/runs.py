@@ -14,9 +14,13 @@ from unmask.models import DiT
 
 
 def untrained_run(root: Path, objective: str, *, length: int = 32, seed: int = 0,
-                  block_size: int = 16) -> tuple[Path, DiT]:
+                  scrambled: bool = False, block_size: int = 16) -> tuple[Path, DiT]:
     """A run directory ``root/run_OBJECTIVE`` with one checkpoint (step 1) of a random model, and the model
-    (``block_size`` for bd3lm)."""
+    (``block_size`` for bd3lm).
+
+    As initialised the model's logits are all zero (its output layer starts at zero); ``scrambled``
+    draws every weight at random instead, so that its distributions differ by position and time.
+    """
     config = Config()
     config.objective.name, config.objective.block_size = objective, block_size
     config.model.n_layers, config.model.hidden, config.model.n_heads, config.model.cond_dim = 1, 32, 2, 16
@@ -25,6 +29,10 @@ def untrained_run(root: Path, objective: str, *, length: int = 32, seed: int = 0
     tokenizer.save(root / "tok")
     torch.manual_seed(seed)
     model = DiT(config.model_config(tokenizer.vocab_size))
+    if scrambled:
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.normal_(0.0, 0.3)
     run = root / f"run_{objective}"
     checkpointer = Checkpointer(run, Parallel(device=torch.device("cpu")), config=config, tokenizer_dir=root / "tok")
     checkpointer.save(1, model=model, optimizer=torch.optim.AdamW(model.parameters()), ema=None)

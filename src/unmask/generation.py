@@ -3,6 +3,12 @@
 A template is text in which ``[MASK]`` marks one token to generate; ``[MASK:N]`` marks N in a
 row (writing ``[MASK]`` N times does the same). Everything else in the template is fixed and is
 never changed by the sampler.
+
+:func:`generate_text` is what ``unmask sample`` runs: :func:`prepare` checks a request and makes
+its fixed tokens, :func:`start_run` the sampling run of an MDLM within the model's length (which
+the server drives among others, so that a seed gives the same text there), :func:`sample_tokens`
+every other model's sampler (block by block for block diffusion, left to right for AR),
+:func:`text_samples` the texts.
 """
 
 from __future__ import annotations
@@ -23,8 +29,10 @@ from unmask.runtime import autocast
 from unmask.sampling import SampleOutput, SamplerConfig, generate, generate_long
 from unmask.sampling.autoregressive import generate_autoregressive
 from unmask.sampling.blocks import CachedContext, generate_blocks
+from unmask.sampling.loop import SamplingRun, initial_state, run_to_end
 
 PLACEHOLDER = re.compile(r"\[MASK(?::(\d+))?\]")
+MASK_MARK = "[MASK]"  # one masked position, in templates and in texts being generated
 
 
 class PromptError(UserError):
@@ -87,6 +95,64 @@ class TextSamples:
     num_calls: int
     seconds: float
 
+    def to_dict(self) -> dict:
+        """The samples as JSON data (``unmask sample --json`` and the server answer with it)."""
+        samples = [{"text": text, "tokens": ids.tolist()} for text, ids in zip(self.texts, self.tokens)]
+        return {"samples": samples, "num_calls": self.num_calls, "seconds": self.seconds}
+
+
+def in_windows(pipeline: Pipeline, length: int | None) -> bool:
+    """True when ``length`` is beyond the model's and an MDLM generates it semi-autoregressively."""
+    return (length is not None and length > pipeline.config.data.length and not pipeline.is_autoregressive
+            and pipeline.block_size is None)
+
+
+def in_one_run(pipeline: Pipeline, length: int | None) -> bool:
+    """True when :func:`generate_text` samples with one run over the whole template (:func:`start_run`):
+    an MDLM within the model's length. AR and block diffusion models sample token or block by block."""
+    return not pipeline.is_autoregressive and pipeline.block_size is None and not in_windows(pipeline, length)
+
+
+def prepare(
+    pipeline: Pipeline,
+    sampling: SamplerConfig,
+    *,
+    num_samples: int,
+    length: int | None = None,
+    prompt: str | None = None,
+    template: str | None = None,
+) -> Tensor:
+    """Check a request as :func:`generate_text` runs it (PromptError naming the fix) and return its
+    fixed tokens: the template [L] within the model's length (of any length for block diffusion), or the
+    prefix (BOS and the prompt) of a length generated in windows (:func:`in_windows`)."""
+    if num_samples < 1:
+        raise PromptError(f"--num-samples must be at least 1, got {num_samples}")
+    if length is not None and length < 2:
+        raise PromptError(f"--length counts every token, BOS included: at least 2, got {length}")
+    if pipeline.is_autoregressive and (sampling.uses_strategy or sampling.sampler == "first_hitting"):
+        raise PromptError("an AR model decodes left to right, one token per step: --order, --threshold, --remask "
+                          "and --sampler first_hitting apply to MDLM models only")
+    tokenizer, window = pipeline.tokenizer, pipeline.config.data.length
+    if in_windows(pipeline, length):
+        if template is not None:
+            raise PromptError(f"a template must fit the model's length {window}; --length extends only prompts")
+        prefix = build_template(tokenizer, model_length=window, length=window, prompt=prompt)
+        return prefix[prefix != tokenizer.mask_id]
+    if pipeline.block_size is not None:  # any length: --length or the template decides
+        window = length or (window if template is None else sys.maxsize)
+    return build_template(tokenizer, model_length=window, length=length, prompt=prompt, template=template)
+
+
+def start_run(pipeline: Pipeline, sampling: SamplerConfig, fixed: Tensor, *, num_samples: int,
+              seed: int) -> SamplingRun:
+    """The sampling run of ``num_samples`` rows on the template ``fixed`` that :func:`generate_text` drives
+    for an MDLM within the model's length (a server drives the same run among others: same seed, same text)."""
+    device = pipeline.device
+    x = initial_state(batch_size=num_samples, length=len(fixed), mask_id=pipeline.mask_id, template=fixed,
+                      device=device)
+    return SamplingRun(sampling, x, mask_id=pipeline.mask_id, schedule=pipeline.config.objective.schedule,
+                       generator=torch.Generator(device).manual_seed(seed))
+
 
 def generate_text(
     pipeline: Pipeline,
@@ -113,40 +179,28 @@ def generate_text(
     sample after every step.
     """
     sampling = sampling or SamplerConfig()
-    if num_samples < 1:
-        raise PromptError(f"--num-samples must be at least 1, got {num_samples}")
-    if length is not None and length < 2:
-        raise PromptError(f"--length counts every token, BOS included: at least 2, got {length}")
-    tokenizer, model = pipeline.tokenizer, pipeline.model
-    window = pipeline.config.data.length
-    device = pipeline.device
-    generator = torch.Generator(device).manual_seed(seed)
-    if pipeline.is_autoregressive and (sampling.uses_strategy or sampling.sampler == "first_hitting"):
-        raise PromptError("an AR model decodes left to right, one token per step: --order, --threshold, --remask "
-                          "and --sampler first_hitting apply to MDLM models only")
+    fixed = prepare(pipeline, sampling, num_samples=num_samples, length=length, prompt=prompt, template=template)
     if pipeline.block_size is not None and overlap is not None:
         raise PromptError("--overlap sets MDLM's semi-autoregressive windows; a bd3lm model slides its cache block "
                           "by block: drop --overlap")
+    tokenizer, model, device = pipeline.tokenizer, pipeline.model, pipeline.device
+    stop_id = tokenizer.eos_id if stop_at_eos else None
     started = time.perf_counter()
     with autocast(precision, device):
-        if length is not None and length > window and not pipeline.is_autoregressive and pipeline.block_size is None:
-            if template is not None:
-                raise PromptError(f"a template must fit the model's length {window}; --length extends only prompts")
-            prefix = build_template(tokenizer, model_length=window, length=window, prompt=prompt)
-            prefix = prefix[prefix != tokenizer.mask_id]
-            out = generate_long(model, sampling, batch_size=num_samples, total_length=length, window=window,
-                                mask_id=tokenizer.mask_id, schedule=pipeline.config.objective.schedule,
-                                overlap=overlap, prefix=prefix, stop_id=tokenizer.eos_id if stop_at_eos else None,
-                                generator=generator, on_step=on_step)
+        if in_one_run(pipeline, length):
+            out = run_to_end(model, start_run(pipeline, sampling, fixed, num_samples=num_samples, seed=seed),
+                             on_step=on_step)
         else:
-            if pipeline.block_size is not None:  # any length: --length or the template decides
-                window = length or (window if template is None else sys.maxsize)
-            fixed = build_template(tokenizer, model_length=window, length=length, prompt=prompt, template=template)
-            out = sample_tokens(pipeline, sampling, batch_size=num_samples, template=fixed, generator=generator,
-                                stop_id=tokenizer.eos_id if stop_at_eos else None, on_step=on_step)
-    seconds = time.perf_counter() - started
-    texts = [decode_sample(tokenizer, row.tolist(), stop_at_eos) for row in out.tokens]
-    return TextSamples(texts=texts, tokens=out.tokens, num_calls=out.num_calls, seconds=seconds)
+            generator = torch.Generator(device).manual_seed(seed)
+            if in_windows(pipeline, length):
+                out = generate_long(model, sampling, batch_size=num_samples, total_length=length,
+                                    window=pipeline.config.data.length, mask_id=tokenizer.mask_id,
+                                    schedule=pipeline.config.objective.schedule, overlap=overlap, prefix=fixed,
+                                    stop_id=stop_id, generator=generator, on_step=on_step)
+            else:
+                out = sample_tokens(pipeline, sampling, batch_size=num_samples, template=fixed, generator=generator,
+                                    stop_id=stop_id, on_step=on_step)
+    return text_samples(tokenizer, out, time.perf_counter() - started, stop_at_eos=stop_at_eos)
 
 
 def sample_tokens(
@@ -175,8 +229,26 @@ def sample_tokens(
                     template=template, generator=generator, on_step=on_step)
 
 
+def text_samples(tokenizer: Tokenizer, out: SampleOutput, seconds: float, *, stop_at_eos: bool = False) -> TextSamples:
+    """The texts of sampled tokens, with what they cost."""
+    texts = [decode_sample(tokenizer, row.tolist(), stop_at_eos) for row in out.tokens]
+    return TextSamples(texts=texts, tokens=out.tokens, num_calls=out.num_calls, seconds=seconds)
+
+
 def decode_sample(tokenizer: Tokenizer, ids: list[int], stop_at_eos: bool = False) -> str:
     """Text of a sample; with ``stop_at_eos`` only what comes before its first EOS after the start."""
     if stop_at_eos and tokenizer.eos_id in ids[1:]:
         ids = ids[: ids.index(tokenizer.eos_id, 1)]
     return tokenizer.decode(ids)
+
+
+def masked_text(tokenizer: Tokenizer, ids: list[int]) -> str:
+    """Text of a sample being generated, each masked position written as ``[MASK]`` (a template again)."""
+    pieces, run = [], []
+    for token in ids:
+        if token == tokenizer.mask_id:
+            pieces += [tokenizer.decode(run), MASK_MARK]
+            run = []
+        else:
+            run.append(token)
+    return "".join([*pieces, tokenizer.decode(run)])

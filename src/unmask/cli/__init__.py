@@ -4,6 +4,7 @@ the one place where errors become one line on stderr.
     unmask train --preset tiny --data PATH_OR_NAME --out RUN_DIR [--max-steps N] [--resume] [--nproc N] [key=value ...]
     unmask eval RUN_DIR_OR_CHECKPOINT [--data PATH_OR_NAME] [--num-t K] [--discrete-steps T ...] [--mask-rate-ranges]
     unmask sample RUN_DIR_OR_CHECKPOINT [--num-samples N] [--steps T] [--sampler NAME] [--prompt TEXT]
+    unmask serve RUN_DIR_OR_CHECKPOINT [--host 127.0.0.1] [--port 8000] [--max-batch N]
     unmask frontier RUN_DIR_OR_CHECKPOINT --evaluator SPEC [--samplers a,b] [--steps 16,32] [--out DIR]
     unmask export RUN_DIR_OR_CHECKPOINT --out FOLDER
     unmask demo [--out DIR] [--minutes M]

@@ -19,11 +19,11 @@ from unmask.evaluate.generative import generative_perplexity, load_evaluator
 from unmask.evaluate.report import evaluate_checkpoint
 from unmask.generation import generate_text
 from unmask.pipeline import load
-from unmask.sampling import DrawConfig, Remasking, SamplerConfig, SamplingError
+from unmask.sampling import SamplerConfig
+from unmask.serve import serve
 from unmask.train import resume_config, train
 
 DEFAULT_PRESET = "tiny"
-DEFAULT_ETA = 0.02
 
 
 def train_command(args: argparse.Namespace) -> int:
@@ -105,18 +105,10 @@ def eval_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def sampler_config(args: argparse.Namespace) -> SamplerConfig:
-    """The sampling options of ``unmask sample`` as one checked value."""
-    if args.eta is not None and args.remask is None:
-        raise SamplingError("--eta is the remasking rate: give --remask STRATEGY with it (or drop --eta)")
-    remasking = Remasking(args.remask, eta=DEFAULT_ETA if args.eta is None else args.eta) if args.remask else None
-    draw = DrawConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
-    return SamplerConfig(sampler=args.sampler, steps=args.steps, order=args.order, threshold=args.threshold,
-                         remasking=remasking, draw=draw)
-
-
 def sample_command(args: argparse.Namespace) -> int:
-    sampling = sampler_config(args)
+    sampling = SamplerConfig.from_options(
+        sampler=args.sampler, steps=args.steps, order=args.order, threshold=args.threshold, remask=args.remask,
+        eta=args.eta, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
     pipeline = load(args.checkpoint, step=args.step, device=args.device)
     on_step = None
     if args.show_steps:
@@ -130,9 +122,13 @@ def sample_command(args: argparse.Namespace) -> int:
         print(f"--- sample {i} ---\n{text}")
     print(f"({samples.num_calls} denoiser calls, {samples.seconds:.2f} s)", file=sys.stderr)
     if args.json:
-        records = [{"text": t, "tokens": ids.tolist()} for t, ids in zip(samples.texts, samples.tokens)]
-        Path(args.json).write_text(json.dumps({"samples": records, "num_calls": samples.num_calls,
-                                               "seconds": samples.seconds}, indent=2))
+        Path(args.json).write_text(json.dumps(samples.to_dict(), indent=2))
+    return 0
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    serve(args.checkpoint, host=args.host, port=args.port, max_batch=args.max_batch, device=args.device,
+          step=args.step)
     return 0
 
 
@@ -162,5 +158,5 @@ def frontier_command(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": train_command, "eval": eval_command, "sample": sample_command, "frontier": frontier_command,
-            "export": export_command, "demo": demo_command}
+COMMANDS = {"train": train_command, "eval": eval_command, "sample": sample_command, "serve": serve_command,
+            "frontier": frontier_command, "export": export_command, "demo": demo_command}

@@ -32,6 +32,14 @@ def at_least(low: int):
     return parse
 
 
+def port(text: str) -> int:
+    """A TCP port, 0 to 65535 (0: any free port)."""
+    value = _number(text, int)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0 to 65535 (0: any free one), got {value}")
+    return value
+
+
 def float_in(low: float, high: float | None, *, low_open: bool = False):
     """A float in [low, high] ((low, high] with ``low_open``; no upper bound when ``high`` is None)."""
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import NoReturn
 
-from unmask.cli.options import at_least, float_in, output_file, rate_range, step_counts
+from unmask.cli.options import at_least, float_in, output_file, port, rate_range, step_counts
 from unmask.config import preset_names
 from unmask.evaluate.frontier import DEFAULT_SAMPLERS, DEFAULT_STEPS
 from unmask.sampling import ORDERS, REMASKING, SAMPLERS
@@ -102,6 +102,18 @@ def _sample(sub) -> None:
     p.add_argument("--json", type=output_file, help="also write the samples to this JSON file")
 
 
+def _serve(sub) -> None:
+    p = sub.add_parser("serve", help="serve a model over HTTP, with a page that shows the text unmasking live",
+                       formatter_class=_Help)
+    _checkpoint_arguments(p)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (0.0.0.0: every interface; anyone who reaches it can generate)")
+    p.add_argument("--port", type=port, default=8000, help="port to listen on (0: any free one)")
+    p.add_argument("--max-batch", type=at_least(1), default=64, metavar="N",
+                   help="rows per denoiser call (sequences from all requests); also the most samples per request")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+
+
 def _frontier(sub) -> None:
     p = sub.add_parser("frontier", help="sweep samplers and step counts: gen. PPL, entropy, calls, time",
                        formatter_class=_Help)
@@ -141,6 +153,6 @@ def _demo(sub) -> None:
 def build_parser() -> Parser:
     parser = Parser(prog="unmask", description="Masked diffusion language models (MDLM).")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for add in (_train, _eval, _sample, _frontier, _export, _demo):
+    for add in (_train, _eval, _sample, _serve, _frontier, _export, _demo):
         add(sub)
     return parser

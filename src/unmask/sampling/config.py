@@ -7,6 +7,7 @@ tool and the server all pass one ``SamplerConfig`` to :func:`unmask.sampling.gen
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from unmask.sampling.strategies import ORDERS, Remasking, SamplingError
 
@@ -70,7 +71,26 @@ class SamplerConfig:
             raise SamplingError("--sampler first_hitting is the exact random-order sampler: drop --order, "
                                 "--threshold and --remask, or use --sampler cached")
 
+    @classmethod
+    def from_options(cls, *, remask: str | None = None, eta: float | None = None, temperature: float | None = None,
+                     top_k: int | None = None, top_p: float | None = None, **options: Any) -> SamplerConfig:
+        """The config of flat options, as ``unmask sample`` and the server take them.
+
+        ``remask`` names a ReMDM strategy and ``eta`` its rate; ``temperature``, ``top_k`` and ``top_p``
+        make the draw; ``options`` are the other fields (sampler, steps, order, threshold). An option
+        that is None takes its default.
+        """
+        if eta is not None and remask is None:
+            raise SamplingError("--eta is the remasking rate: give --remask STRATEGY with it (or drop --eta)")
+        remasking = None if remask is None else Remasking(remask, **_given(eta=eta))
+        draw = DrawConfig(**_given(temperature=temperature, top_k=top_k, top_p=top_p))
+        return cls(remasking=remasking, draw=draw, **_given(**options))
+
     @property
     def uses_strategy(self) -> bool:
         """True when positions are not simply unmasked in random order (ordered, threshold or remasking)."""
         return self.order != "random" or self.threshold is not None or self.remasking is not None
+
+
+def _given(**options: Any) -> dict[str, Any]:
+    return {name: value for name, value in options.items() if value is not None}

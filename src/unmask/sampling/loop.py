@@ -19,9 +19,10 @@ On the grid samplers, :mod:`unmask.sampling.strategies` adds ordered and thresho
 (``order=``, ``threshold=``) and ReMDM remasking (``remasking=``).
 
 A :class:`SamplingRun` is the loop without the network: it yields a :class:`DenoiserCall` whenever
-it needs logits (and is sent them back), and a :class:`StepDone` after every step. :func:`generate`
-answers its calls with one denoiser; a server can answer the calls of many runs with one batched
-denoiser call per step (their rows are independent).
+it needs logits (and is sent them back), and a :class:`StepDone` after every step. :func:`run_to_end`
+answers its calls with one denoiser (:func:`generate` builds a run and does so); the server
+(:mod:`unmask.serve.batcher`) answers the calls of many runs with one batched denoiser call per
+step (their rows are independent).
 """
 
 from __future__ import annotations
@@ -118,8 +119,14 @@ def generate(
     device = model_device(denoiser) if device is None else device
     x = initial_state(batch_size=batch_size, length=length, mask_id=mask_id, template=template, device=device)
     run = SamplingRun(config or SamplerConfig(), x, mask_id=mask_id, schedule=schedule, generator=generator)
+    return run_to_end(denoiser, run, on_step=on_step)
+
+
+def run_to_end(denoiser: Denoiser, run: SamplingRun, *,
+               on_step: Callable[[Tensor], None] | None = None) -> SampleOutput:
+    """Answer every call of ``run`` with ``denoiser``; ``on_step`` sees the state after every step."""
     drive(run, lambda call: denoise(denoiser, call.x, call.t, where=call.where), on_step)
-    return SampleOutput(tokens=run.x, num_calls=run.num_calls, num_steps=run.num_steps)
+    return run.output()
 
 
 def drive(run: SamplingRun, answer: Callable[[DenoiserCall], Tensor],
@@ -180,6 +187,10 @@ class SamplingRun:
         self.num_steps = 0
         self.fixed = x != mask_id  # template tokens: never changed, never remasked
         self.confidence = torch.ones(x.shape, dtype=torch.float64, device=x.device)
+
+    def output(self) -> SampleOutput:
+        """The samples (the state, complete once :meth:`events` is exhausted) and what they cost."""
+        return SampleOutput(tokens=self.x, num_calls=self.num_calls, num_steps=self.num_steps)
 
     def events(self) -> Generator[Event, Tensor | None, None]:
         if self.config.sampler == "first_hitting":

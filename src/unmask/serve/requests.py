@@ -1,0 +1,180 @@
+"""What a client may ask for: JSON bodies checked into a :class:`GenerationRequest`, or a :class:`RequestError`.
+
+Every check that ``unmask sample`` makes is made here by the same code (:class:`SamplerConfig` and
+:func:`unmask.generation.prepare`), and its message is passed on with the option names turned
+into the request's field names (``--num-samples`` reads ``num_samples``). On top come the server's
+:class:`Limits`, which protect its memory, and the JSON itself: malformed bodies, unknown fields
+and values of the wrong type are refused with a message that names the fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor
+
+from unmask.errors import UserError
+from unmask.generation import prepare
+from unmask.pipeline import Pipeline
+from unmask.sampling import SamplerConfig
+
+MAX_BODY_BYTES = 1 << 20
+SEED_RANGE = (-(1 << 63), (1 << 64) - 1)  # what torch.Generator.manual_seed takes
+
+# The sampling fields every generating endpoint takes, with their JSON types.
+SAMPLING_FIELDS: dict[str, tuple[type, ...]] = {
+    "steps": (int,), "sampler": (str,), "order": (str,), "threshold": (float, int), "temperature": (float, int),
+    "top_p": (float, int), "top_k": (int,), "remasking": (str,), "eta": (float, int), "seed": (int,),
+}
+GENERATE_FIELDS: dict[str, tuple[type, ...]] = {
+    "prompt": (str,), "template": (str,), "length": (int,), "num_samples": (int,), "stream": (bool,),
+    **SAMPLING_FIELDS,
+}
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list",
+               dict: "an object"}
+_OPTION = re.compile(r"--([a-z][a-z-]*)")
+
+
+class RequestError(UserError):
+    """A request the server refuses; ``status`` is the HTTP status (400 unless the server is busy, ...)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for, and how many may wait: the server's memory stays bounded.
+
+    ``max_length`` defaults to four windows of the model's length (longer texts of an MDLM are
+    generated semi-autoregressively, as ``unmask sample --length`` does).
+    """
+
+    max_num_samples: int = 16
+    max_steps: int = 1024
+    max_length: int | None = None
+    max_waiting: int = 256
+
+    def length_limit(self, pipeline: Pipeline) -> int:
+        """The longest text (BOS included) one request may ask of an MDLM."""
+        return self.max_length if self.max_length is not None else 4 * pipeline.config.data.length
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """A checked request: what :func:`unmask.generation.generate_text` takes, and the fixed tokens
+    :func:`unmask.generation.prepare` made of it (the template, or the prefix of a longer text)."""
+
+    sampling: SamplerConfig
+    num_samples: int
+    length: int | None
+    prompt: str | None
+    template: str | None
+    seed: int
+    fixed: Tensor
+
+
+def parse_body(body: bytes) -> dict[str, Any]:
+    """The JSON object of a request body."""
+    if len(body) > MAX_BODY_BYTES:
+        raise RequestError(f"the request body is over {MAX_BODY_BYTES >> 20} MiB; send a shorter prompt", status=413)
+    try:
+        value = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise RequestError(f"the request body is not valid JSON ({err}); send an object such as "
+                           '{"prompt": "The", "length": 64}') from None
+    if not isinstance(value, dict):
+        raise RequestError('the request body must be a JSON object such as {"prompt": "The", "length": 64}')
+    return value
+
+
+def checked_fields(body: Mapping[str, Any], fields: Mapping[str, tuple[type, ...]]) -> dict[str, Any]:
+    """The fields of ``body`` that are set (null counts as absent), each checked to be of its type."""
+    values = {}
+    for name, value in body.items():
+        if name not in fields:
+            close = difflib.get_close_matches(name, fields, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"the fields are {', '.join(sorted(fields))}"
+            raise RequestError(f"unknown field {name!r}; {hint}")
+        if value is None:
+            continue
+        types = fields[name]
+        if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+            raise RequestError(f"{name} must be {_TYPE_NAMES[types[0]]}, got {json.dumps(value)}")
+        if isinstance(value, float) and not math.isfinite(value):  # JSON as Python reads it allows NaN, Infinity
+            raise RequestError(f"{name} must be a finite number, got {value}")
+        values[name] = value
+    return values
+
+
+def in_field_names(message: str, renamed: Mapping[str, str] | None = None) -> str:
+    """A CLI message with its options named as request fields: ``--top-k`` reads ``top_k``."""
+    renamed = {"remask": "remasking", **(renamed or {})}
+
+    def field(match: re.Match) -> str:
+        option = match.group(1)
+        return renamed.get(option, option.replace("-", "_"))
+
+    return _OPTION.sub(field, message)
+
+
+def sampler_config(values: Mapping[str, Any], renamed: Mapping[str, str] | None = None) -> SamplerConfig:
+    """The SamplerConfig of the sampling fields, checked as ``unmask sample`` checks its options."""
+    options = {name: values.get(name) for name in ("sampler", "steps", "order", "threshold", "eta", "temperature",
+                                                   "top_k", "top_p")}
+    try:
+        return SamplerConfig.from_options(remask=values.get("remasking"), **options)
+    except UserError as err:
+        raise RequestError(in_field_names(str(err), renamed)) from None
+
+
+def build_request(
+    pipeline: Pipeline,
+    limits: Limits,
+    sampling: SamplerConfig,
+    *,
+    num_samples: int,
+    length: int | None,
+    prompt: str | None = None,
+    template: str | None = None,
+    seed: int | None = None,
+    renamed: Mapping[str, str] | None = None,
+) -> GenerationRequest:
+    """Check a request against the server's limits and as ``unmask sample`` would; ``seed`` None draws one."""
+    names = {"num-samples": "num_samples", "length": "length", **(renamed or {})}
+    if num_samples > limits.max_num_samples:
+        raise RequestError(f"{names['num-samples']} is at most {limits.max_num_samples} on this server (its memory "
+                           f"limit), got {num_samples}; send several requests instead")
+    if sampling.steps > limits.max_steps and sampling.sampler != "first_hitting":  # it calls once per token
+        raise RequestError(f"steps is at most {limits.max_steps} on this server, got {sampling.steps}; ask for fewer")
+    most = limits.length_limit(pipeline)
+    if length is not None and length > most and not pipeline.is_autoregressive:  # an AR model: prepare says why
+        raise RequestError(f"{length} tokens (BOS included) are over this server's limit of {most}; ask for a "
+                           f"smaller {names['length']}")
+    if seed is None:
+        seed = secrets.randbelow(1 << 31)
+    elif not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+        raise RequestError(f"seed must be a 64-bit integer, got {seed}")
+    try:
+        fixed = prepare(pipeline, sampling, num_samples=num_samples, length=length, prompt=prompt, template=template)
+    except UserError as err:
+        raise RequestError(in_field_names(str(err), renamed)) from None
+    return GenerationRequest(sampling=sampling, num_samples=num_samples, length=length, prompt=prompt,
+                             template=template, seed=seed, fixed=fixed)
+
+
+def generate_request(body: Mapping[str, Any], pipeline: Pipeline, limits: Limits) -> tuple[GenerationRequest, bool]:
+    """The request of a ``POST /v1/generate`` body, and whether it asks for a stream."""
+    values = checked_fields(body, GENERATE_FIELDS)
+    request = build_request(pipeline, limits, sampler_config(values), num_samples=values.get("num_samples", 1),
+                            length=values.get("length"), prompt=values.get("prompt"),
+                            template=values.get("template"), seed=values.get("seed"))
+    return request, values.get("stream", False)
