@@ -150,7 +150,7 @@ def test_a_template_keeps_its_fixed_tokens_in_every_block(model):
 
 @pytest.fixture(scope="module")
 def bd3lm_run(tmp_path_factory):
-    return untrained_run(tmp_path_factory.mktemp("bd3lm_run"), "bd3lm", block_size=8)[0]
+    return untrained_run(tmp_path_factory.mktemp("bd3lm_run"), "bd3lm", block_size=8, scrambled=True)[0]
 
 
 def test_load_and_generate_text(bd3lm_run):
@@ -164,6 +164,21 @@ def test_load_and_generate_text(bd3lm_run):
     assert filled.texts[0].startswith("a") and filled.texts[0].endswith(" c") and len(filled.tokens[0]) == 48
     with pytest.raises(PromptError, match="overlap"):
         generate_text(pipeline, num_samples=1, length=40, overlap=8)
+
+
+def test_the_server_samples_a_bd3lm_model_block_by_block(bd3lm_run):
+    pytest.importorskip("fastapi")
+    pytest.importorskip("httpx")
+    from fastapi.testclient import TestClient
+    from served import alone
+
+    from unmask.serve import Limits, create_app
+
+    pipeline = load(bd3lm_run, device="cpu")
+    with TestClient(create_app(pipeline, limits=Limits(max_length=96))) as client:
+        for body in ({"prompt": "it is", "length": 80, "steps": 4, "seed": 2}, {"num_samples": 2, "seed": 3}):
+            answer = client.post("/v1/generate", json=body).json()
+            assert [s["tokens"] for s in answer["samples"]] == alone(pipeline, body).tokens.tolist()
 
 
 def test_frontier_sweeps_a_bd3lm_checkpoint(bd3lm_run, tmp_path):
