@@ -1,6 +1,7 @@
 import os
 
 import pytest
+from toy import ToyDistribution
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -30,3 +31,9 @@ def corpus_file(tmp_path):
 @pytest.fixture()
 def tiny_overrides(tmp_path):
     return [*TINY, f"data.cache_dir={tmp_path / 'cache'}"]
+
+
+@pytest.fixture(scope="module")
+def toy():
+    """The enumerable distribution of the exact-math tests (3 ids, length 4)."""
+    return ToyDistribution(vocab=3, length=4, seed=1)

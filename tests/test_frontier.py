@@ -7,7 +7,7 @@ import torch
 from runs import untrained_run
 
 from unmask.cli import main
-from unmask.evaluate import frontier
+from unmask.evaluate import frontier, plotting
 from unmask.evaluate.frontier import FrontierPoint, format_table, parse_sampler, run_frontier, sweep, write_table
 
 LENGTH = 16
@@ -97,8 +97,8 @@ def test_errors(runs, tmp_path, monkeypatch):
         sweep(ar, evaluator=str(ar), samplers=["cached"], steps=[2], num_samples=1, device="cpu")
     with pytest.raises(ValueError, match="step counts"):
         sweep(mdlm, evaluator=str(ar), samplers=["cached"], steps=[0], device="cpu")
-    real = frontier.importlib.util.find_spec
-    monkeypatch.setattr(frontier.importlib.util, "find_spec", lambda n: None if n == "matplotlib" else real(n))
+    real = plotting.importlib.util.find_spec
+    monkeypatch.setattr(plotting.importlib.util, "find_spec", lambda n: None if n == "matplotlib" else real(n))
     with pytest.warns(UserWarning, match=r'no plot written: it needs matplotlib \(pip install "unmask\[plot\]"\)'):
         points, written = run_frontier(mdlm, out_dir=tmp_path, evaluator=str(ar), samplers=["cached"], steps=[2],
                                        device="cpu")

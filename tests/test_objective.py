@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from toy import ToyDistribution, WrongDenoiser
+from toy import WrongDenoiser, estimate
 
 from unmask import DiT, DiTConfig, ar_loss, nelbo, nelbo_discrete, objective, subs_log_probs
 from unmask.denoiser import FullHead
@@ -11,21 +11,11 @@ from unmask.objective import masked_log_probs
 SCHEDULES = ["loglinear", "linear", "cosine", "cosine_squared", "geometric", "polynomial"]
 
 
-@pytest.fixture(scope="module")
-def toy():
-    return ToyDistribution(vocab=3, length=4, seed=1)
-
-
-def _estimate(fn, repeats, **kwargs):
-    values = torch.stack([fn(**kwargs) for _ in range(repeats)])
-    return values.mean(0), values.std(0) / repeats**0.5
-
-
 @pytest.mark.parametrize("schedule", SCHEDULES)
 def test_continuous_nelbo_equals_exact_nll(toy, schedule):
     g = torch.Generator().manual_seed(0)
     x0 = toy.draw(6, g)
-    mean, se = _estimate(
+    mean, se = estimate(
         nelbo, 150, denoiser=toy.denoiser(), x0=x0, schedule=schedule, mask_id=toy.mask_id, num_t=64, generator=g
     )
     z = (mean + toy.log_prob(x0)) / se

@@ -166,7 +166,7 @@ def test_an_ar_model_and_long_texts_are_served_as_unmask_sample_serves_them(runs
         refused = client.post("/v1/generate", json={"length": 40})
         assert refused.status_code == 400 and "exceeds the model's length 32" in refused.json()["error"]["message"]
         refused = client.post("/v1/generate", json={"order": "confidence"})
-        assert "apply to MDLM models only" in refused.json()["error"]["message"]
+        assert "apply to diffusion models only" in refused.json()["error"]["message"]
     with TestClient(create_app(pipeline, limits=LIMITS)) as client:  # beyond the model's 32: in windows
         body = {"prompt": "it is", "length": 80, "steps": 8, "seed": 2}
         answer = client.post("/v1/generate", json=body).json()

@@ -32,9 +32,6 @@ class ConfigError(UserError):
     """A user-facing configuration mistake; the message names the fix."""
 
 
-OBJECTIVES = ("mdlm", "ar", "bd3lm")
-
-
 @dataclass
 class DataConfig:
     source: str = "default"  # "default" (embedded corpus), a path, or a dataset name
@@ -51,17 +48,34 @@ class DataConfig:
     streaming: bool = False
 
 
+# The objectives a run can train with (objective.name); each has a branch in unmask.objectives.
+OBJECTIVES = ("mdlm", "ar", "sedd", "d3pm", "bd3lm")
+D3PM_STEPS = 1000  # T of the paper's D3PM row
+
+
 @dataclass
 class ObjectiveConfig:
-    name: str = "mdlm"  # "mdlm", "ar" (the autoregressive baseline on the same backbone) or "bd3lm" (block diffusion)
+    # "mdlm" (SUBS), "ar" (the autoregressive baseline on the same backbone), "sedd" (score entropy,
+    # absorbing), "d3pm" (absorbing, discrete time, no zero masking, no carry-over) or "bd3lm" (block
+    # diffusion: autoregressive across blocks, MDLM within each)
+    name: str = "mdlm"
     schedule: str = "loglinear"
-    discrete_steps: int = 0  # 0: continuous time (the paper's default); T > 0: the discrete-time bound
-    carry_over: bool = True  # ablation: False also scores unmasked positions
-    zero_masking: bool = True  # ablation: False lets the model predict MASK (discrete time only)
+    # T of the discrete-time bound; 0: continuous time; null: the objective's own (continuous for
+    # mdlm and sedd, D3PM_STEPS for d3pm). Read it through time_steps.
+    discrete_steps: int | None = None
+    carry_over: bool = True  # mdlm ablation: False also scores unmasked positions
+    zero_masking: bool = True  # mdlm ablation: False lets the model predict MASK (discrete time only)
     antithetic: bool = True
     block_size: int = 16  # bd3lm: tokens per block, a divisor of data.length (the paper's: 4, 8, 16)
     # bd3lm training draws masking rates from [beta, omega] (clipped schedule); evaluation uses [0, 1].
     mask_rate_range: list[float] = field(default_factory=lambda: [0.0, 1.0])
+
+    @property
+    def time_steps(self) -> int:
+        """T of the bound this objective trains and evaluates with (0: continuous time)."""
+        if self.discrete_steps is not None:
+            return self.discrete_steps
+        return D3PM_STEPS if self.name == "d3pm" else 0
 
 
 @dataclass
@@ -328,10 +342,7 @@ def validate(config: Config) -> None:
             "data.streaming needs a fixed tokenizer (data.tokenizer=gpt2, bert-base-uncased, char or a folder): "
             "training a BPE on the corpus would need the corpus on disk"
         )
-    if not config.objective.zero_masking and config.objective.discrete_steps <= 0:
-        raise ConfigError(
-            "objective.zero_masking=false needs the discrete-time bound: set objective.discrete_steps=1000"
-        )
+    _validate_objective(config)
     if config.train.global_batch % config.train.micro_batch:
         raise ConfigError(
             f"train.global_batch ({config.train.global_batch}) must be a multiple of train.micro_batch "
@@ -340,6 +351,31 @@ def validate(config: Config) -> None:
     if config.model.hidden % config.model.n_heads:
         raise ConfigError(f"model.hidden ({config.model.hidden}) must be divisible by model.n_heads")
     _validate_block_diffusion(config)
+
+
+def _validate_objective(config: Config) -> None:
+    """The objective's own rules: the MDLM ablation switches, SEDD's time conditioning, D3PM's discrete time."""
+    objective = config.objective
+    switched_off = " and ".join(f"objective.{name}=false" for name in ("carry_over", "zero_masking")
+                                if not getattr(objective, name))
+    if objective.name == "mdlm" and not objective.zero_masking and objective.time_steps == 0:
+        raise ConfigError("objective.zero_masking=false needs the discrete-time bound: "
+                          "set objective.discrete_steps=1000")
+    if objective.name == "d3pm":
+        if switched_off:
+            raise ConfigError(f"d3pm has neither zero masking nor carry-over already: drop {switched_off}")
+        if objective.time_steps == 0:
+            raise ConfigError(f"d3pm is a discrete-time objective: set objective.discrete_steps to T >= 1 "
+                              f"(or leave it unset for {D3PM_STEPS})")
+    if objective.name == "sedd":
+        if switched_off:
+            raise ConfigError(f"{switched_off}: these are MDLM ablations; sedd has its own parameterization: "
+                              "drop them")
+        if objective.time_steps:
+            raise ConfigError("sedd's bound is continuous-time: drop objective.discrete_steps")
+        if not config.model.time_conditioning:
+            raise ConfigError("objective.name=sedd reads the output as a score at the noise level t, so the model "
+                              "must see t: add model.time_conditioning=true")
 
 
 def _validate_block_diffusion(config: Config) -> None:
@@ -353,11 +389,11 @@ def _validate_block_diffusion(config: Config) -> None:
         if list(rates) != [0.0, 1.0]:
             raise ConfigError("objective.mask_rate_range applies to objective.name=bd3lm only; drop it")
         return
-    if objective.block_size < 1 or config.data.length % objective.block_size:
+    if config.data.length % objective.block_size:
         raise ConfigError(f"objective.block_size ({objective.block_size}) must divide data.length "
                           f"({config.data.length}), e.g. 4, 8 or 16")
     if config.model.time_conditioning:
         raise ConfigError("objective.name=bd3lm gives every block its own time: set model.time_conditioning=false")
-    if objective.discrete_steps or not objective.carry_over or not objective.zero_masking:
+    if objective.time_steps or not objective.carry_over or not objective.zero_masking:
         raise ConfigError("objective.name=bd3lm uses the continuous-time SUBS bound: drop objective.discrete_steps, "
                           "carry_over and zero_masking")

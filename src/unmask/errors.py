@@ -17,7 +17,7 @@ class UserError(ValueError):
 # The extra of ``pip install "unmask[EXTRA]"`` that brings each optional package.
 EXTRAS = {
     "transformers": "hf", "datasets": "hf", "pyarrow": "hf", "gguf": "hf", "accelerate": "hf",
-    "matplotlib": "plot", "tensorboard": "logging", "fastapi": "serve", "uvicorn": "serve",
+    "huggingface_hub": "hf", "matplotlib": "plot", "tensorboard": "logging", "fastapi": "serve", "uvicorn": "serve",
 }
 
 

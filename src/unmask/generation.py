@@ -129,9 +129,9 @@ def prepare(
         raise PromptError(f"--num-samples must be at least 1, got {num_samples}")
     if length is not None and length < 2:
         raise PromptError(f"--length counts every token, BOS included: at least 2, got {length}")
-    if pipeline.is_autoregressive and (sampling.uses_strategy or sampling.sampler == "first_hitting"):
-        raise PromptError("an AR model decodes left to right, one token per step: --order, --threshold, --remask "
-                          "and --sampler first_hitting apply to MDLM models only")
+    if pipeline.is_autoregressive and (sampling.uses_strategy or sampling.sampler in ("first_hitting", "analytic")):
+        raise PromptError("an AR model decodes left to right, one token per step: --order, --threshold, --remask, "
+                          "--sampler first_hitting and --sampler analytic apply to diffusion models only")
     tokenizer, window = pipeline.tokenizer, pipeline.config.data.length
     if in_windows(pipeline, length):
         if template is not None:
@@ -151,7 +151,7 @@ def start_run(pipeline: Pipeline, sampling: SamplerConfig, fixed: Tensor, *, num
     x = initial_state(batch_size=num_samples, length=len(fixed), mask_id=pipeline.mask_id, template=fixed,
                       device=device)
     return SamplingRun(sampling, x, mask_id=pipeline.mask_id, schedule=pipeline.config.objective.schedule,
-                       generator=torch.Generator(device).manual_seed(seed))
+                       generator=torch.Generator(device).manual_seed(seed), parameterization=pipeline.parameterization)
 
 
 def generate_text(
@@ -196,7 +196,8 @@ def generate_text(
                 out = generate_long(model, sampling, batch_size=num_samples, total_length=length,
                                     window=pipeline.config.data.length, mask_id=tokenizer.mask_id,
                                     schedule=pipeline.config.objective.schedule, overlap=overlap, prefix=fixed,
-                                    stop_id=stop_id, generator=generator, on_step=on_step)
+                                    stop_id=stop_id, generator=generator, on_step=on_step,
+                                    parameterization=pipeline.parameterization)
             else:
                 out = sample_tokens(pipeline, sampling, batch_size=num_samples, template=fixed, generator=generator,
                                     stop_id=stop_id, on_step=on_step)
@@ -215,7 +216,7 @@ def sample_tokens(
 ) -> SampleOutput:
     """Fill the MASK positions of ``template`` [L] for ``batch_size`` samples with the pipeline's own
     sampler: block by block with the key/value cache (bd3lm; ``stop_id`` may end it early), left to
-    right (AR), or the sampling loop over the whole template (MDLM)."""
+    right (AR), or the sampling loop over the whole template (MDLM, SEDD, D3PM)."""
     model, mask_id, schedule = pipeline.model, pipeline.mask_id, pipeline.config.objective.schedule
     if pipeline.block_size is not None:
         return generate_blocks(CachedContext(model, pipeline.block_size), sampling, batch_size=batch_size,
@@ -226,7 +227,8 @@ def sample_tokens(
         return generate_autoregressive(model, batch_size=batch_size, length=len(template), mask_id=mask_id,
                                        template=template, generator=generator, draw=sampling.draw, on_step=on_step)
     return generate(model, sampling, batch_size=batch_size, length=len(template), mask_id=mask_id, schedule=schedule,
-                    template=template, generator=generator, on_step=on_step)
+                    template=template, generator=generator, on_step=on_step,
+                    parameterization=pipeline.parameterization)
 
 
 def text_samples(tokenizer: Tokenizer, out: SampleOutput, seconds: float, *, stop_at_eos: bool = False) -> TextSamples:

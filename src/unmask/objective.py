@@ -10,6 +10,8 @@ p_theta(x0 | x_t) the denoiser's prediction after the SUBS substitutions.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -17,6 +19,9 @@ from unmask.denoiser import Denoiser, denoise
 from unmask.schedules import Schedule, get_schedule
 
 MIN_MASK_RATE = 1e-3
+
+# The per-token loss at a scored position: (logits [N, V], targets [N], mask_id) -> nats [N].
+TokenLoss = Callable[[Tensor, Tensor, int], Tensor]
 
 
 def min_time(schedule: Schedule, min_mask_rate: float = MIN_MASK_RATE) -> float:
@@ -44,16 +49,17 @@ _CHUNK_ELEMENTS = 1 << 20
 
 
 class _MaskedNLL(torch.autograd.Function):
-    """Fused -log p_theta(target) under zero masking, in float32 row chunks.
+    """Fused -log p_theta(target) and the log-normaliser logsumexp(logits) under zero masking, in
+    float32 row chunks.
 
-    Forward keeps only the log-normaliser per row; backward rebuilds softmax - onehot chunk by
-    chunk in the logits' own dtype. Unlike log_softmax + gather, no [N, V] float32 copy, gather
-    scatter or index_fill gradient is ever materialised: with a 50k vocabulary these copies cost
-    more than the output head itself.
+    Forward keeps only the log-normaliser per row; backward rebuilds the softmax chunk by chunk in
+    the logits' own dtype (d nll = softmax - onehot, d lse = softmax). Unlike log_softmax + gather,
+    no [N, V] float32 copy, gather scatter or index_fill gradient is ever materialised: with a 50k
+    vocabulary these copies cost more than the output head itself.
     """
 
     @staticmethod
-    def forward(ctx, logits: Tensor, targets: Tensor, mask_id: int | None) -> Tensor:
+    def forward(ctx, logits: Tensor, targets: Tensor, mask_id: int | None) -> tuple[Tensor, Tensor]:
         ctx.rows = rows = max(1, _CHUNK_ELEMENTS // logits.shape[-1])
         lse = torch.empty(logits.shape[0], device=logits.device, dtype=torch.float32)
         target_logit = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1).float()
@@ -63,19 +69,22 @@ class _MaskedNLL(torch.autograd.Function):
         ctx.save_for_backward(logits, targets, lse)
         ctx.mask_id = mask_id
         nll = lse - target_logit
-        return torch.where(targets == mask_id, float("inf"), nll) if mask_id is not None else nll
+        nll = torch.where(targets == mask_id, float("inf"), nll) if mask_id is not None else nll
+        return nll, lse.clone()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_nll: Tensor) -> tuple[Tensor, None, None]:
+    def backward(ctx, grad_nll: Tensor, grad_lse: Tensor) -> tuple[Tensor, None, None]:
         logits, targets, lse = ctx.saved_tensors
         grad = torch.empty_like(logits)
+        softmax_weight = grad_nll + grad_lse
         for start in range(0, logits.shape[0], ctx.rows):
             end = start + ctx.rows
-            # d nll / d logits = softmax (MASK excluded: exp(-inf) = 0) - onehot(target).
+            # softmax (MASK excluded: exp(-inf) = 0) * (grad_nll + grad_lse) - onehot(target) * grad_nll.
             probs = (_float_masked(logits[start:end], ctx.mask_id) - lse[start:end, None]).exp_()
-            probs.scatter_add_(-1, targets[start:end, None], probs.new_full((probs.shape[0], 1), -1.0))
-            grad[start:end] = probs.mul_(grad_nll[start:end, None])
+            probs.mul_(softmax_weight[start:end, None])
+            probs.scatter_add_(-1, targets[start:end, None], -grad_nll[start:end, None])
+            grad[start:end] = probs
         return grad, None, None
 
 
@@ -93,6 +102,12 @@ def masked_nll(logits: Tensor, targets: Tensor, mask_id: int | None) -> Tensor:
     ``-masked_log_probs(logits, mask_id).gather(-1, targets[:, None])`` but fused: float32 math in
     chunks, whatever the logits' dtype, and no [N, V] intermediate kept for the backward pass.
     """
+    return _MaskedNLL.apply(logits, targets, mask_id)[0]
+
+
+def masked_nll_and_logsumexp(logits: Tensor, targets: Tensor, mask_id: int | None) -> tuple[Tensor, Tensor]:
+    """(:func:`masked_nll`, logsumexp of the logits over every id but MASK) per row, both float32 and
+    both differentiable, from one fused pass (SEDD's score entropy needs the normaliser itself)."""
     return _MaskedNLL.apply(logits, targets, mask_id)
 
 
@@ -155,7 +170,7 @@ def _mask_tokens(
     return torch.where(masked, mask_id, x0), masked
 
 
-def _per_row_sum(values: Tensor, where: Tensor) -> Tensor:
+def per_row_sum(values: Tensor, where: Tensor) -> Tensor:
     """Sum values [N] (row-major over the True entries of where [R, L]) back into rows [R]."""
     rows = where.nonzero()[:, 0]
     return torch.zeros(where.shape[0], device=values.device, dtype=values.dtype).index_add_(0, rows, values)
@@ -196,6 +211,7 @@ def nelbo(
     generator: torch.Generator | None = None,
     carry_over: bool = True,
     min_mask_rate: float = MIN_MASK_RATE,
+    token_loss: TokenLoss = masked_nll,
 ) -> Tensor:
     """Continuous-time NELBO per sequence in nats (paper eq. 10), averaged over num_t times.
 
@@ -205,6 +221,9 @@ def nelbo(
     count; the others (padding) are never masked, never scored, and hidden from attention when the
     denoiser supports an attention mask. ``carry_over=False`` is the paper's ablation that also
     scores unmasked positions (the denoiser must then predict tokens it can see).
+
+    ``token_loss`` replaces -log p_theta(x0^i | x_t) at each scored position: SEDD's score entropy
+    is this same estimator with another per-token loss (:mod:`unmask.objectives.sedd`).
     """
     schedule = get_schedule(schedule)
     t_min = 0.0 if t is not None else min_time(schedule, min_mask_rate)
@@ -217,9 +236,9 @@ def nelbo(
     scored = masked if carry_over else keep_rep
     attention_mask = None if loss_mask is None else keep_rep
     logits = denoise(denoiser, x_t, times, where=scored, attention_mask=attention_mask)
-    token_nll = masked_nll(logits, x0_rep[scored], mask_id)
+    token_nll = token_loss(logits, x0_rep[scored], mask_id)
     # Times are uniform on [t_min, 1]: the interval's length turns the mean into the integral.
-    per_row = (1 - t_min) * schedule.loss_weight(times) * _per_row_sum(token_nll, scored)
+    per_row = (1 - t_min) * schedule.loss_weight(times) * per_row_sum(token_nll, scored)
     return per_row.view(copies, x0.shape[0]).mean(0)
 
 
@@ -263,7 +282,7 @@ def nelbo_discrete(
     rows = scored.nonzero()[:, 0]
     if zero_masking:
         token_nll = masked_nll(logits, x0_rep[scored], mask_id)
-        per_row = steps * unmask_prob * _per_row_sum(token_nll, scored)
+        per_row = steps * unmask_prob * per_row_sum(token_nll, scored)
     else:
         token_kl = _d3pm_masked_kl(
             torch.log_softmax(logits.float(), dim=-1),
@@ -273,7 +292,7 @@ def nelbo_discrete(
             schedule.alpha(s)[rows],
             unmask_prob[rows],
         )
-        per_row = steps * _per_row_sum(token_kl, scored)
+        per_row = steps * per_row_sum(token_kl, scored)
     return per_row.view(num_t, batch).mean(0)
 
 
@@ -320,7 +339,7 @@ def ar_loss(
     logits = denoise(model, x0, t, where=scored, attention_mask=attention_mask)
     targets = x0[:, 1:][scored[:, :-1]]
     token_nll = masked_nll(logits, targets, mask_id)
-    return _per_row_sum(token_nll, scored)
+    return per_row_sum(token_nll, scored)
 
 
 def ar_token_count(x0: Tensor, loss_mask: Tensor | None = None) -> Tensor:

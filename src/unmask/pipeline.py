@@ -1,4 +1,9 @@
-"""A trained model ready to use: weights, tokenizer and configuration from one checkpoint."""
+"""A trained model ready to use: weights, tokenizer and configuration from one folder.
+
+:func:`load` reads whatever the folder is: an unmask run or checkpoint, a released MDLM checkpoint
+in its Hugging Face layout, or a Hugging Face masked LM (each format's reading lives in
+:mod:`unmask.interop`); a hub name is fetched into the hub cache first.
+"""
 
 from __future__ import annotations
 
@@ -7,26 +12,26 @@ from pathlib import Path
 
 import torch
 
-from unmask.checkpoint import (
-    CheckpointError,
-    is_sharded,
-    load_config,
-    load_weights,
-    read_tensors,
-    resolve_checkpoint,
-    sharded,
-)
+from unmask.checkpoint import WEIGHTS, CheckpointError, load_config, load_weights, model_weights, resolve_checkpoint
 from unmask.config import Config
 from unmask.data import Tokenizer, load_tokenizer
+from unmask.interop import MASKED_LM, RELEASED_MDLM, folder_format, load_masked_lm, load_released, locate
 from unmask.models import DiT
 from unmask.runtime import resolve_device
+
+READERS = {RELEASED_MDLM: load_released, MASKED_LM: load_masked_lm}
 
 
 @dataclass
 class Pipeline:
-    """What ``unmask.load`` returns: use ``model`` with :func:`unmask.generate` or :func:`unmask.nelbo`."""
+    """What ``unmask.load`` returns: use ``model`` with :func:`unmask.generate` or :func:`unmask.nelbo`.
 
-    model: DiT
+    ``model`` is unmask's DiT, or a Hugging Face masked LM wrapped as a denoiser; ``config`` describes
+    the run (for a model from outside: its length, tokenizer and MDLM objective); ``checkpoint`` is the
+    folder it was read from.
+    """
+
+    model: torch.nn.Module
     tokenizer: Tokenizer
     config: Config
     checkpoint: Path
@@ -45,35 +50,39 @@ class Pipeline:
         return self.config.objective.block_size if self.config.objective.name == "bd3lm" else None
 
     @property
+    def parameterization(self) -> str:
+        """How the model's logits read (:mod:`unmask.score`): "sedd" (a log-score) or "subs" (an x0 prediction)."""
+        return "sedd" if self.config.objective.name == "sedd" else "subs"
+
+    @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
 
 def load(path: str | Path, *, weights: str = "ema", device: str = "auto", step: int | None = None) -> Pipeline:
-    """Load a run directory (its latest checkpoint, or ``step``) or a checkpoint folder for inference.
+    """Load a model for inference: an unmask run directory (its latest checkpoint, or ``step``) or
+    checkpoint folder, a released MDLM folder, a Hugging Face masked-LM folder, or a hub name of either.
 
-    ``weights="ema"`` (default, as the paper evaluates) uses the EMA weights when saved,
-    ``"model"`` the raw trained weights. The model is returned in eval mode.
+    ``weights="ema"`` (default, as the paper evaluates) uses the EMA weights of an unmask
+    checkpoint when saved, ``"model"`` the raw trained weights. The model is returned in eval mode.
     """
-    if weights not in ("ema", "model"):
+    if weights not in WEIGHTS:
         raise ValueError(f"weights must be 'ema' or 'model', got {weights!r}")
     target = resolve_device(device)
-    checkpoint = resolve_checkpoint(path, step=step)
-    config = load_config(checkpoint)
-    if not (checkpoint / "tokenizer").is_dir():
-        raise CheckpointError(f"{checkpoint} has no tokenizer folder; the checkpoint is incomplete")
-    tokenizer = load_tokenizer(checkpoint / "tokenizer")
-    model = DiT(config.model_config(tokenizer.vocab_size))
-    if is_sharded(checkpoint):  # of a multi-process run: consolidated here, in memory
-        saved = sharded.saved_tensors(checkpoint)
-        kind = "ema" if weights == "ema" and any(name.startswith("ema.") for name in saved) else "model"
-        names = [f"{kind}.{name}" for name in model.state_dict()]
-        tensors = {name.removeprefix(f"{kind}."): value for name, value in sharded.read_full(checkpoint, names).items()}
-        load_weights(model, tensors, checkpoint)
+    folder = locate(path)
+    kind = folder_format(folder)
+    if kind in READERS:
+        if step is not None:
+            raise CheckpointError(f"--step picks a checkpoint of an unmask run; {path} is a single model")
+        model, tokenizer, config = READERS[kind](folder)
+        checkpoint = folder
     else:
-        file = checkpoint / ("ema.safetensors" if weights == "ema" else "model.safetensors")
-        if not file.is_file():
-            file = checkpoint / "model.safetensors"
-        load_weights(model, read_tensors(file), file)
+        checkpoint = resolve_checkpoint(folder, step=step)
+        config = load_config(checkpoint)
+        if not (checkpoint / "tokenizer").is_dir():
+            raise CheckpointError(f"{checkpoint} has no tokenizer folder; the checkpoint is incomplete")
+        tokenizer = load_tokenizer(checkpoint / "tokenizer")
+        model = DiT(config.model_config(tokenizer.vocab_size))
+        load_weights(model, model_weights(checkpoint, weights), checkpoint)
     model.to(target).eval()
     return Pipeline(model=model, tokenizer=tokenizer, config=config, checkpoint=checkpoint)

@@ -1,8 +1,9 @@
 """Checkpoints: where they live and how to read them (:mod:`.layout`), the one object that saves and
-restores a run's state (:mod:`.checkpointer`), sharded ones read safely (:mod:`.sharded`), export."""
+restores a run's state (:mod:`.checkpointer`), sharded ones read safely (:mod:`.sharded`), the model
+weights of either kind (:mod:`.weights`), export."""
 
 from unmask.checkpoint.checkpointer import Checkpointer
-from unmask.checkpoint.export import export_checkpoint
+from unmask.checkpoint.export import export_checkpoint, write_new_folder
 from unmask.checkpoint.layout import (
     CheckpointError,
     CheckpointNotice,
@@ -14,8 +15,10 @@ from unmask.checkpoint.layout import (
     read_tensors,
     resolve_checkpoint,
 )
+from unmask.checkpoint.weights import WEIGHTS, model_weights
 
 __all__ = [
+    "WEIGHTS",
     "CheckpointError",
     "CheckpointNotice",
     "Checkpointer",
@@ -23,8 +26,10 @@ __all__ = [
     "is_checkpoint",
     "is_sharded",
     "load_config",
+    "model_weights",
     "load_weights",
     "read_state",
     "read_tensors",
     "resolve_checkpoint",
+    "write_new_folder",
 ]

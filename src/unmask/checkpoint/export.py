@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -33,23 +34,33 @@ from unmask.fileio import publish_folder, staging_folder, write_tensors
 from unmask.models import DiT
 
 
-def export_checkpoint(source: str | Path, out: str | Path, *, step: int | None = None) -> Path:
-    """Write the single-process checkpoint folder of a run or checkpoint (or its ``step``) to ``out``."""
-    checkpoint = resolve_checkpoint(source, step=step)
+def write_new_folder(out: str | Path, build: Callable[[Path], None]) -> Path:
+    """Build the new folder ``out`` atomically: ``build(tmp)`` fills a staging folder that is then
+    renamed into place; an existing non-empty ``out`` is refused, a failed build leaves nothing."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise CheckpointError(f"{out} already exists; choose a new folder for --out")
     try:
         with staging_folder(out) as tmp:
-            if is_sharded(checkpoint):
-                _consolidate(checkpoint, tmp)
-            else:
-                _verify(checkpoint)
-                shutil.copytree(checkpoint, tmp, dirs_exist_ok=True)
+            build(tmp)
             publish_folder(tmp, out, replace=False)  # an empty folder given as --out is replaced
     except OSError as err:
         raise CheckpointError(f"could not write {out} ({err}); choose a writable folder for --out") from None
     return out
+
+
+def export_checkpoint(source: str | Path, out: str | Path, *, step: int | None = None) -> Path:
+    """Write the single-process checkpoint folder of a run or checkpoint (or its ``step``) to ``out``."""
+    checkpoint = resolve_checkpoint(source, step=step)
+
+    def build(tmp: Path) -> None:
+        if is_sharded(checkpoint):
+            _consolidate(checkpoint, tmp)
+        else:
+            _verify(checkpoint)
+            shutil.copytree(checkpoint, tmp, dirs_exist_ok=True)
+
+    return write_new_folder(out, build)
 
 
 def _verify(checkpoint: Path) -> None:

@@ -2,12 +2,18 @@
 the one place where errors become one line on stderr.
 
     unmask train --preset tiny --data PATH_OR_NAME --out RUN_DIR [--max-steps N] [--resume] [--nproc N] [key=value ...]
-    unmask eval RUN_DIR_OR_CHECKPOINT [--data PATH_OR_NAME] [--num-t K] [--discrete-steps T ...] [--mask-rate-ranges]
-    unmask sample RUN_DIR_OR_CHECKPOINT [--num-samples N] [--steps T] [--sampler NAME] [--prompt TEXT]
-    unmask serve RUN_DIR_OR_CHECKPOINT [--host 127.0.0.1] [--port 8000] [--max-batch N]
-    unmask frontier RUN_DIR_OR_CHECKPOINT --evaluator SPEC [--samplers a,b] [--steps 16,32] [--out DIR]
-    unmask export RUN_DIR_OR_CHECKPOINT --out FOLDER
+    unmask eval MODEL [--data PATH_OR_NAME] [--detokenizer NAME] [--num-t K] [--discrete-steps T ...]
+              [--mask-rate-ranges LO:HI ...]
+    unmask sample MODEL [--num-samples N] [--steps T] [--sampler NAME] [--prompt TEXT]
+    unmask serve MODEL [--host 127.0.0.1] [--port 8000] [--max-batch N]
+    unmask frontier MODEL --evaluator SPEC [--samplers a,b] [--steps 16,32] [--out DIR]
+    unmask export RUN_DIR_OR_CHECKPOINT --out FOLDER [--format unmask|hf] [--allow-approximate-gelu]
+    unmask convert CHECKPOINT.ckpt --out FOLDER [--no-ema] [--trust-pickle]
     unmask demo [--out DIR] [--minutes M]
+    unmask study PRESET --out DIR --budget MINUTES [--data D] [--objectives ar,mdlm,sedd,d3pm] [--ablations]
+
+MODEL is an unmask run directory or checkpoint folder, a released MDLM folder (Hugging Face layout),
+a Hugging Face masked-LM folder, or the hub name of either (online, or in the hub cache).
 
 Under ``torchrun --nproc-per-node N -m unmask train|eval ...`` every process runs the same command;
 rank 0 alone prints. An error the user can fix (a bad option, file, checkpoint or config, a missing
@@ -33,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         args, extra = parser.parse_known_args(argv)
-        stray = [item for item in extra if item.startswith("-") or "=" not in item or args.command != "train"]
+        stray = [item for item in extra if item.startswith("-") or "=" not in item or not hasattr(args, "overrides")]
         if stray:
             parser.error(f"unrecognized arguments: {' '.join(stray)}")
     except SystemExit as done:  # --help, or a bad option (already said in one line)

@@ -18,9 +18,11 @@ from unmask.evaluate.frontier import format_table, run_frontier
 from unmask.evaluate.generative import generative_perplexity, load_evaluator
 from unmask.evaluate.report import evaluate_checkpoint
 from unmask.generation import generate_text
+from unmask.interop import convert_lightning, export_hf
 from unmask.pipeline import load
 from unmask.sampling import SamplerConfig
 from unmask.serve import serve
+from unmask.study import EvalSettings, study
 from unmask.train import resume_config, train
 
 DEFAULT_PRESET = "tiny"
@@ -60,11 +62,15 @@ def _format_report(report: dict) -> str:
     figure = report["bits_per_token"] if report["character_level"] else report["perplexity"]
     rows = [
         ("checkpoint", report["checkpoint"]),
-        ("data", f"{report['data']} ({report['split']}), {report['tokens']:,} tokens, {report['sequences']} sequences"),
+        ("data", f"{report['data']} ({report['split']}), {report['tokens']:,} tokens, {report['sequences']} sequences"
+                 f" of {report['length']}"),
         ("NLL / token" if exact else "NELBO / token",
          f"{report['nelbo_per_token']:.4f} nats +- {report['stderr']:.4f} (K={report['num_t']})"),
         (unit, f"{figure:.3f}"),
     ]
+    if report["detokenizer"] is not None:
+        rows.insert(2, ("protocol", f"zero-shot as the reference: detokenizer {report['detokenizer']}, documents "
+                                    "wrapped, last partial block dropped"))
     for steps, result in report["discrete"].items():
         bound = f"{result['nelbo_per_token']:.4f} nats, PPL bound {result['perplexity']:.3f}"
         rows.append((f"discrete T={steps}", bound))
@@ -89,7 +95,8 @@ def eval_command(args: argparse.Namespace) -> int:
     report = evaluate_checkpoint(
         args.checkpoint, step=args.step, data=args.data, split=args.split, num_t=args.num_t,
         discrete_steps=args.discrete_steps, batch_size=args.batch_size, max_batches=args.max_batches, seed=args.seed,
-        device=args.device, text_field=args.text_field, mask_rate_ranges=args.mask_rate_ranges,
+        device=args.device, text_field=args.text_field, detokenizer=args.detokenizer,
+        mask_rate_ranges=args.mask_rate_ranges,
     )
     if not is_main_process():  # under torchrun: rank 0 reports
         return 0
@@ -133,7 +140,29 @@ def serve_command(args: argparse.Namespace) -> int:
 
 
 def export_command(args: argparse.Namespace) -> int:
-    print(f"wrote {export_checkpoint(args.checkpoint, args.out, step=args.step)}")
+    if args.format == "unmask":
+        if args.allow_approximate_gelu:
+            raise UserError("--allow-approximate-gelu applies to --format hf only; add --format hf or drop it")
+        print(f"wrote {export_checkpoint(args.checkpoint, args.out, step=args.step)}")
+        return 0
+    exported = export_hf(args.checkpoint, args.out, step=args.step, allow_approximate_gelu=args.allow_approximate_gelu)
+    print(f"wrote {exported.out} in the released MDLM layout (config.json, model.safetensors, tokenizer): "
+          "unmask loads it, and so does transformers' AutoModelForMaskedLM with trust_remote_code=True")
+    if not exported.transformers_tokenizer:
+        print("note: transformers has no equivalent of this model's character tokenizer; only unmask reads the "
+              "tokenizer files", file=sys.stderr)
+    return 0
+
+
+def convert_command(args: argparse.Namespace) -> int:
+    done = convert_lightning(args.ckpt, args.out, ema=not args.no_ema, trust_pickle=args.trust_pickle)
+    shape = done.config
+    print(f"wrote {done.out}: step {done.step}, {'EMA' if done.weights == 'ema' else 'trained'} weights, "
+          f"{shape.n_layers} blocks x {shape.hidden}, {shape.n_heads} heads, vocabulary {shape.vocab_size}, "
+          f"length {shape.length}, tokenizer {done.tokenizer}")
+    if done.assumed:
+        print(f"note: the checkpoint does not record {', '.join(done.assumed)}: the paper's value was assumed",
+              file=sys.stderr)
     return 0
 
 
@@ -158,5 +187,22 @@ def frontier_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def study_command(args: argparse.Namespace) -> int:
+    settings = EvalSettings(num_t=args.num_t, max_batches=args.eval_batches, batch_size=args.eval_batch_size,
+                            seed=args.seed)
+    result, written = study(args.preset, out=args.out, budget=args.budget, data=args.data,
+                            objectives=args.objectives, ablations=args.ablations, overrides=args.overrides,
+                            settings=settings, progress=not args.quiet)
+    if result.interrupted:
+        print(f"interrupted while training {result.interrupted} (its progress is saved); run the same command "
+              "again to continue", file=sys.stderr)
+        return 130
+    print("\n" + (Path(args.out) / "study.md").read_text(), end="")
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
 COMMANDS = {"train": train_command, "eval": eval_command, "sample": sample_command, "serve": serve_command,
-            "frontier": frontier_command, "export": export_command, "demo": demo_command}
+            "frontier": frontier_command, "export": export_command, "convert": convert_command, "demo": demo_command,
+            "study": study_command}

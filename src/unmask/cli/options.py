@@ -79,6 +79,20 @@ def step_counts(text: str) -> list[int]:
     return [parse(item) for item in text.split(",") if item.strip()]
 
 
+def names_from(choices: tuple[str, ...] | list[str]):
+    """Comma-separated names, each one of ``choices`` (in the order given, once each)."""
+
+    def parse(text: str) -> list[str]:
+        names = list(dict.fromkeys(item.strip() for item in text.split(",") if item.strip()))
+        unknown = [name for name in names if name not in choices]
+        if unknown or not names:
+            raise argparse.ArgumentTypeError(f"expected comma-separated names from {', '.join(choices)}, got {text!r}")
+        return names
+
+    parse.__name__ = "names"
+    return parse
+
+
 def rate_range(text: str) -> tuple[float, float]:
     """A masking-rate range ``LO:HI`` with 0 <= LO < HI <= 1."""
     low, sep, high = text.partition(":")

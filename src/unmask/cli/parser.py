@@ -6,10 +6,12 @@ import argparse
 import sys
 from typing import NoReturn
 
-from unmask.cli.options import at_least, float_in, output_file, port, rate_range, step_counts
+from unmask.cli.options import at_least, float_in, names_from, output_file, port, rate_range, step_counts
 from unmask.config import preset_names
+from unmask.data import DETOKENIZERS
 from unmask.evaluate.frontier import DEFAULT_SAMPLERS, DEFAULT_STEPS
 from unmask.sampling import ORDERS, REMASKING, SAMPLERS
+from unmask.study import OBJECTIVES, EvalSettings
 
 
 class Parser(argparse.ArgumentParser):
@@ -21,11 +23,18 @@ class Parser(argparse.ArgumentParser):
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows each option's default (unless it has none)."""
+    """Shows each option's default, unless it has none (None, or a flag that is off)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        no_default = any(action.default is none for none in (None, False, argparse.SUPPRESS))  # 0 == False: "is"
+        if no_default or "%(default)" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
 
 
 def _checkpoint_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="run directory (its latest checkpoint) or checkpoint folder")
+    p.add_argument("checkpoint", help="run directory (its latest checkpoint), checkpoint folder, released MDLM or "
+                                      "Hugging Face masked-LM folder, or its hub name (online)")
     p.add_argument("--step", type=at_least(0), help="use this step's checkpoint of the run instead of the latest")
 
 
@@ -49,7 +58,11 @@ def _eval(sub) -> None:
     p = sub.add_parser("eval", help="likelihood bound (and generative perplexity) of a checkpoint",
                        formatter_class=_Help)
     _checkpoint_arguments(p)
-    p.add_argument("--data", help="evaluate zero-shot on this file, folder or dataset name")
+    p.add_argument("--data", help="evaluate zero-shot on this file, folder or dataset name (ptb, wikitext-2, "
+                                  "lambada, lm1b, ag_news, pubmed, arxiv: the paper's protocol)")
+    p.add_argument("--detokenizer", choices=list(DETOKENIZERS),
+                   help="the reference's zero-shot reading with this detokenizer (default: the dataset's own for "
+                        "the paper's datasets; use it for a local copy of one)")
     p.add_argument("--text-field", help="the field of .jsonl / column of .parquet files that holds the text "
                                         "(default: the run's data.text_field)")
     p.add_argument("--split", choices=("train", "validation", "test", "all"),
@@ -78,7 +91,7 @@ def _sample(sub) -> None:
     p.add_argument("--steps", type=at_least(1), default=128, help="sampling steps T (per window; per block for bd3lm)")
     p.add_argument("--sampler", default="cached", choices=SAMPLERS,
                    help="cached: exact, skips idle steps; ancestral: calls at every step; first_hitting: exact, "
-                        "one token per call")
+                        "one token per call; analytic: SEDD's Tweedie tau-leaping (any diffusion model)")
     p.add_argument("--length", type=at_least(2),
                    help="tokens per sample, BOS included (default: the model's; longer runs semi-autoregressively, "
                         "or block by block for bd3lm)")
@@ -121,7 +134,7 @@ def _frontier(sub) -> None:
     p.add_argument("--evaluator", required=True,
                    help="AR scorer: an unmask AR run, 'smollm2', a Hugging Face folder or .gguf file")
     p.add_argument("--samplers", default=",".join(DEFAULT_SAMPLERS),
-                   help="comma-separated: ancestral, cached, first_hitting, confidence, margin, entropy, "
+                   help="comma-separated: ancestral, cached, first_hitting, analytic, confidence, margin, entropy, "
                         "threshold-TAU, remdm-STRATEGY[-ETA] (cap, rescale, conf, loop)")
     p.add_argument("--steps", type=step_counts, default=list(DEFAULT_STEPS), help="comma-separated step counts")
     p.add_argument("--num-samples", type=at_least(1), default=16, help="samples per point")
@@ -133,10 +146,28 @@ def _frontier(sub) -> None:
 
 
 def _export(sub) -> None:
-    p = sub.add_parser("export", help="write a checkpoint as a single-process safetensors folder",
-                       formatter_class=_Help)
+    p = sub.add_parser("export", help="write a checkpoint as a single-process safetensors folder, or in the "
+                                      "released MDLM (Hugging Face) layout", formatter_class=_Help)
     _checkpoint_arguments(p)
-    p.add_argument("--out", required=True, help="new folder for model/ema safetensors, config, tokenizer, state")
+    p.add_argument("--out", required=True, help="new folder for the exported model")
+    p.add_argument("--format", choices=("unmask", "hf"), default="unmask",
+                   help="unmask: model/ema safetensors, config, tokenizer, state (resumes training); hf: the released "
+                        "MDLM layout (config.json, model.safetensors, tokenizer files) for the reference code and "
+                        "transformers")
+    p.add_argument("--allow-approximate-gelu", action="store_true",
+                   help="with --format hf: export a model trained with the exact (erf) GELU although the reference "
+                        "computes the tanh approximation (its logits then differ slightly there)")
+
+
+def _convert(sub) -> None:
+    p = sub.add_parser("convert", help="convert a reference MDLM Lightning checkpoint (.ckpt) to an unmask checkpoint",
+                       formatter_class=_Help)
+    p.add_argument("ckpt", metavar="CHECKPOINT.ckpt", help="the reference code's PyTorch Lightning checkpoint")
+    p.add_argument("--out", required=True, help="new folder for the unmask checkpoint")
+    p.add_argument("--no-ema", action="store_true", help="convert the trained weights instead of their EMA")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="read the .ckpt although it is a pickle, which runs any code it contains: only for files "
+                        "from a source you trust")
 
 
 def _demo(sub) -> None:
@@ -150,9 +181,36 @@ def _demo(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _study(sub) -> None:
+    p = sub.add_parser("study", help="train AR, MDLM, SEDD, D3PM (and ablations) alike, evaluate, tabulate, plot",
+                       formatter_class=_Help)
+    p.add_argument("preset", help=f"one of {', '.join(preset_names())} or a .yaml file: the backbone and data "
+                                  "settings every model shares")
+    p.add_argument("--data", help="corpus: 'default' (embedded), a file or folder, or a dataset name "
+                                  "(default: the preset's)")
+    p.add_argument("--out", required=True,
+                   help="study folder: one run per model, the shared tokenizer, study.md/json/png; run the same "
+                        "command again to continue an interrupted study")
+    p.add_argument("--budget", type=float_in(0.0, None, low_open=True), required=True, metavar="MINUTES",
+                   help="training time per model (train.max_minutes)")
+    p.add_argument("--objectives", type=names_from(tuple(OBJECTIVES)),
+                   help=f"comma-separated, from {','.join(OBJECTIVES)} (default: every one this unmask can train)")
+    p.add_argument("--ablations", action="store_true",
+                   help="also the paper's ablations of MDLM: T = 1000/100/10, w/o carry-over, w/o zero masking, "
+                        "time conditioning")
+    p.add_argument("--num-t", type=at_least(1), default=EvalSettings.num_t, help="time samples per sequence (K)")
+    p.add_argument("--eval-batches", type=at_least(1), help="evaluate on the first batches only (default: all)")
+    p.add_argument("--eval-batch-size", type=at_least(1), default=EvalSettings.batch_size,
+                   help="sequences per evaluation pass")
+    p.add_argument("--seed", type=int, default=EvalSettings.seed, help="seed of the evaluation's noise")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config overrides for every model, e.g. train.device=cuda model.n_layers=8")
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="unmask", description="Masked diffusion language models (MDLM).")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for add in (_train, _eval, _sample, _serve, _frontier, _export, _demo):
+    for add in (_train, _eval, _sample, _serve, _frontier, _export, _convert, _demo, _study):
         add(sub)
     return parser

@@ -6,12 +6,15 @@ text -> ``iter_documents`` -> ``Tokenizer`` -> ``TokenBlocks`` (cached on disk) 
 
 from .batching import batch_iterator, corpus_entropy, eval_batches
 from .blocks import TokenBlocks
+from .detokenizers import DETOKENIZERS, ZERO_SHOT_DETOKENIZER
 from .errors import DataError
 from .sources import KNOWN_DATASETS, iter_documents
 from .tokenizer_base import Tokenizer
 from .tokenizer_loading import get_tokenizer, load_tokenizer
 
 __all__ = [
+    "DETOKENIZERS",
+    "ZERO_SHOT_DETOKENIZER",
     "KNOWN_DATASETS",
     "DataError",
     "TokenBlocks",

@@ -6,7 +6,9 @@
   every token.
 - "padded" (LM1B): one document per block, ``[BOS] tokens [EOS]``, with the document
   truncated to L-2 tokens (the EOS always stays) and right-padded with PAD.
-In both, ``loss_mask`` is True exactly on the non-padding positions. It is computed from
+In both, ``loss_mask`` is True exactly on the non-padding positions.
+With a ``detokenizer`` the blocks follow the reference's zero-shot protocol (see
+:mod:`.detokenizers`): wrapped, and the last partial block dropped as the reference drops it. It is computed from
 lengths, not by comparing with ``pad_id``, because GPT-2's PAD is the same id as its EOS.
 """
 
@@ -59,8 +61,11 @@ class TokenBlocks(Dataset):
 
     def __init__(self, source: str, tokenizer: Tokenizer, *, split: str = "train", length: int,
                  layout: str = "wrapped", cache_dir: str | Path | None = None,
-                 max_documents: int | None = None, text_field: str = "text") -> None:
+                 max_documents: int | None = None, text_field: str = "text", detokenizer: str | None = None
+                 ) -> None:
         check_block_options(layout, length, max_documents)
+        if detokenizer is not None and layout != "wrapped":
+            raise DataError("the zero-shot protocol (a detokenizer) wraps documents; use layout='wrapped'")
         self.source, self.split, self.layout, self.length = source, split, layout, length
         self.tokenizer = tokenizer
         identity = {
@@ -68,19 +73,25 @@ class TokenBlocks(Dataset):
             "split": split,
             "tokenizer": tokenizer.fingerprint(),
             "max_documents": max_documents,
+            **({"detokenizer": detokenizer} if detokenizer is not None else {}),
         }
         # Documents are only read when the cache has to be built (reading can be a full pass
         # over the files); a bad split never has a cache, so it still fails here.
         self.cache = open_or_build(
             Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir(),
             identity,
-            lambda: islice(iter_documents(source, split, text_field=text_field), max_documents),
+            lambda: islice(iter_documents(source, split, text_field=text_field, detokenizer=detokenizer),
+                           max_documents),
             tokenizer,
         )
         stream_length = len(self.cache.tokens)
         interior = length - 2
         if layout == "wrapped":
             full, rest = divmod(stream_length, interior)
+            if detokenizer is not None:
+                rest = 0  # the reference drops the last partial block
+            if full + (rest > 0) == 0:
+                raise DataError(f"{source} ({split}) has {stream_length} tokens, less than one block of {length}")
             self._size = full + (rest > 0)
             self.num_tokens = full * length + (rest + 2 if rest else 0)
         else:

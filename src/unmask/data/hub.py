@@ -60,8 +60,12 @@ TEXT8_SPLITS = {"train": (0.0, 0.9), "validation": (0.9, 0.95), "test": (0.95, 1
                 "all": (0.0, 1.0)}
 
 
-def hub_documents(name: str, split: str) -> Iterator[str]:
-    """Documents of a dataset in ``HUB_DATASETS``; loads it now, yields lazily."""
+def hub_documents(name: str, split: str, *, as_published: bool = False) -> Iterator[str]:
+    """Documents of a dataset in ``HUB_DATASETS``; loads it now, yields lazily.
+
+    Rows are stripped and empty ones skipped, or with ``as_published`` every row is yielded as it
+    is (the reference's zero-shot reading: an empty row still ends with an EOS in the stream).
+    """
     entry = HUB_DATASETS[name]
     if split == "all":
         hub_splits = list(dict.fromkeys(entry.splits.values()))
@@ -88,15 +92,17 @@ def hub_documents(name: str, split: str) -> Iterator[str]:
         cut = max(total - entry.validation_tail, 0)
         rows = range(cut) if split == "train" else range(cut, total)
         parts = [parts[0].select(rows)]
-    return _hub_texts(parts, entry.text_field)
+    return _hub_texts(parts, entry.text_field, as_published)
 
 
-def _hub_texts(parts: list, text_field: str) -> Iterator[str]:
+def _hub_texts(parts: list, text_field: str, as_published: bool) -> Iterator[str]:
     for part in parts:
         for row in part:
-            text = row[text_field].strip()
-            if text:
+            text = row[text_field] or ""
+            if as_published:
                 yield text
+            elif text.strip():
+                yield text.strip()
 
 
 def is_text8_path(path: Path) -> bool:

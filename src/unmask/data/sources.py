@@ -11,6 +11,10 @@ Splits:
   evaluating on a given file). A local source has no "test" split: evaluate the test file
   itself (``unmask eval RUN --data TEST_FILE`` uses all of it).
 - text8: 90M / 5M / 5M characters; Hugging Face datasets: see ``hub.HUB_DATASETS``.
+
+With a ``detokenizer`` (the reference's zero-shot protocol, :mod:`.detokenizers`) a Hugging Face
+dataset gives its rows as published (not stripped, empty rows kept: each becomes a lone EOS, as
+in the reference), and every document passes through the detokenizer.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .cache import default_cache_dir
+from .detokenizers import get_detokenizer
 from .env import package_path
 from .errors import DataError
 from .hub import HUB_DATASETS, hub_documents, is_text8_path, text8_documents
@@ -43,17 +48,28 @@ DOCUMENT_RULES_VERSION = 1
 _BLANK_LINES = re.compile(r"\n[ \t\r\f\v]*\n")
 
 
-def iter_documents(source: str, split: str = "train", *, text_field: str = "text"
-                   ) -> Iterator[str]:
+def iter_documents(source: str, split: str = "train", *, text_field: str = "text",
+                   detokenizer: str | None = None) -> Iterator[str]:
     """Yield the documents (non-empty strings) of ``split`` of ``source``.
 
     ``source`` is "default", "text8", a name in ``KNOWN_DATASETS``, or a path to a .txt,
     .jsonl or .parquet file or a folder of them (or to text8 / text8.zip). ``text_field`` names
     the JSON field / parquet column of local files. Errors the user can fix (missing path, bad
     split, empty corpus, no network) raise DataError when this is called, not mid-iteration.
+    ``detokenizer`` (a name in ``DETOKENIZERS``) reads as the reference's zero-shot protocol
+    does (see the module docstring); a hub dataset's documents may then be empty.
     """
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    if detokenizer is None:
+        return _documents(source, split, text_field)
+    rule = get_detokenizer(detokenizer)
+    if source in HUB_DATASETS:
+        return map(rule, hub_documents(source, split, as_published=True))
+    return map(rule, _documents(source, split, text_field))
+
+
+def _documents(source: str, split: str, text_field: str) -> Iterator[str]:
     if source == "default":
         return _shakespeare(split)
     if source == "text8":

@@ -155,6 +155,20 @@ class TiktokenTokenizer(Tokenizer):
         self.mask_id = self.encoding.n_vocab
         self.vocab_size = self.mask_id + 1
 
+    @property
+    def ranks_data(self) -> bytes:
+        """The ranks file this tokenizer was built from (base64 token, rank per line)."""
+        return self._ranks_data
+
+    @property
+    def pattern(self) -> str:
+        """The pre-tokenization regex."""
+        return self._pattern
+
+    @property
+    def special_tokens(self) -> dict[str, int]:
+        return dict(self._special_tokens)
+
     def encode(self, text: str) -> list[int]:
         # encode_ordinary: "<|endoftext|>" inside a document is plain text, never id 50256.
         return self.encoding.encode_ordinary(text)

@@ -38,7 +38,7 @@ from .tokenizer_base import CONFIG_FILE, CONFIG_FORMAT, Tokenizer
 OFFLINE_TOKENIZERS = ("char", "gpt2", "bert-base-uncased", "bpe")
 
 # Files that mark a folder as a Hugging Face tokenizer.
-_HF_FOLDER_FILES = (HF_TOKENIZER_FILE, "tokenizer_config.json", "vocab.txt", "vocab.json",
+HF_FOLDER_FILES = (HF_TOKENIZER_FILE, "tokenizer_config.json", "vocab.txt", "vocab.json",
                     "tokenizer.model", "spiece.model")
 
 
@@ -68,10 +68,10 @@ def get_tokenizer(spec: str, *, corpus: Iterable[str] | None = None,
     if path.is_dir():
         if (path / CONFIG_FILE).is_file():
             return load_tokenizer(path)
-        if any((path / name).is_file() for name in _HF_FOLDER_FILES):
+        if any((path / name).is_file() for name in HF_FOLDER_FILES):
             return _from_hf_folder(path, path.resolve().name)
         raise DataError(f"folder {spec} holds no tokenizer: expected {CONFIG_FILE} "
-                        f"(a saved unmask tokenizer) or one of {', '.join(_HF_FOLDER_FILES)}")
+                        f"(a saved unmask tokenizer) or one of {', '.join(HF_FOLDER_FILES)}")
     if path.exists():
         raise DataError(f"tokenizer path {spec} is a file; pass the folder that holds it")
     # Hub names are "name" or "org/name"; anything else path-like is a missing folder.

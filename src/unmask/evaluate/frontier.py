@@ -13,6 +13,7 @@ Sampler labels (see :mod:`unmask.sampling.loop` and :mod:`unmask.sampling.strate
 - ``ancestral``: random order, the network called at every step.
 - ``cached``: the same samples, no call at a step where nothing unmasks.
 - ``first_hitting``: one position per call, exact; the step count does not apply (one point).
+- ``analytic``: SEDD's Tweedie tau-leaping (for a SEDD checkpoint, its own sampler).
 - ``confidence``, ``margin``, ``entropy``: ordered decoding, the most certain positions first.
 - ``threshold-TAU``: confidence order, and every position with confidence above TAU unmasks.
 - ``remdm-STRATEGY`` or ``remdm-STRATEGY-ETA``: ReMDM remasking (cap, rescale, conf, loop),
@@ -22,7 +23,6 @@ Sampler labels (see :mod:`unmask.sampling.loop` and :mod:`unmask.sampling.strate
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import math
 import time
@@ -33,8 +33,9 @@ from pathlib import Path
 
 import torch
 
-from unmask.errors import install_hint, require
+from unmask.errors import install_hint
 from unmask.evaluate.generative import Evaluator, generative_perplexity, load_evaluator
+from unmask.evaluate.plotting import MARKERS, has_matplotlib, pyplot
 from unmask.generation import build_template, sample_tokens
 from unmask.pipeline import load
 from unmask.runtime import autocast
@@ -44,7 +45,7 @@ DEFAULT_SAMPLERS = ("cached", "first_hitting", "confidence", "threshold-0.9", "r
 DEFAULT_STEPS = (16, 32, 64, 128)
 DEFAULT_ETA = 0.02
 LABEL_FORMS = (
-    "ancestral", "cached", "first_hitting", *[o for o in ORDERS if o != "random"], "threshold-TAU (0 < TAU < 1)",
+    *SAMPLERS, *[o for o in ORDERS if o != "random"], "threshold-TAU (0 < TAU < 1)",
     *[f"remdm-{s}[-ETA]" for s in REMASKING],
 )
 
@@ -231,24 +232,10 @@ def write_table(points: Sequence[FrontierPoint], path: str | Path) -> Path:
     return path
 
 
-def _pyplot():
-    """matplotlib.pyplot on the Agg backend (no display needed), or a clear error naming the install."""
-    require("matplotlib", "the frontier plot")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
-
-
 def plot(points: Sequence[FrontierPoint], path: str | Path, *, title: str | None = None) -> Path:
     """A PNG with two panels, gen. PPL against network calls and against wall time (log2 x),
     one line per sampler across its step counts, each point labelled with its unigram entropy."""
-    plt = _pyplot()
+    plt = pyplot("the frontier plot")
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
     path = Path(path)
@@ -299,7 +286,7 @@ def run_frontier(checkpoint: str | Path, *, out_dir: str | Path, **options: obje
               "points": [p.to_dict() for p in _sorted(points)]}
     (out / "frontier.json").write_text(json.dumps(record, indent=2) + "\n")
     written = [out / "frontier.json", write_table(points, out / "frontier.md")]
-    if importlib.util.find_spec("matplotlib") is None:
+    if not has_matplotlib():
         warnings.warn(f"no plot written: it needs matplotlib ({install_hint('matplotlib')})", stacklevel=2)
     else:
         written.append(plot(points, out / "frontier.png", title=f"{checkpoint}: gen. PPL under {name}"))

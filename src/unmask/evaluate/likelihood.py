@@ -15,7 +15,7 @@ from unmask.data.batching import collate
 from unmask.denoiser import Denoiser
 from unmask.distributed.parallelize import is_sharded
 from unmask.distributed.process import Parallel
-from unmask.objectives import sequence_losses
+from unmask.objectives import DISCRETE_TIME_OBJECTIVES, sequence_losses
 from unmask.objectives.bd3lm import block_losses
 from unmask.runtime import autocast, seeded_generator
 
@@ -120,8 +120,9 @@ def evaluate_dataset(
         if own:
             losses[start:end], tokens[start:end] = loss, count
     losses, tokens = parallel.reduce_sum(losses), parallel.reduce_sum(tokens)
-    steps = objective.discrete_steps if discrete_steps is None else discrete_steps
-    return summarize(losses, tokens, num_t=num_t, discrete_steps=0 if objective.name == "ar" else steps)
+    steps = objective.time_steps if discrete_steps is None else discrete_steps
+    discrete = objective.name in DISCRETE_TIME_OBJECTIVES
+    return summarize(losses, tokens, num_t=num_t, discrete_steps=steps if discrete else 0)
 
 
 @torch.no_grad()

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from unmask.denoiser import Denoiser, capabilities, denoise
-from unmask.objective import MIN_MASK_RATE, _mask_tokens, _per_row_sum, _repeat_rows, masked_nll, sample_times
+from unmask.objective import MIN_MASK_RATE, _mask_tokens, _repeat_rows, masked_nll, per_row_sum, sample_times
 from unmask.schedules import Schedule, get_schedule
 
 FULL_RANGE = (0.0, 1.0)
@@ -100,7 +100,7 @@ def block_losses(
     else:
         logits, scored = _block_by_block(denoiser, x0_rep, x_t, masked, times, padding, block_size, mask_id)
     token_nll = masked_nll(logits, x0_rep[masked], mask_id)
-    per_block = _per_row_sum(token_nll, scored).view(-1, num_blocks)
+    per_block = per_row_sum(token_nll, scored).view(-1, num_blocks)
     # Times are uniform on [t_min, 1] for the NELBO: the interval's length turns the mean into the integral.
     return ((1 - t_min) * schedule.loss_weight(times) * per_block).view(num_t, batch, num_blocks)
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from unmask.sampling.strategies import ORDERS, Remasking, SamplingError
 
-SAMPLERS = ("ancestral", "cached", "first_hitting")
+SAMPLERS = ("ancestral", "cached", "first_hitting", "analytic")
 FINAL_STEPS = ("sample", "argmax")
 
 
@@ -37,8 +37,9 @@ class SamplerConfig:
     """How to sample: which sampler, how many steps, in which order, how tokens are drawn.
 
     - ``sampler``: "ancestral" (the network called at every step), "cached" (the same samples,
-      no call where nothing unmasks) or "first_hitting" (exact, one position per call; ``steps``
-      does not apply).
+      no call where nothing unmasks), "first_hitting" (exact, one position per call; ``steps``
+      does not apply) or "analytic" (SEDD's Tweedie tau-leaping: how many positions unmask
+      follows the model's score; for an x0 prediction it draws as "ancestral" does).
     - ``steps``: T, the steps of the time grid (grid samplers).
     - ``order``: "random" (exact) or most certain first ("confidence", "margin", "entropy").
     - ``threshold``: parallel decoding: also unmask every position whose confidence exceeds it.
@@ -67,9 +68,10 @@ class SamplerConfig:
             raise SamplingError(f"--threshold is a confidence in [0, 1] (e.g. 0.9), got {self.threshold}")
         if self.final_step not in FINAL_STEPS:
             raise SamplingError(f"final_step must be one of {', '.join(FINAL_STEPS)}, got {self.final_step!r}")
-        if self.sampler == "first_hitting" and self.uses_strategy:
-            raise SamplingError("--sampler first_hitting is the exact random-order sampler: drop --order, "
-                                "--threshold and --remask, or use --sampler cached")
+        if self.sampler in ("first_hitting", "analytic") and self.uses_strategy:
+            what = "the exact random-order sampler" if self.sampler == "first_hitting" else "SEDD's Tweedie tau-leaping"
+            raise SamplingError(f"--sampler {self.sampler} is {what}: drop --order, --threshold and --remask, or use "
+                                "--sampler cached")
 
     @classmethod
     def from_options(cls, *, remask: str | None = None, eta: float | None = None, temperature: float | None = None,

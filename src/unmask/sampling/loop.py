@@ -11,6 +11,12 @@ Every sampler is the same loop; they differ only in which positions unmask at ea
 - ``first_hitting``: the exact T -> infinity sampler (Zheng et al. 2024): one position unmasks
   per network call. Among n masked positions the next one to unmask is uniform, and the time
   at which it does solves 1 - alpha_s = (1 - alpha_t) u^(1/n).
+- ``analytic``: SEDD's Tweedie tau-leaping (Lou et al. 2024, section 4.2) on the same grid. The
+  network is called at every masked position first, because how likely a position is to unmask
+  depends on the model's score (:func:`unmask.score.tweedie_unmask_probability`); the token is
+  then drawn like the others' (softmax of the logits over real tokens). ``parameterization``
+  says how to read the logits: "sedd" (a log-score, SEDD runs) or "subs" (an x0 prediction, whose
+  score makes this step the ancestral one).
 
 Because the unmasking set is chosen before the network is called, the output head and the draw
 run only at the positions that unmask (``where=``), the design the fast paths build on.
@@ -38,6 +44,7 @@ from unmask.sampling.config import SamplerConfig
 from unmask.sampling.draw import draw_categorical, filtered_probs
 from unmask.sampling.strategies import expected_counts, position_scores, top_per_row
 from unmask.schedules import Schedule, get_schedule
+from unmask.score import PARAMETERIZATIONS, tweedie_unmask_probability
 
 
 @dataclass
@@ -110,15 +117,18 @@ def generate(
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
     on_step: Callable[[Tensor], None] | None = None,
+    parameterization: str = "subs",
 ) -> SampleOutput:
     """Generate [batch_size, length] tokens as ``config`` says (default: ``SamplerConfig()``).
 
     See the module docstring for the samplers and :class:`SamplerConfig` for the options;
     ``template`` holds fixed tokens (every non-MASK entry). ``on_step`` sees the state after every step.
+    ``parameterization`` ("subs" or "sedd", :mod:`unmask.score`) is how the analytic sampler reads the logits.
     """
     device = model_device(denoiser) if device is None else device
     x = initial_state(batch_size=batch_size, length=length, mask_id=mask_id, template=template, device=device)
-    run = SamplingRun(config or SamplerConfig(), x, mask_id=mask_id, schedule=schedule, generator=generator)
+    run = SamplingRun(config or SamplerConfig(), x, mask_id=mask_id, schedule=schedule, generator=generator,
+                      parameterization=parameterization)
     return run_to_end(denoiser, run, on_step=on_step)
 
 
@@ -173,12 +183,17 @@ class SamplingRun:
 
     :meth:`events` is a generator: it yields a :class:`DenoiserCall` whenever it needs logits (send
     them back) and a :class:`StepDone` after every step (send None). ``x`` holds the current state;
-    ``num_calls`` and ``num_steps`` count what was asked for.
+    ``num_calls`` and ``num_steps`` count what was asked for. ``parameterization`` is how the
+    analytic sampler reads the logits ("subs": an x0 prediction; "sedd": a log-score).
     """
 
     def __init__(self, config: SamplerConfig, x: Tensor, *, mask_id: int, schedule: Schedule | str = "loglinear",
-                 generator: torch.Generator | None = None) -> None:
+                 generator: torch.Generator | None = None, parameterization: str = "subs") -> None:
+        if parameterization not in PARAMETERIZATIONS:
+            raise ValueError(f"parameterization must be one of {', '.join(PARAMETERIZATIONS)}, "
+                             f"got {parameterization!r}")
         self.config = config
+        self.parameterization = parameterization
         self.x = x
         self.mask_id = mask_id
         self.schedule = get_schedule(schedule)
@@ -195,6 +210,8 @@ class SamplingRun:
     def events(self) -> Generator[Event, Tensor | None, None]:
         if self.config.sampler == "first_hitting":
             yield from self._first_hitting()
+        elif self.config.sampler == "analytic":
+            yield from self._analytic()
         else:
             yield from self._grid()
         still = self.x == self.mask_id
@@ -230,8 +247,11 @@ class SamplingRun:
                 skip_idle: bool = True) -> Generator[Event, Tensor | None, None]:
         """Draw tokens at the ``chosen`` [B, L] positions from p_theta(. | x_t) at times t [B]."""
         logits = yield from self._call(chosen, t, skip_idle=skip_idle)
-        if logits is None or logits.shape[0] == 0:
-            return
+        if logits is not None and logits.shape[0] > 0:
+            self._place(chosen, logits, argmax)
+
+    def _place(self, chosen: Tensor, logits: Tensor, argmax: bool = False) -> None:
+        """Draw a token at each ``chosen`` [B, L] position from its row of ``logits`` [N, V]."""
         probs = self._probs(logits, argmax)
         tokens = draw_categorical(probs, self.generator)
         self.x[chosen] = tokens
@@ -308,4 +328,22 @@ class SamplingRun:
             chosen = torch.zeros_like(masked)
             chosen[torch.arange(batch, device=self.x.device), keys.argmin(1)] = True
             yield from self._unmask(chosen & masked, t.float())
+            yield from self._step_done()
+
+    def _analytic(self) -> Generator[Event, Tensor | None, None]:
+        """SEDD's Tweedie tau-leaping on the uniform grid 1 = t_0 > t_1 > ... > t_T = 0."""
+        batch = self.x.shape[0]
+        times = torch.linspace(1.0, 0.0, self.config.steps + 1, dtype=torch.float64, device=self.x.device)
+        sigmas = self.schedule.sigma(times)
+        for k in range(self.config.steps):
+            masked = self.x == self.mask_id
+            logits = yield from self._call(masked, times[k].float().expand(batch))
+            if logits is not None:
+                leave = tweedie_unmask_probability(logits, sigmas[k], sigmas[k + 1], mask_id=self.mask_id,
+                                                   parameterization=self.parameterization)
+                unmasking = self._rand(leave.shape) < leave
+                if bool(unmasking.any()):
+                    chosen = torch.zeros_like(masked)
+                    chosen[masked] = unmasking
+                    self._place(chosen, logits[unmasking])
             yield from self._step_done()

@@ -50,13 +50,14 @@ def generate_long(
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
     on_step: Callable[[Tensor], None] | None = None,
+    parameterization: str = "subs",
 ) -> SampleOutput:
     """Generate ``total_length`` tokens window by window; ``prefix`` [P] or [B, P] stays as given.
 
     ``overlap`` (default half the window) is how many generated tokens the next window sees.
     With ``stop_id`` (e.g. EOS), generation stops after the first window in which every row has
     produced it. Each window is sampled as ``config`` says; ``on_step`` sees the whole sequence
-    so far after every step.
+    so far after every step. ``parameterization`` is :func:`generate`'s.
     """
     overlap = window // 2 if overlap is None else overlap
     device = model_device(denoiser) if device is None else device
@@ -75,7 +76,7 @@ def generate_long(
         window_on_step = None if on_step is None else (lambda x, done=done: on_step(torch.cat([done, x], dim=1)))
         out = generate(denoiser, config, batch_size=batch_size, length=template.shape[1], mask_id=mask_id,
                        schedule=schedule, template=template, generator=generator, device=device,
-                       on_step=window_on_step)
+                       on_step=window_on_step, parameterization=parameterization)
         tokens = torch.cat([tokens, out.tokens[:, context.shape[1]:]], dim=1)
         calls, steps = calls + out.num_calls, steps + out.num_steps
         generated = tokens[:, prefix.shape[1]:]

@@ -104,12 +104,14 @@ class Trainer:
         self.checkpointer = Checkpointer(self.run_dir, parallel, config=config,
                                          tokenizer_dir=self.run_dir / "tokenizer", keep=config.train.keep_checkpoints)
         self.step = 0
+        self.train_seconds = 0.0  # training time of the run up to self.step, over every session
         self._stream_position: dict | None = None  # with data.streaming: the stream's place after self.step
         if start is not None:
             if config.data.streaming:
                 self._restore_stream(start)
             record = self.checkpointer.restore(start, model=self.model, optimizer=self.optimizer, ema=self.ema)
             self.step = record["step"]
+            self.train_seconds = float(record.get("train_seconds", 0.0))
         elif parallel.is_distributed:
             torch.manual_seed(derive_seed(config.train.seed, "dropout", 0, parallel.rank))
 
@@ -195,6 +197,9 @@ class Trainer:
                         p.copy_(trained[name])
 
     def save(self, extra: dict | None = None) -> Path:
+        """Checkpoint ``self.step``; its state.json also records ``train_seconds`` (the time a time
+        budget counts, e.g. ``unmask study``'s) and ``extra``."""
+        extra = {**(extra or {}), "train_seconds": round(self.train_seconds, 3)}
         if self.config.data.streaming:  # every process's stream position at self.step, for an exact resume
             position = self._stream_position or self.train_set.state_dict()
             extra = {**(extra or {}), "stream": self.parallel.gather_objects(position)}
@@ -225,6 +230,7 @@ class Trainer:
         tokens_per_step = cfg.global_batch * self.config.data.length
         progress = _Progress(self.step, end, cfg.max_minutes, enabled=self.progress)
         started, trained_steps, validation = time.perf_counter(), 0, {}
+        seconds_before = self.train_seconds
         checkpoint, interrupted = None, False
         batches = self._batches()
         self.model.train()
@@ -238,6 +244,7 @@ class Trainer:
                     self._stream_position = self.train_set.state_dict()
                 trained_steps += 1
                 elapsed = time.perf_counter() - started
+                self.train_seconds = seconds_before + elapsed
                 tokens_per_s = trained_steps * tokens_per_step / max(elapsed, 1e-9)
                 if not math.isfinite(loss):
                     raise FloatingPointError(f"loss became {loss} at step {self.step}; lower optim.lr")

@@ -1,0 +1,28 @@
+"""The model weights of a checkpoint, whichever way it was saved (safetensors or DCP shards)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from unmask.checkpoint import sharded
+from unmask.checkpoint.layout import is_sharded, read_tensors
+
+WEIGHTS = ("ema", "model")
+
+
+def model_weights(checkpoint: Path, weights: str = "ema") -> dict[str, torch.Tensor]:
+    """The model's tensors by parameter name: the EMA of the weights when ``weights="ema"`` and
+    the checkpoint has one, else the trained weights. A sharded checkpoint is consolidated in memory."""
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be 'ema' or 'model', got {weights!r}")
+    if is_sharded(checkpoint):  # of a multi-process run
+        saved = sharded.saved_tensors(checkpoint)
+        kind = "ema" if weights == "ema" and any(name.startswith("ema.") for name in saved) else "model"
+        names = [name for name in saved if name.startswith(f"{kind}.")]
+        return {name.removeprefix(f"{kind}."): value for name, value in sharded.read_full(checkpoint, names).items()}
+    file = checkpoint / ("ema.safetensors" if weights == "ema" else "model.safetensors")
+    if not file.is_file():
+        file = checkpoint / "model.safetensors"
+    return read_tensors(file)

@@ -1,0 +1,52 @@
+"""``unmask export --format hf``: an unmask model in the released MDLM layout.
+
+The folder holds ``config.json`` (model_type "mdlm", the released field names, and an ``auto_map``
+naming the released modeling code on the hub, so that ``AutoModelForMaskedLM.from_pretrained(folder,
+trust_remote_code=True)`` fetches it), ``model.safetensors`` with the released ``backbone.*`` names,
+and the tokenizer files (unmask's and, where there is an equivalent, transformers'). The reference
+code and transformers load it as they load the hub's model, and :func:`unmask.load` gives back the
+same logits. A model the layout cannot express is refused in one line (see
+:func:`unmask.interop.reference.check_expressible`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from unmask.checkpoint import load_config, load_weights, model_weights, resolve_checkpoint, write_new_folder
+from unmask.checkpoint.layout import TOKENIZER_DIR
+from unmask.data import load_tokenizer
+from unmask.fileio import write_tensors
+from unmask.interop.folders import CONFIG_JSON, SAFETENSORS
+from unmask.interop.hf_tokenizer import write_tokenizer_files
+from unmask.interop.reference import check_expressible, config_to_json, to_reference
+from unmask.models import DiT
+
+
+@dataclass
+class Export:
+    out: Path
+    transformers_tokenizer: bool  # False: transformers has no equivalent of the model's tokenizer
+
+
+def export_hf(source: str | Path, out: str | Path, *, step: int | None = None, weights: str = "ema",
+              allow_approximate_gelu: bool = False) -> Export:
+    """Write the run or checkpoint ``source`` (its EMA weights by default) to ``out`` in the released layout."""
+    checkpoint = resolve_checkpoint(source, step=step)
+    config = load_config(checkpoint)
+    check_expressible(config, allow_erf=allow_approximate_gelu)
+    tokenizer = load_tokenizer(checkpoint / TOKENIZER_DIR)
+    model_config = config.model_config(tokenizer.vocab_size)
+    model = DiT(model_config)
+    load_weights(model, model_weights(checkpoint, weights), checkpoint)  # every name and shape checked
+    tensors = to_reference(model.state_dict(), model_config)
+    written = {}
+
+    def build(tmp: Path) -> None:
+        write_tensors(tensors, tmp / SAFETENSORS)
+        (tmp / CONFIG_JSON).write_text(json.dumps(config_to_json(config, tokenizer.vocab_size), indent=2) + "\n")
+        written["transformers"] = write_tokenizer_files(tokenizer, tmp, model_length=config.data.length)
+
+    return Export(out=write_new_folder(out, build), transformers_tokenizer=written["transformers"])

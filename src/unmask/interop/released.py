@@ -1,0 +1,56 @@
+"""Released MDLM checkpoints in their Hugging Face layout (``config.json`` of model_type "mdlm" and
+``model.safetensors`` with ``backbone.*`` names), loaded into unmask's DiT exactly.
+
+The tokenizer: a folder written by ``unmask export --format hf`` holds unmask's own tokenizer files;
+a folder with Hugging Face tokenizer files uses those; the hub's folder has none, and then a
+vocabulary of 50,258 ids is GPT-2's BPE with MASK = 50257 appended (BOS = EOS = 50256), which
+unmask builds offline from the tokenizer files it already uses.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from unmask.checkpoint import CheckpointError
+from unmask.config import Config
+from unmask.data import Tokenizer, get_tokenizer
+from unmask.data.tokenizer_base import CONFIG_FILE as UNMASK_TOKENIZER_FILE
+from unmask.data.tokenizer_loading import HF_FOLDER_FILES
+from unmask.interop.folders import CONFIG_JSON, SAFETENSORS, read_config_json, read_safetensors_folder
+from unmask.interop.reference import PREFIX, config_from_json, run_config, to_unmask
+from unmask.models import DiT
+
+GPT2_VOCAB = 50258  # GPT-2's 50,257 ids and MASK
+
+
+def released_tokenizer(folder: Path, vocab_size: int) -> tuple[Tokenizer, str]:
+    """The tokenizer of a released folder and the spec it was built from (see the module docstring)."""
+    if any((folder / name).is_file() for name in (UNMASK_TOKENIZER_FILE, *HF_FOLDER_FILES)):
+        spec = str(folder)
+    elif vocab_size == GPT2_VOCAB:
+        spec = "gpt2"
+    else:
+        raise CheckpointError(f"{folder} has no tokenizer files and its vocab_size {vocab_size} is not GPT-2's "
+                              f"{GPT2_VOCAB}; add the tokenizer files of the model to the folder")
+    tokenizer = get_tokenizer(spec)
+    if tokenizer.vocab_size != vocab_size:
+        raise CheckpointError(f"the tokenizer of {folder} ({tokenizer.name}) has {tokenizer.vocab_size} ids but "
+                              f"{CONFIG_JSON} says vocab_size {vocab_size}; they contradict each other")
+    return tokenizer, spec
+
+
+def load_released(folder: Path) -> tuple[DiT, Tokenizer, Config]:
+    """The DiT, tokenizer and run configuration of a released MDLM folder, every field and tensor checked."""
+    model_config, schedule = config_from_json(read_config_json(folder), folder / CONFIG_JSON)
+    tokenizer, spec = released_tokenizer(folder, model_config.vocab_size)
+    tensors = read_safetensors_folder(folder)
+    stray = next((name for name in tensors if not name.startswith(PREFIX)), None)
+    if stray is not None:
+        raise CheckpointError(f"{folder} holds the tensor {stray}, outside the MDLM layout's {PREFIX}*; "
+                              "the weights are of another model")
+    state = to_unmask({name.removeprefix(PREFIX): value for name, value in tensors.items()}, model_config,
+                      folder / SAFETENSORS)
+    model = DiT(model_config)
+    model.load_state_dict(state)
+    source = "openwebtext" if spec == "gpt2" else "default"
+    return model, tokenizer, run_config(model_config, tokenizer=spec, schedule=schedule, source=source)

@@ -1,0 +1,129 @@
+"""What a study trains: one run per objective (and ablation), each an ordinary run configuration.
+
+Every run starts from the same preset, corpus, tokenizer and user overrides; an entry only adds
+the keys that make it what it is (``objective.name=sedd``, ``objective.discrete_steps=100``...).
+The time budget is ``train.max_minutes``; ``train.max_steps`` is lifted (unless the user sets it)
+so that the budget is what ends every run.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+from unmask.config import Config, ConfigError, apply_overrides, load_preset, validate
+from unmask.errors import UserError
+
+# Steps a study's run may take unless the user sets train.max_steps: the budget ends it first.
+UNLIMITED_STEPS = 1_000_000_000
+
+
+class StudyError(UserError):
+    """A study that cannot run as asked; the message names the fix."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One model of the study: its run folder ``name``, its row ``label``, and the keys that define it."""
+
+    name: str
+    label: str
+    overrides: tuple[str, ...] = ()
+    ablation: bool = False
+
+
+# The paper's Table 1 rows, in its order; bd3lm runs where its objective exists.
+OBJECTIVES = {
+    "ar": Entry("ar", "AR (same backbone)", ("objective.name=ar",)),
+    "mdlm": Entry("mdlm", "MDLM"),
+    "bd3lm": Entry("bd3lm", "BD3-LM", ("objective.name=bd3lm",)),
+    "sedd": Entry("sedd", "SEDD (absorbing)", ("objective.name=sedd", "model.time_conditioning=true")),
+    "d3pm": Entry("d3pm", "D3PM (absorbing)", ("objective.name=d3pm",)),
+}
+
+# The paper's ablations of MDLM: discrete time (its T table), then SUBS taken apart step by step as in
+# its Table 8 (each row also drops what the row above dropped), then time conditioning switched on.
+_T1000 = ("objective.discrete_steps=1000",)
+ABLATIONS = (
+    Entry("mdlm-T1000", "MDLM, T = 1000", _T1000, True),
+    Entry("mdlm-T100", "MDLM, T = 100", ("objective.discrete_steps=100",), True),
+    Entry("mdlm-T10", "MDLM, T = 10", ("objective.discrete_steps=10",), True),
+    Entry("mdlm-T1000-no-carry-over", "MDLM, T = 1000, w/o carry-over", (*_T1000, "objective.carry_over=false"),
+          True),
+    Entry("mdlm-T1000-no-carry-over-no-zero-masking", "MDLM, T = 1000, w/o carry-over, w/o zero masking",
+          (*_T1000, "objective.carry_over=false", "objective.zero_masking=false"), True),
+    Entry("mdlm-time-conditioning", "MDLM with time conditioning", ("model.time_conditioning=true",), True),
+)
+
+
+@dataclass
+class Plan:
+    """The runs of a study: ``runs`` pairs each entry with its full configuration; ``base`` is what
+    they share; ``skipped`` says why an objective of the default list cannot run here."""
+
+    base: Config
+    runs: list[tuple[Entry, Config]]
+    budget: float
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def entry_config(base: Config, entry: Entry) -> Config:
+    """``base`` with the entry's keys; a ConfigError when the combination does not validate."""
+    config = apply_overrides(copy.deepcopy(base), list(entry.overrides))
+    validate(config)
+    return config
+
+
+def unavailable_objectives(base: Config) -> dict[str, str]:
+    """The objectives this version of unmask cannot train on ``base`` (bd3lm until it exists), and why."""
+    reasons = {}
+    for name, entry in OBJECTIVES.items():
+        try:
+            entry_config(base, entry)
+        except ConfigError as err:
+            reasons[name] = str(err)
+    return reasons
+
+
+def available_objectives(base: Config) -> list[str]:
+    """The objectives this version of unmask can train on ``base``, in the table's order."""
+    unavailable = unavailable_objectives(base)
+    return [name for name in OBJECTIVES if name not in unavailable]
+
+
+def plan_study(preset: str, *, budget: float, data: str | None = None, objectives: list[str] | None = None,
+               ablations: bool = False, overrides: list[str] | None = None) -> Plan:
+    """The runs of ``unmask study``: ``objectives`` (default: every one available) and, with
+    ``ablations``, the paper's ablations, all on ``preset`` + ``data`` (default: the preset's
+    corpus) + ``overrides``, each trained for ``budget`` minutes."""
+    if not budget > 0:
+        raise StudyError(f"--budget is minutes of training per model: give a number > 0, got {budget}")
+    overrides = list(overrides or [])
+    varied = [item for item in overrides if item.split("=", 1)[0].strip().startswith("objective.")]
+    if varied:
+        raise StudyError(f"the study sets each run's objective itself: drop {' '.join(varied)}")
+    source = [] if data is None else [f"data.source={data}"]
+    base = apply_overrides(load_preset(preset), [*source, f"train.max_steps={UNLIMITED_STEPS}", *overrides,
+                                                 f"train.max_minutes={budget}"])
+    validate(base)
+    skipped = unavailable_objectives(base) if objectives is None else {}
+    names = [name for name in OBJECTIVES if name not in skipped] if objectives is None else _checked(objectives, base)
+    entries = [OBJECTIVES[name] for name in names] + (list(ABLATIONS) if ablations else [])
+    return Plan(base=base, runs=[(entry, entry_config(base, entry)) for entry in entries], budget=budget,
+                skipped=skipped)
+
+
+def _checked(objectives: list[str], base: Config) -> list[str]:
+    """The requested objectives in the table's order, each known and able to run."""
+    unknown = [name for name in objectives if name not in OBJECTIVES]
+    if unknown:
+        raise StudyError(f"unknown objective {unknown[0]!r} in --objectives; choose from {', '.join(OBJECTIVES)}")
+    if not objectives:
+        raise StudyError(f"--objectives is empty; choose from {', '.join(OBJECTIVES)}")
+    for name in objectives:
+        try:
+            entry_config(base, OBJECTIVES[name])
+        except ConfigError as err:
+            raise StudyError(f"objective {name!r} cannot run with this unmask ({err}); drop it from --objectives") \
+                from None
+    return [name for name in OBJECTIVES if name in objectives]

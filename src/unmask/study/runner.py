@@ -1,0 +1,136 @@
+"""Running a study: train every run to its budget (resumably), then evaluate every model the same way.
+
+A study folder holds one ordinary run per entry (``OUT/mdlm``, ``OUT/sedd``, ...; each one works
+with ``unmask eval``, ``sample`` and ``train --resume``), the tokenizer they all share
+(``OUT/tokenizer``, trained once and copied into each run as ``unmask demo`` does), and the
+report. Running the same command again continues where it stopped:
+
+- a run whose checkpoint has used its budget (``train_seconds`` in its state.json, the training
+  time of every session up to that step) or reached ``train.max_steps`` is done and skipped;
+- a run with a checkpoint short of its budget resumes from it (``train --resume`` semantics: the
+  same weights, optimizer and data position) for the minutes it has left;
+- a run without a checkpoint starts afresh;
+- an evaluation already made of the same checkpoint with the same settings is reused.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from unmask.checkpoint import load_config, read_state, resolve_checkpoint
+from unmask.config import Config
+from unmask.evaluate.report import evaluate_checkpoint
+from unmask.fileio import write_atomic
+from unmask.study.plan import Entry, Plan, StudyError
+from unmask.train import train
+from unmask.train.run_dir import RunLock, config_differences, has_run, prepare_tokenizer
+
+EVALUATION_FILE = "study-eval.json"
+DISCRETE_STEPS = (10, 100, 1000)  # the continuous MDLM model's bound is also taken at these T (with ablations)
+
+
+@dataclass
+class EvalSettings:
+    """How every model is evaluated: ``num_t`` time samples per sequence, the first ``max_batches``
+    validation batches (all when None) of ``batch_size`` sequences, noise seeded by ``seed``."""
+
+    num_t: int = 4
+    max_batches: int | None = None
+    batch_size: int = 32
+    seed: int = 0
+
+
+@dataclass
+class RunRecord:
+    """One finished model: where it is, how far it trained, and its evaluation report."""
+
+    entry: Entry
+    run_dir: Path
+    step: int
+    train_seconds: float
+    tokens: int
+    report: dict[str, Any]
+
+
+@dataclass
+class StudyResult:
+    records: list[RunRecord] = field(default_factory=list)
+    interrupted: str | None = None  # the run a Ctrl-C stopped (its progress is saved)
+
+
+def _remaining_minutes(run_dir: Path, config: Config, budget: float) -> float | None:
+    """Minutes of budget a run has left: the full budget without a checkpoint, 0 when done."""
+    if not has_run(run_dir):
+        return budget
+    checkpoint = resolve_checkpoint(run_dir)
+    changed = config_differences(load_config(checkpoint), config)
+    if changed:
+        raise StudyError(f"{run_dir} holds a run of another configuration ({'; '.join(changed)}); give the study "
+                         "the same preset, --data and overrides, or another --out")
+    state = read_state(checkpoint)
+    if state["step"] >= config.train.max_steps:
+        return 0.0
+    return max(0.0, budget - float(state.get("train_seconds", 0.0)) / 60)
+
+
+def _train(entry: Entry, config: Config, out: Path, budget: float, progress: bool) -> bool:
+    """Train ``entry`` to its budget; False when a Ctrl-C stopped it (its progress is saved)."""
+    run_dir = out / entry.name
+    left = _remaining_minutes(run_dir, config, budget)
+    if not left:
+        print(f"== {entry.name}: trained (budget used or train.max_steps reached), skipped")
+        return True
+    resume = has_run(run_dir)
+    config.train.max_minutes = left
+    if not (run_dir / "tokenizer").is_dir():  # one tokenization: per-token figures are comparable
+        run_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(out / "tokenizer", run_dir / "tokenizer")
+    print(f"== {entry.name}: {'resuming' if resume else 'training'} for {left:.3g} min -> {run_dir}", flush=True)
+    return not train(config, run_dir, resume=resume, progress=progress).interrupted
+
+
+def _evaluate(entry: Entry, config: Config, run_dir: Path, settings: EvalSettings, discrete: tuple[int, ...]
+              ) -> RunRecord:
+    checkpoint = resolve_checkpoint(run_dir)
+    key = {"checkpoint": checkpoint.name, "num_t": settings.num_t, "max_batches": settings.max_batches,
+           "batch_size": settings.batch_size, "seed": settings.seed, "discrete_steps": list(discrete)}
+    cache = run_dir / EVALUATION_FILE
+    saved = json.loads(cache.read_text()) if cache.is_file() else {}
+    if saved.get("key") == key:
+        report = saved["report"]
+    else:
+        print(f"== {entry.name}: evaluating {checkpoint.name} (K = {settings.num_t})", flush=True)
+        report = evaluate_checkpoint(run_dir, num_t=settings.num_t, discrete_steps=discrete,
+                                     batch_size=settings.batch_size, max_batches=settings.max_batches,
+                                     seed=settings.seed, device=config.train.device)
+        write_atomic(cache, json.dumps({"key": key, "report": report}, indent=2) + "\n")
+    state = read_state(checkpoint)
+    tokens = state["step"] * config.train.global_batch * config.data.length
+    return RunRecord(entry=entry, run_dir=run_dir, step=state["step"],
+                     train_seconds=float(state.get("train_seconds", 0.0)), tokens=tokens, report=report)
+
+
+def run_study(plan: Plan, out: str | Path, *, settings: EvalSettings | None = None, progress: bool = True
+              ) -> StudyResult:
+    """Train (or continue) every run of ``plan`` in ``out``, then evaluate every model alike."""
+    out, settings = Path(out), settings or EvalSettings()
+    lock = RunLock(out)  # one study per folder at a time
+    try:
+        prepare_tokenizer(plan.base, out)  # out/tokenizer, once
+        for name, reason in plan.skipped.items():
+            print(f"== {name}: not trained, this unmask cannot ({reason})")
+        for entry, config in plan.runs:
+            if not _train(entry, config, out, plan.budget, progress):
+                return StudyResult(interrupted=entry.name)
+        ablations = any(entry.ablation for entry, _ in plan.runs)
+        records = []
+        for entry, config in plan.runs:
+            discrete = DISCRETE_STEPS if ablations and entry.name == "mdlm" else ()
+            records.append(_evaluate(entry, config, out / entry.name, settings, discrete))
+        return StudyResult(records=records)
+    finally:
+        lock.release()
