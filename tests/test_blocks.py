@@ -181,6 +181,34 @@ def test_the_server_samples_a_bd3lm_model_block_by_block(bd3lm_run):
             assert [s["tokens"] for s in answer["samples"]] == alone(pipeline, body).tokens.tolist()
 
 
+def test_a_released_bd3lm_folder_loads_as_a_bd3lm_run(tmp_path):
+    """Released BD3-LM checkpoints: MDLM's backbone layout, block_size in config.json, the clipped range beside."""
+    from released import random_released_weights, released_config, write_released_folder
+    from safetensors.torch import load_file, save_file
+
+    from unmask.checkpoint import CheckpointError
+    from unmask.data import get_tokenizer
+
+    config = {**released_config(vocab_size=31), "model_type": "bd3lm", "block_size": 4, "cross_attn": True}
+    folder = write_released_folder(tmp_path / "bd3lm", config, random_released_weights(config))
+    get_tokenizer("char").save(folder)
+    tensors = load_file(folder / "model.safetensors")
+    save_file({**tensors, "sampling_eps_min": torch.tensor(0.3), "sampling_eps_max": torch.tensor(0.8)},
+              folder / "model.safetensors")
+    pipeline = load(folder, device="cpu")
+    assert pipeline.block_size == 4 and pipeline.config.objective.mask_rate_range == pytest.approx([0.3, 0.8])
+    mdlm = write_released_folder(tmp_path / "mdlm", {**config, "model_type": "mdlm"}, random_released_weights(config))
+    get_tokenizer("char").save(mdlm)
+    x = torch.randint(0, 30, (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(pipeline.model(x, block_size=4), load(mdlm, device="cpu").model(x, block_size=4))
+    samples = generate_text(pipeline, SamplerConfig(steps=4), num_samples=2, length=40, prompt="it", seed=0)
+    assert samples.tokens.shape == (2, 40)
+    (folder / "config.json").write_text(json.dumps({**config, "block_size": 5}))
+    with pytest.raises(CheckpointError, match="block_size, a divisor of model_length 16"):
+        load(folder, device="cpu")
+
+
 def test_frontier_sweeps_a_bd3lm_checkpoint(bd3lm_run, tmp_path):
     evaluator = untrained_run(tmp_path, "ar")[0]
     done = sweep(bd3lm_run, evaluator=str(evaluator), samplers=["cached", "first_hitting"], steps=[4], num_samples=2,
