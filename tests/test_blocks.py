@@ -5,11 +5,15 @@ import json
 
 import pytest
 import torch
+from released import random_released_weights, released_config, write_released_folder
 from runs import untrained_run
+from safetensors.torch import load_file, save_file
 from toy import ToyDistribution
 
 from unmask import DiT, DiTConfig, load
+from unmask.checkpoint import CheckpointError
 from unmask.cli import main
+from unmask.data import get_tokenizer
 from unmask.evaluate.frontier import sweep
 from unmask.generation import PromptError, generate_text
 from unmask.sampling import DrawConfig, Remasking, SamplerConfig
@@ -183,12 +187,6 @@ def test_the_server_samples_a_bd3lm_model_block_by_block(bd3lm_run):
 
 def test_a_released_bd3lm_folder_loads_as_a_bd3lm_run(tmp_path):
     """Released BD3-LM checkpoints: MDLM's backbone layout, block_size in config.json, the clipped range beside."""
-    from released import random_released_weights, released_config, write_released_folder
-    from safetensors.torch import load_file, save_file
-
-    from unmask.checkpoint import CheckpointError
-    from unmask.data import get_tokenizer
-
     config = {**released_config(vocab_size=31), "model_type": "bd3lm", "block_size": 4, "cross_attn": True}
     folder = write_released_folder(tmp_path / "bd3lm", config, random_released_weights(config))
     get_tokenizer("char").save(folder)
