@@ -26,7 +26,7 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
     """Shows each option's default, unless it has none (None, or a flag that is off)."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        no_default = any(action.default is none for none in (None, False, argparse.SUPPRESS))  # 0 == False: "is"
+        no_default = any(action.default is none for none in (None, False, argparse.SUPPRESS))
         if no_default or "%(default)" in (action.help or ""):
             return action.help or ""
         return super()._get_help_string(action)
