@@ -24,6 +24,7 @@ CONFIGS = {
     "cached": SamplerConfig(steps=4),
     "ancestral": SamplerConfig(sampler="ancestral", steps=3),
     "first_hitting": SamplerConfig(sampler="first_hitting"),
+    "analytic": SamplerConfig(sampler="analytic", steps=4),
     "margin": SamplerConfig(order="margin", steps=2),
     "threshold": SamplerConfig(order="confidence", threshold=0.3, steps=2),
     "remasking": SamplerConfig(steps=6, remasking=Remasking("cap", eta=0.1)),
