@@ -4,27 +4,34 @@ Usage::
 
     python benchmarks/time_profile.py [--shape NAME] [--dtype fp32|bf16] [--json OUT.json]
 
-For each shape of ``benchmarks/speed.py`` it runs, under ``torch.profiler``, one MDLM training
-step (forward, backward, clipping, fused AdamW; dropout 0.1, random weights) and one generation
-with the ``cached`` sampler at batch 1 and 16 with T = length steps, and sums the operators'
-self time into kinds: attention (SDPA kernels), matmul (the linear layers and output head),
-elementwise and norms (adaLN modulation, rotary, GELU, layer norm, residual adds, dtype casts),
-random draws (dropout masks, noise, uniform draws), loss and draws (log-sum-exp, softmax,
-cumulative sums of the sampler), optimizer, and the rest (indexing, Python-side framework work).
-It is the profile the README's Speed section quotes for the targets that were missed.
+For each shape of ``benchmarks/speed.py`` (the two default ones unless ``--shape``) it runs on the
+CPU, under ``torch.profiler``, one training step of the trainer itself
+(``unmask.train.Trainer.train_step`` on random tokens, as ``speed.py`` times it: forward, backward,
+clipping, fused AdamW, EMA; dropout 0.1) and one generation with the ``cached`` sampler at batch 1
+and 16 with T = length steps (random N(0, 0.02) weights), and sums the operators' self time into
+kinds: attention (SDPA kernels), matmul (the linear layers and output head), elementwise and
+norms (adaLN modulation, rotary, GELU, layer norm, residual adds, dtype casts), random draws
+(dropout masks, noise, uniform draws), loss and draws (log-sum-exp, softmax, cumulative sums of
+the sampler), optimizer, and the rest (indexing, Python-side framework work). It is the profile
+``benchmarks/README.md`` quotes for the targets that were missed.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
-import os
-import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from speed import SHAPES, _build  # noqa: E402 - the benchmark's own shapes and model builders
+import torch
+from speed_runner import Device
+from speed_workloads import DEFAULT_SHAPES, SHAPES, build_model, build_trainer, trainer_step, unmask_sampling
+from torch.profiler import ProfilerActivity
+from torch.profiler import profile as torch_profile
 
 KINDS = {
     "attention": ("scaled_dot_product", "flash_attention"),
@@ -44,11 +51,8 @@ def kind_of(name: str) -> str:
     return "other"
 
 
-def profile(fn: Any) -> dict[str, float]:
-    """Self CPU (or CUDA) milliseconds per kind of one call of ``fn``, after one warm-up call."""
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as torch_profile
-
+def profile(fn: Callable[[], Any]) -> dict[str, float]:
+    """Self CPU milliseconds per kind of one call of ``fn``, after one warm-up call."""
     fn()
     with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
         fn()
@@ -58,66 +62,38 @@ def profile(fn: Any) -> dict[str, float]:
     return totals
 
 
-def train_step(shape_name: str, dtype: str) -> Any:
-    import torch
-
-    from unmask import nelbo
-
-    shape = SHAPES[shape_name]
-    model = _build("unmask", shape, torch.device("cpu"))
-    model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.0, fused=True)
-    x0 = torch.randint(0, shape.vocab, (shape.train_batch, shape.length))
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16")
-
-    def step() -> None:
-        with autocast:
-            loss = nelbo(model, x0, schedule="loglinear", mask_id=shape.vocab).sum() / x0.numel()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return step
-
-
-def sampling(shape_name: str, dtype: str, batch: int) -> Any:
-    import torch
-
-    from unmask.sampling import generate
-
-    shape = SHAPES[shape_name]
-    model = _build("unmask", shape, torch.device("cpu")).eval()
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16")
-
-    def run() -> None:
-        with autocast:
-            generate(model, batch_size=batch, length=shape.length, mask_id=shape.vocab, steps=shape.length,
-                     sampler="cached", generator=torch.Generator().manual_seed(0))
-
-    return run
+def profile_shape(shape_name: str, dtype: str) -> dict[str, dict[str, float]]:
+    """Milliseconds per kind of the trainer's step and of sampling at batch 1 and 16, for one shape."""
+    shape, dev = SHAPES[shape_name], Device("cpu")
+    profiles = {}
+    with tempfile.TemporaryDirectory(prefix="unmask-profile-") as folder:
+        trainer = build_trainer(shape, Path(folder), objective="mdlm", precision=dtype, device="cpu")
+        try:
+            profiles["train step"] = profile(trainer_step(trainer, shape))
+        finally:
+            trainer.close()
+    model = build_model("unmask", shape, dev.device).eval()
+    for batch in (1, 16):
+        run_steps = unmask_sampling(model, shape, dev, dtype, batch)
+        profiles[f"sample b{batch} T=L"] = profile(functools.partial(run_steps, shape.length))
+    return profiles
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shape", choices=sorted(SHAPES), help="one shape (default: both)")
+    parser.add_argument("--shape", choices=sorted(SHAPES), help=f"one shape (default: {', '.join(DEFAULT_SHAPES)})")
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="bf16")
     parser.add_argument("--json", help="write the rows to this JSON file")
     args = parser.parse_args()
-
-    import torch
+    torch.manual_seed(0)
 
     date = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     print(f"# {date}  cpu, {torch.get_num_threads()} threads, torch {torch.__version__}, {args.dtype}")
     kinds = [*KINDS, "other"]
     print(f"{'shape':<16} {'workload':<16} {'total ms':>9}  " + "  ".join(f"{k:>12.12}" for k in kinds))
     rows = []
-    for shape_name in [args.shape] if args.shape else list(SHAPES):
-        workloads = {"train step": train_step(shape_name, args.dtype)}
-        for batch in (1, 16):
-            workloads[f"sample b{batch} T=L"] = sampling(shape_name, args.dtype, batch)
-        for name, fn in workloads.items():
-            totals = profile(fn)
+    for shape_name in [args.shape] if args.shape else DEFAULT_SHAPES:
+        for name, totals in profile_shape(shape_name, args.dtype).items():
             total = sum(totals.values())
             shares = {kind: 100 * value / total for kind, value in totals.items()}
             print(f"{shape_name:<16} {name:<16} {total:>9.0f}  " + "  ".join(f"{shares[k]:>11.1f}%" for k in kinds),

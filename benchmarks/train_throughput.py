@@ -33,14 +33,18 @@ def measure(preset: str, precision: str, steps: int, warmup: int, overrides: lis
     apply_overrides(config, [f"train.precision={precision}", "train.tensorboard=false", *overrides])
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(config, run_dir, progress=False)
-        batches = batch_iterator(trainer.train_set, batch_size=config.train.global_batch, seed=0)
-        trainer.model.train()
-        times = []
-        for i in range(warmup + steps):
-            started = time.perf_counter()
-            trainer.train_step(next(batches))
-            if i >= warmup:
-                times.append(time.perf_counter() - started)
+        try:
+            batches = batch_iterator(trainer.train_set, batch_size=config.train.global_batch, seed=0)
+            trainer.model.train()
+            times = []
+            for i in range(warmup + steps):
+                started = time.perf_counter()
+                batch = {k: v.to(trainer.device) for k, v in next(batches).items()}
+                trainer.train_step(batch)
+                if i >= warmup:
+                    times.append(time.perf_counter() - started)
+        finally:
+            trainer.close()
     seconds = statistics.median(times)
     tokens = config.train.global_batch * config.data.length
     return {
@@ -64,7 +68,6 @@ def main() -> None:
     parser.add_argument("--json", default="benchmarks/results/train-throughput.json")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. data.length=256")
     args = parser.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
     rows = []
     for precision in args.precision:
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:

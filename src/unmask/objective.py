@@ -3,9 +3,10 @@
 All losses are per sequence, in nats, summed over the positions that count (``loss_mask``); a
 per-token figure is the sum over a data set divided by the number of counted tokens.
 
-Notation follows the paper (Sahoo et al. 2024) and ``mdlm-facts.md``: x0 is the clean
-sequence, x_t its masked version at time t, alpha_t the schedule, and
-p_theta(x0 | x_t) the denoiser's prediction after the SUBS substitutions.
+Notation follows the paper (Sahoo et al. 2024) and ``docs/math.md`` (SUBS §2, continuous NELBO
+§3, time floor §4, antithetic times §5, discrete NELBO and ablations §6, AR baseline §8): x0 is
+the clean sequence, x_t its masked version at time t, alpha_t the schedule, and p_theta(x0 | x_t)
+the denoiser's prediction after the SUBS substitutions.
 """
 
 from __future__ import annotations

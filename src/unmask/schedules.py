@@ -2,7 +2,7 @@
 
 A schedule gives alpha_t, the probability that a token of the clean sequence is still unmasked
 at time t in [0, 1] (alpha_0 ~ 1: clean, alpha_1 ~ 0: all masked). Everything else the
-objective and the samplers need is derived from alpha and its derivative (mdlm-facts section 1):
+objective and the samplers need is derived from alpha and its derivative (docs/math.md §1):
 
 - ``loss_weight(t) = -alpha'(t) / (1 - alpha(t))``, the weight of the continuous-time NELBO
   (paper eq. 10); for log-linear it is exactly 1/t.

@@ -4,7 +4,7 @@ SEDD (Lou et al. 2024, "Discrete Diffusion Modeling by Estimating the Ratios of 
 Distribution") learns the concrete score s(x_t)_y = p_t(y) / p_t(x_t), the ratio of the marginal
 at a neighbour y of x_t (one position changed) to the marginal at x_t. Under the masking process
 only the masked positions have neighbours the reverse process can move to, and for a masked
-position i and a real token y (notation of ``mdlm-facts.md``, alpha_t = exp(-sigma_t)):
+position i and a real token y (notation of ``docs/math.md`` §1, alpha_t = exp(-sigma_t)):
 
     p_t(x_t with x^i = y) / p_t(x_t) = [alpha_t / (1 - alpha_t)] p(x0^i = y | x_t)
                                      = p(x0^i = y | x_t) / expm1(sigma_t),

@@ -3,7 +3,7 @@
 D3PM's bound is the discrete-time variational bound L_vb = L_T + sum_{t > 1} L_{t-1} + L_0 of
 Austin et al. (section 2), with L_{t-1} = KL(q(x_s | x_t, x0) || p_theta(x_s | x_t)) and the model's
 reverse step p_theta(x_s | x_t) = sum_x0' q(x_s | x_t, x0') p_theta(x0' | x_t) built from its x0
-prediction. The MDLM paper's D3PM row is the SUBS ablation taken all the way (mdlm-facts section 2):
+prediction. The MDLM paper's D3PM row is the SUBS ablation taken all the way (docs/math.md §6):
 
 - discrete time, T = ``objective.discrete_steps`` (1000 unless set): :func:`unmask.objective.nelbo_discrete`,
   whose step i goes from t = i / T to s = (i - 1) / T; its first step (s = 0, alpha_0 = 1, so the

@@ -1,0 +1,134 @@
+"""What ``benchmarks/speed.py`` prints: one line per row, then the ratios to GPT-2 against the targets.
+
+``mfu`` of a training row = its FLOPs per second / the GEMM FLOP/s of the same dtype and shape
+measured in the same run. The ratios compare rows of one group (timed in turns in one process):
+the ratio of medians is the one judged, the ratio of the fastest repeats follows in brackets.
+"""
+
+from __future__ import annotations
+
+import platform
+from typing import Any
+
+import torch
+from speed_workloads import DTYPES, SHAPES
+
+# Targets (ratios to GPT-2 measured in the same run): train is unmask/HF tokens/s (at least),
+# sample is unmask/HF seconds (at most), keyed by (shape, batch, steps as a fraction of length).
+TRAIN_TARGETS = {"char-6x256-L256": 4.0, "gpt2-6x256-L128": 2.5}
+SAMPLE_TARGETS = {
+    ("char-6x256-L256", 1, 1): 2.5,
+    ("char-6x256-L256", 16, 1): 12.0,
+    ("gpt2-6x256-L128", 1, 1): 1.2,
+    ("gpt2-6x256-L128", 16, 1): 3.0,
+    ("char-6x256-L256", 1, 8): 1.0,
+    ("gpt2-6x256-L128", 1, 8): 1.0,
+    ("gpt2-6x256-L128", 16, 8): 1.0,
+}
+
+HEADER = (
+    f"{'shape':<16} {'system':<8} {'what':<6} {'dtype':<5} {'batch':>5} {'steps':>5} {'seconds':>9} "
+    f"{'tokens/s':>10} {'calls':>6} {'mfu':>6} {'rss_MiB':>8} {'+MiB':>6}  repeats"
+)
+
+
+def add_mfu(rows: list[dict[str, Any]]) -> None:
+    """mfu of each training row against the GEMM throughput of its dtype on its shape's run."""
+    gemm = {(r["shape"], r["dtype"]): r["flops_per_s"] for r in rows if r["what"] == "gemm" and r.get("seconds")}
+    for row in rows:
+        peak = gemm.get((row["shape"], row["dtype"]))
+        if row["what"] == "train" and row.get("seconds") and peak:
+            row["mfu"] = row["flops"] / row["seconds"] / peak
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def format_row(row: dict[str, Any]) -> str:
+    label = row["objective"] if row["what"] == "train" else row["system"]
+    prefix = f"{row['shape']:<16} {label:<8} {row['what']:<6} {row['dtype']:<5}"
+    if row.get("error"):
+        return f"{prefix} ERROR: {row['error']}"
+    if row["what"] == "gemm":
+        return f"{prefix} {'':>11} {row['seconds']:9.4f}  {row['flops_per_s'] / 1e9:.1f} GFLOP/s (n={row['gemm_n']})"
+    mfu = row.get("mfu")
+    return (
+        f"{prefix} {_fmt(row['batch'], 'd'):>5} {_fmt(row['steps'], 'd'):>5} {row['seconds']:9.3f} "
+        f"{row['tokens_per_s']:10.1f} {_fmt(row.get('model_calls'), '.1f'):>6} "
+        f"{_fmt(mfu and mfu * 100, '5.1f') + ('%' if mfu else ''):>6} "
+        f"{_fmt(row.get('peak_rss_mib'), '.0f'):>8} {_fmt(row.get('rss_growth_mib'), '.0f'):>6}  x{row['repeats']}"
+    )
+
+
+def _find(rows: list[dict[str, Any]], **keys: Any) -> dict[str, Any] | None:
+    for row in rows:
+        if row.get("seconds") and all(row.get(k) == v for k, v in keys.items()):
+            return row
+    return None
+
+
+def _verdict(ok: bool | None) -> str:
+    return "" if ok is None else ("  PASS" if ok else "  MISS")
+
+
+def train_ratio_lines(rows: list[dict[str, Any]], shape_name: str, dtype: str) -> list[str]:
+    """unmask/HF training tokens/s (same batch and length: the inverse ratio of seconds)."""
+    lines = []
+    hf = _find(rows, shape=shape_name, what="train", objective="hf", dtype=dtype)
+    for objective in ("mdlm", "ar"):
+        own = _find(rows, shape=shape_name, what="train", objective=objective, dtype=dtype)
+        if hf and own:
+            ratio, best = hf["seconds"] / own["seconds"], hf["seconds_min"] / own["seconds_min"]
+            target = TRAIN_TARGETS.get(shape_name) if (objective, dtype) == ("mdlm", "bf16") else None
+            goal = f" target >= {target}x" if target else ""
+            ok = None if target is None else ratio >= target
+            lines.append(f"{shape_name} train {dtype} {objective}: unmask/HF tokens/s = {ratio:.2f}x "
+                         f"[{best:.2f}x]{goal}{_verdict(ok)}")
+    return lines
+
+
+def seconds_ratio_lines(rows: list[dict[str, Any]], shape_name: str, what: str, dtype: str) -> list[str]:
+    """unmask/HF seconds of one call or of sampling, at each batch (and step count)."""
+    length = SHAPES[shape_name].length
+    lines = []
+    for batch in (1, 16):
+        hf = _find(rows, shape=shape_name, what=what, system="hf-gpt2", dtype=dtype, batch=batch)
+        for divisor in (1, 8) if what == "sample" else (None,):
+            steps = length // divisor if divisor else None
+            own = _find(rows, shape=shape_name, what=what, system="unmask", dtype=dtype, batch=batch, steps=steps)
+            if not (hf and own):
+                continue
+            ratio, best = own["seconds"] / hf["seconds"], own["seconds_min"] / hf["seconds_min"]
+            target = SAMPLE_TARGETS.get((shape_name, batch, divisor)) if what == "sample" else None
+            goal = f" target <= {target}x" if target else ""
+            ok = None if target is None else ratio <= target
+            label = f"{what} {dtype} b{batch}" + (f" T={steps}" if steps else "")
+            lines.append(f"{shape_name} {label}: unmask/HF seconds = {ratio:.2f}x [{best:.2f}x] "
+                         f"(HF/unmask {1 / ratio:.2f}x){goal}{_verdict(ok)}")
+    return lines
+
+
+def ratio_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Every ratio the rows allow, shape by shape, with the targets where there is one."""
+    lines = []
+    for shape_name in SHAPES:
+        for dtype in DTYPES:
+            lines += train_ratio_lines(rows, shape_name, dtype)
+        for what in ("call", "sample"):
+            for dtype in DTYPES:
+                lines += seconds_ratio_lines(rows, shape_name, what, dtype)
+    return lines
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
