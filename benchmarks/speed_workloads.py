@@ -25,8 +25,11 @@ Workloads (``WORKLOADS``; the ``what`` of a row):
   zero-initialised adaLN and output layer would make every draw uniform; the same in ``sample``.
 - ``sample``: wall time to generate full-length sequences (batch 1 and 16). unmask:
   ``unmask.generate(model, SamplerConfig(sampler="cached", steps=T), ...)`` with T = length and
-  T = length / 8 (``model_calls`` is its ``num_calls``). GPT-2: ``generate`` with the KV cache,
-  ``do_sample=True, top_k=0``, length - 1 new tokens after a one-token prompt, so both produce
+  T = length / 8 (``model_calls`` is its ``num_calls``). ``bd3lm-16``: the same DiT sampled block
+  by block (block diffusion, blocks of 16, ``unmask.sampling.blocks.generate_blocks`` with its
+  key/value cache) with the cached sampler at T = 16 steps per block (one token per step) and
+  T = 4 (four tokens per step); ``steps`` is T per block. GPT-2: ``generate`` with the KV cache,
+  ``do_sample=True, top_k=0``, length - 1 new tokens after a one-token prompt, so all produce
   ``length`` tokens per sequence.
 
 FLOPs of a training step (``train_flops``; forward + backward = 3 x forward, 2 FLOPs per multiply-add):
@@ -63,6 +66,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from unmask import DiT, generate
 from unmask.config import Config, apply_overrides
 from unmask.sampling import SamplerConfig
+from unmask.sampling.blocks import CachedContext, generate_blocks
 from unmask.train import Trainer
 
 DTYPES = ("fp32", "bf16")
@@ -90,6 +94,10 @@ SHAPES: dict[str, Shape] = {
     "dit-small-L1024": Shape("gpt2", vocab=50257, length=1024, n_layers=12, hidden=768, n_heads=12, train_batch=32),
 }
 DEFAULT_SHAPES = ("char-6x256-L256", "gpt2-6x256-L128")
+
+# Block diffusion's sampling rows: its block size, and (shape, batch) -> steps per block of its rows.
+BD3LM_BLOCK = 16
+BD3LM_ROWS = {("gpt2-6x256-L128", 1): (16, 4), ("gpt2-6x256-L128", 16): (16, 4), ("char-6x256-L256", 16): (16,)}
 
 # The train group: (system, objective) for each row, timed in turns with the GEMM of their dtype.
 TRAIN_ROWS = (("unmask", "mdlm"), ("unmask", "ar"), ("hf-gpt2", "hf"))
@@ -311,6 +319,21 @@ def unmask_sampling(model: torch.nn.Module, shape: Shape, dev: Device, dtype: st
     return run_steps
 
 
+def bd3lm_sampling(model: torch.nn.Module, shape: Shape, dev: Device, dtype: str, batch: int
+                   ) -> Callable[[int], int]:
+    """Block by block (blocks of ``BD3LM_BLOCK``, the key/value cache) with the cached sampler at ``steps``
+    per block; returns its network calls."""
+
+    def run_steps(steps: int) -> int:
+        with dev.autocast(dtype):
+            out = generate_blocks(CachedContext(model, BD3LM_BLOCK), SamplerConfig(sampler="cached", steps=steps),
+                                  batch_size=batch, length=shape.length, block_size=BD3LM_BLOCK,
+                                  mask_id=shape.mask_id)
+        return out.num_calls
+
+    return run_steps
+
+
 def gpt2_sampling(model: torch.nn.Module, shape: Shape, dev: Device, dtype: str, batch: int
                   ) -> Callable[[int], int]:
     """GPT-2 ``generate`` with its KV cache, ``steps`` new tokens after a one-token prompt; returns its calls."""
@@ -332,12 +355,14 @@ def gpt2_sampling(model: torch.nn.Module, shape: Shape, dev: Device, dtype: str,
 
 
 # How each system samples: (model, shape, device, dtype, batch) -> run(steps) -> network calls.
-SAMPLERS: dict[str, Callable[..., Callable[[int], int]]] = {"unmask": unmask_sampling, "hf-gpt2": gpt2_sampling}
+SAMPLERS: dict[str, Callable[..., Callable[[int], int]]] = {
+    "unmask": unmask_sampling, f"bd3lm-{BD3LM_BLOCK}": bd3lm_sampling, "hf-gpt2": gpt2_sampling,
+}
 
 
 def sample_member(dev: Device, shape: Shape, spec: dict[str, Any]) -> Member:
     system, batch, steps = spec["system"], spec["batch"], spec["steps"]
-    model = build_model(system, shape, dev.device).eval()
+    model = build_model("hf-gpt2" if system == "hf-gpt2" else "unmask", shape, dev.device).eval()
     run_steps = SAMPLERS[system](model, shape, dev, spec["dtype"], batch)
     return Member(spec, lambda: run_steps(steps), lambda: run_steps(max(1, steps // 8)),
                   tokens=batch * shape.length, budget_s=spec["budget_s"])
@@ -380,5 +405,7 @@ def plan(shape_name: str, *, dtypes: list[str], whats: list[str], quick: bool, b
                 {**sample, "system": "hf-gpt2", "steps": shape.length - 1},
                 {**sample, "system": "unmask", "steps": shape.length},
                 {**sample, "system": "unmask", "steps": shape.length // 8},
+                *({**sample, "system": f"bd3lm-{BD3LM_BLOCK}", "steps": steps}
+                  for steps in BD3LM_ROWS.get((shape_name, batch), ())),
             ])
     return groups
