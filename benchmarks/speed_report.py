@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from speed_workloads import DTYPES, SHAPES
+from speed_workloads import BD3LM_BLOCK, BD3LM_ROWS, DTYPES, SHAPES
 
 # Targets (ratios to GPT-2 measured in the same run): train is unmask/HF tokens/s (at least),
 # sample is unmask/HF seconds (at most), keyed by (shape, batch, steps).
@@ -28,6 +28,14 @@ SAMPLE_TARGETS = {
     ("char-6x256-L256", 1, 32): 1.0,
     ("gpt2-6x256-L128", 1, 16): 1.0,
     ("gpt2-6x256-L128", 16, 16): 1.0,
+}
+# Block diffusion's sampling: bd3lm/HF seconds (at most), keyed by (shape, batch, steps per block).
+BD3LM_TARGETS = {
+    ("gpt2-6x256-L128", 1, 16): 1.2,
+    ("gpt2-6x256-L128", 16, 16): 1.5,
+    ("gpt2-6x256-L128", 1, 4): 1.0,  # faster than GPT-2
+    ("gpt2-6x256-L128", 16, 4): 1.0,
+    ("char-6x256-L256", 16, 16): 3.0,
 }
 # The systems of unmask that are compared with GPT-2 (the static-shape path where it ran).
 UNMASK_SYSTEMS = ("unmask", "unmask-static")
@@ -146,6 +154,25 @@ def seconds_ratio_lines(rows: list[dict[str, Any]], shape_name: str, what: str, 
     return lines
 
 
+def bd3lm_ratio_lines(rows: list[dict[str, Any]], shape_name: str, dtype: str) -> list[str]:
+    """bd3lm/HF seconds of sampling, at each batch and step count per block of the bd3lm rows."""
+    lines = []
+    for (shape, batch), step_counts in BD3LM_ROWS.items():
+        hf = _find(rows, shape=shape_name, what="sample", system="hf-gpt2", dtype=dtype, batch=batch)
+        for steps in step_counts if shape == shape_name else ():
+            own = _find(rows, shape=shape_name, what="sample", system=f"bd3lm-{BD3LM_BLOCK}", dtype=dtype,
+                        batch=batch, steps=steps)
+            if not (hf and own):
+                continue
+            ratio, best = own["seconds"] / hf["seconds"], own["seconds_min"] / hf["seconds_min"]
+            target = BD3LM_TARGETS.get((shape_name, batch, steps))
+            goal = f" target <= {target}x" if target else ""
+            ok = None if target is None else ratio <= target
+            lines.append(f"{shape_name} sample {dtype} b{batch} bd3lm-{BD3LM_BLOCK} T={steps}/block: bd3lm/HF "
+                         f"seconds = {ratio:.2f}x [{best:.2f}x] (HF/bd3lm {1 / ratio:.2f}x){goal}{_verdict(ok)}")
+    return lines
+
+
 def ratio_lines(rows: list[dict[str, Any]]) -> list[str]:
     """Every ratio the rows allow, shape by shape, with the targets where there is one."""
     lines = []
@@ -155,6 +182,8 @@ def ratio_lines(rows: list[dict[str, Any]]) -> list[str]:
         for what in ("call", "sample"):
             for dtype in DTYPES:
                 lines += seconds_ratio_lines(rows, shape_name, what, dtype)
+        for dtype in DTYPES:
+            lines += bd3lm_ratio_lines(rows, shape_name, dtype)
     return lines
 
 

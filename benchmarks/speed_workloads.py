@@ -32,10 +32,12 @@ Workloads (``WORKLOADS``; the ``what`` of a row):
   ``unmask.generate(model, SamplerConfig(sampler="cached", steps=T), ...)`` at the shape's two step
   counts (T = length and length / 8 but for ``dit-small-L1024``; ``model_calls`` is its
   ``num_calls``); ``unmask-static`` the same through one ``StaticShapeDenoiser`` of [batch, length]
-  built (and, on CUDA, captured) in the warm-up. GPT-2: ``generate`` with the KV cache,
-  ``do_sample=True, top_k=0``, length - 1 new tokens after a one-token prompt, so both produce
-  ``length`` tokens per sequence. The ``unmask-static`` rows run with ``--device cuda`` (or with
-  ``--static-shapes``).
+  built (and, on CUDA, captured) in the warm-up, with ``--device cuda`` (or ``--static-shapes``).
+  ``bd3lm-16``: the same DiT sampled block by block (block diffusion, blocks of 16,
+  ``unmask.sampling.blocks.generate_blocks`` with its key/value cache) with the cached sampler at
+  T = 16 steps per block (one token per step) and T = 4 (four tokens per step); ``steps`` is T per
+  block. GPT-2: ``generate`` with the KV cache, ``do_sample=True, top_k=0``, length - 1 new tokens
+  after a one-token prompt, so all produce ``length`` tokens per sequence.
 
 FLOPs of a training step (``train_flops``; forward + backward = 3 x forward, 2 FLOPs per multiply-add):
 6 * 12 * n_layers * d^2 * tokens for the blocks' matmuls, plus a * n_layers * L * d * tokens for
@@ -72,6 +74,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from unmask import DiT, generate
 from unmask.config import Config, apply_overrides
 from unmask.sampling import SamplerConfig
+from unmask.sampling.blocks import CachedContext, generate_blocks
 from unmask.static_shapes import StaticShapeDenoiser
 from unmask.train import Trainer
 
@@ -107,6 +110,10 @@ SHAPES: dict[str, Shape] = {
 }
 DEFAULT_SHAPES = ("char-6x256-L256", "gpt2-6x256-L128")
 
+# Block diffusion's sampling rows: its block size, and (shape, batch) -> steps per block of its rows.
+BD3LM_BLOCK = 16
+BD3LM_ROWS = {("gpt2-6x256-L128", 1): (16, 4), ("gpt2-6x256-L128", 16): (16, 4), ("char-6x256-L256", 16): (16,)}
+
 # The train group: (system, objective) for each row, timed in turns with the GEMM of their dtype.
 TRAIN_ROWS = (("unmask", "mdlm"), ("unmask", "ar"), ("hf-gpt2", "hf"))
 # Objectives whose attention is causal (their FLOPs count only the lower triangle of attention).
@@ -139,8 +146,9 @@ def randomize(model: torch.nn.Module) -> None:
 
 
 def build_model(system: str, shape: Shape, device: torch.device) -> torch.nn.Module:
-    """unmask's DiT (random N(0, 0.02) weights; every "unmask..." system) or GPT-2 of ``shape``, on ``device``."""
-    if system.startswith("unmask"):
+    """GPT-2 ("hf-gpt2") or, for every other system, unmask's DiT (random N(0, 0.02) weights) of ``shape``,
+    on ``device``."""
+    if system != "hf-gpt2":
         config = Config()
         apply_overrides(config, model_overrides(shape))
         model = DiT(config.model_config(shape.vocab + 1))
@@ -317,6 +325,21 @@ def unmask_sampling(model: torch.nn.Module, shape: Shape, dev: Device, dtype: st
     return run_steps
 
 
+def bd3lm_sampling(model: torch.nn.Module, shape: Shape, dev: Device, dtype: str, batch: int
+                   ) -> Callable[[int], int]:
+    """Block by block (blocks of ``BD3LM_BLOCK``, the key/value cache) with the cached sampler at ``steps``
+    per block; returns its network calls."""
+
+    def run_steps(steps: int) -> int:
+        with dev.autocast(dtype):
+            out = generate_blocks(CachedContext(model, BD3LM_BLOCK), SamplerConfig(sampler="cached", steps=steps),
+                                  batch_size=batch, length=shape.length, block_size=BD3LM_BLOCK,
+                                  mask_id=shape.mask_id)
+        return out.num_calls
+
+    return run_steps
+
+
 def gpt2_sampling(model: torch.nn.Module, shape: Shape, dev: Device, dtype: str, batch: int
                   ) -> Callable[[int], int]:
     """GPT-2 ``generate`` with its KV cache, ``steps`` new tokens after a one-token prompt; returns its calls."""
@@ -347,6 +370,7 @@ def static_sampling(model: torch.nn.Module, shape: Shape, dev: Device, dtype: st
 SAMPLERS: dict[str, Callable[..., Callable[[int], int]]] = {
     "unmask": unmask_sampling,
     "unmask-static": static_sampling,
+    f"bd3lm-{BD3LM_BLOCK}": bd3lm_sampling,
     "hf-gpt2": gpt2_sampling,
 }
 
@@ -394,7 +418,11 @@ def plan(shape_name: str, *, dtypes: list[str], whats: list[str], quick: bool, b
                            for system in (*unmask_systems, "hf-gpt2")])
         for batch in ((1,) if quick else (1, 16)) if "sample" in whats else ():
             sample = {**base, "what": "sample", "dtype": dtype, "batch": batch, "budget_s": budget_s}
-            groups.append([{**sample, "system": "hf-gpt2", "steps": shape.length - 1}] + [
-                {**sample, "system": system, "steps": steps} for system in unmask_systems
-                for steps in shape.sample_steps])
+            groups.append([
+                {**sample, "system": "hf-gpt2", "steps": shape.length - 1},
+                *({**sample, "system": system, "steps": steps} for system in unmask_systems
+                  for steps in shape.sample_steps),
+                *({**sample, "system": f"bd3lm-{BD3LM_BLOCK}", "steps": steps}
+                  for steps in BD3LM_ROWS.get((shape_name, batch), ())),
+            ])
     return groups

@@ -14,14 +14,15 @@ from unmask.models import DiT
 
 
 def untrained_run(root: Path, objective: str, *, length: int = 32, seed: int = 0,
-                  scrambled: bool = False) -> tuple[Path, DiT]:
-    """A run directory ``root/run_OBJECTIVE`` with one checkpoint (step 1) of a random model, and the model.
+                  scrambled: bool = False, block_size: int = 16) -> tuple[Path, DiT]:
+    """A run directory ``root/run_OBJECTIVE`` with one checkpoint (step 1) of a random model, and the model
+    (``block_size`` for bd3lm).
 
     As initialised the model's logits are all zero (its output layer starts at zero); ``scrambled``
     draws every weight at random instead, so that its distributions differ by position and time.
     """
     config = Config()
-    config.objective.name = objective
+    config.objective.name, config.objective.block_size = objective, block_size
     config.model.n_layers, config.model.hidden, config.model.n_heads, config.model.cond_dim = 1, 32, 2, 16
     config.data.length, config.data.tokenizer = length, "char"
     tokenizer = get_tokenizer("char")

@@ -97,8 +97,8 @@ def test_a_time_budget_shows_progress_against_the_budget(tmp_path, corpus_file, 
 def test_every_option_has_help_with_its_default(capsys):
     assert main(["sample", "--help"]) == 0
     out = " ".join(capsys.readouterr().out.split())
-    for text in ("sampling steps T (per window) (default: 128)", "(default: 4)", "(default: 0)", "(default: 1.0)",
-                 "draw only among the k most likely tokens", "nucleus"):
+    for text in ("sampling steps T (per window; per block for bd3lm) (default: 128)", "(default: 4)", "(default: 0)",
+                 "(default: 1.0)", "draw only among the k most likely tokens", "nucleus"):
         assert text in out, text
     assert main(["train", "--help"]) == 0
     assert "stop after this many steps" in capsys.readouterr().out

@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from unmask.errors import UserError
+from unmask.models.block_attention import ATTENTIONS
 from unmask.models.dit import GELUS, DiTConfig
 from unmask.schedules import SCHEDULES
 
@@ -48,14 +49,15 @@ class DataConfig:
 
 
 # The objectives a run can train with (objective.name); each has a branch in unmask.objectives.
-OBJECTIVES = ("mdlm", "ar", "sedd", "d3pm")
+OBJECTIVES = ("mdlm", "ar", "sedd", "d3pm", "bd3lm")
 D3PM_STEPS = 1000  # T of the paper's D3PM row
 
 
 @dataclass
 class ObjectiveConfig:
     # "mdlm" (SUBS), "ar" (the autoregressive baseline on the same backbone), "sedd" (score entropy,
-    # absorbing) or "d3pm" (absorbing, discrete time, no zero masking, no carry-over)
+    # absorbing), "d3pm" (absorbing, discrete time, no zero masking, no carry-over) or "bd3lm" (block
+    # diffusion: autoregressive across blocks, MDLM within each)
     name: str = "mdlm"
     schedule: str = "loglinear"
     # T of the discrete-time bound; 0: continuous time; null: the objective's own (continuous for
@@ -64,6 +66,9 @@ class ObjectiveConfig:
     carry_over: bool = True  # mdlm ablation: False also scores unmasked positions
     zero_masking: bool = True  # mdlm ablation: False lets the model predict MASK (discrete time only)
     antithetic: bool = True
+    block_size: int = 16  # bd3lm: tokens per block, a divisor of data.length (the paper's: 4, 8, 16)
+    # bd3lm training draws masking rates from [beta, omega] (clipped schedule); evaluation uses [0, 1].
+    mask_rate_range: list[float] = field(default_factory=lambda: [0.0, 1.0])
 
     @property
     def time_steps(self) -> int:
@@ -191,6 +196,12 @@ def _coerce(value: Any, key: str) -> Any:
     """Check (and where harmless convert) a value against a field's annotation."""
     section, name = key.split(".")
     hint = typing.get_type_hints(_FIELD_OWNERS[section])[name]
+    if typing.get_origin(hint) is list:
+        numbers = isinstance(value, (list, tuple)) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        if not numbers:
+            raise ConfigError(f"{key} must be a list of numbers, e.g. [0.3, 0.8], got {value!r}")
+        return [float(v) for v in value]
     allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     if value is None and type(None) in allowed:
         return None
@@ -282,6 +293,7 @@ RANGES: dict[str, tuple[float, float | None, bool, bool]] = {
     "model.rope_base": (0.0, None, True, False),
     "data.vocab_size": (259, None, False, False), "data.length": (3, None, False, False),
     "data.max_documents": (1, None, False, False), "objective.discrete_steps": (0, None, False, False),
+    "objective.block_size": (1, None, False, False),
     "optim.lr": (0.0, None, True, False),
     "optim.beta1": (0.0, 1.0, False, True), "optim.beta2": (0.0, 1.0, False, True),
     "optim.eps": (0.0, None, True, False), "optim.weight_decay": (0.0, None, False, False),
@@ -303,6 +315,7 @@ def validate(config: Config) -> None:
         "optim.decay": (config.optim.decay, ("constant", "cosine")),
         "train.precision": (config.train.precision, ("auto", "bf16", "fp32")),
         "model.gelu": (config.model.gelu, GELUS),
+        "model.attention": (config.model.attention, ATTENTIONS),
         "parallel.strategy": (config.parallel.strategy, ("ddp", "fsdp")),
     }
     for key, (value, allowed) in choices.items():
@@ -337,6 +350,7 @@ def validate(config: Config) -> None:
         )
     if config.model.hidden % config.model.n_heads:
         raise ConfigError(f"model.hidden ({config.model.hidden}) must be divisible by model.n_heads")
+    _validate_block_diffusion(config)
 
 
 def _validate_objective(config: Config) -> None:
@@ -362,3 +376,24 @@ def _validate_objective(config: Config) -> None:
         if not config.model.time_conditioning:
             raise ConfigError("objective.name=sedd reads the output as a score at the noise level t, so the model "
                               "must see t: add model.time_conditioning=true")
+
+
+def _validate_block_diffusion(config: Config) -> None:
+    """bd3lm's own settings: a block size dividing the length, a masking-rate range, no time conditioning."""
+    objective = config.objective
+    rates = objective.mask_rate_range
+    if len(rates) != 2 or not 0 <= rates[0] < rates[1] <= 1:
+        raise ConfigError(f"objective.mask_rate_range must be [beta, omega] with 0 <= beta < omega <= 1 "
+                          f"(e.g. [0.3, 0.8]), got {rates}")
+    if objective.name != "bd3lm":
+        if list(rates) != [0.0, 1.0]:
+            raise ConfigError("objective.mask_rate_range applies to objective.name=bd3lm only; drop it")
+        return
+    if config.data.length % objective.block_size:
+        raise ConfigError(f"objective.block_size ({objective.block_size}) must divide data.length "
+                          f"({config.data.length}), e.g. 4, 8 or 16")
+    if config.model.time_conditioning:
+        raise ConfigError("objective.name=bd3lm gives every block its own time: set model.time_conditioning=false")
+    if objective.time_steps or not objective.carry_over or not objective.zero_masking:
+        raise ConfigError("objective.name=bd3lm uses the continuous-time SUBS bound: drop objective.discrete_steps, "
+                          "carry_over and zero_masking")

@@ -102,6 +102,23 @@ def free_directory(out: Path) -> Path:
     return candidate
 
 
+def train_for(run_dir: Path, overrides: list[str], *, minutes: float, progress: bool = True, eval_batches: int = 16,
+              tokenizer_from: Path | None = None) -> dict:
+    """Train the ``tiny`` preset with ``overrides`` for ``minutes`` in ``run_dir`` and evaluate it on the held-out
+    plays: its steps, tokens/s and :func:`evaluate_checkpoint` report. ``tokenizer_from`` (a run) lends its
+    tokenizer, so that the figures of several runs are per token of one tokenization."""
+    config = apply_overrides(load_preset("tiny"), overrides)
+    for key, value in (("train.max_minutes", minutes), ("train.max_steps", 100_000), ("train.eval_every", 100_000),
+                       ("train.save_every", 100_000)):
+        set_value(config, key, value)
+    if tokenizer_from is not None:
+        run_dir.mkdir(parents=True)
+        shutil.copytree(tokenizer_from / "tokenizer", run_dir / "tokenizer")
+    trained = train(config, run_dir, progress=progress)
+    report = evaluate_checkpoint(run_dir, max_batches=eval_batches)
+    return {"steps": trained.step, "tokens_per_s": trained.tokens_per_s, **report}
+
+
 def run_demo(out: Path, *, minutes: float = 3.5, progress: bool = True, eval_batches: int = 16,
              precision: str = "auto") -> dict:
     """Train, evaluate and sample as the module docstring says; ``precision`` forces train.precision."""
@@ -111,20 +128,11 @@ def run_demo(out: Path, *, minutes: float = 3.5, progress: bool = True, eval_bat
     print(f"== demo size: {size.label} (training speed here: {'; '.join(notes)})")
     results = {}
     for objective in ("mdlm", "ar"):
-        config = apply_overrides(load_preset("tiny"), [*overrides, *size.overrides])
-        set_value(config, "objective.name", objective)
-        set_value(config, "train.max_minutes", minutes)
-        set_value(config, "train.max_steps", 100_000)
-        set_value(config, "train.eval_every", 100_000)
-        set_value(config, "train.save_every", 100_000)
         run_dir = out / objective
-        if objective == "ar":  # the same tokenizer: the two figures are per token of one tokenization
-            run_dir.mkdir(parents=True)
-            shutil.copytree(out / "mdlm" / "tokenizer", run_dir / "tokenizer")
         print(f"== training {objective} for {minutes:g} min -> {run_dir}")
-        trained = train(config, run_dir, progress=progress)
-        report = evaluate_checkpoint(run_dir, max_batches=eval_batches)
-        results[objective] = {"steps": trained.step, "tokens_per_s": trained.tokens_per_s, **report}
+        results[objective] = train_for(run_dir, [*overrides, *size.overrides, f"objective.name={objective}"],
+                                       minutes=minutes, progress=progress, eval_batches=eval_batches,
+                                       tokenizer_from=None if objective == "mdlm" else out / "mdlm")
 
     pipeline = load(out / "mdlm")
     valid = TokenBlocks("default", pipeline.tokenizer, split="validation", length=pipeline.config.data.length)

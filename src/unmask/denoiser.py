@@ -18,6 +18,10 @@ them from the model inside):
   (``N = where.sum()``). The output head and the cross-entropy then cost only what is used.
 - ``supports_attention_mask = True``: it accepts ``attention_mask: BoolTensor[B, L]``
   (True = real token) so that padding takes no part in attention.
+- ``supports_block_diffusion = True``: it accepts ``block_size: int`` (block-causal attention)
+  and with it ``x0: LongTensor[B, L]``, the clean sequence: the vectorised block diffusion pass,
+  where every block of x_t sees itself and the clean blocks before it (see
+  :mod:`unmask.models.block_attention`). A denoiser without it is run block by block instead.
 
 A Hugging Face masked LM fits with a few lines::
 
@@ -60,13 +64,15 @@ def unwrap(denoiser: Denoiser) -> Denoiser:
 class Capabilities:
     positions: bool
     attention_mask: bool
+    block_diffusion: bool = False
 
 
 def capabilities(denoiser: Denoiser) -> Capabilities:
     """What the model inside ``denoiser`` accepts besides ``(x_t, t)``."""
     model = unwrap(denoiser)
     return Capabilities(positions=bool(getattr(model, "supports_positions", False)),
-                        attention_mask=bool(getattr(model, "supports_attention_mask", False)))
+                        attention_mask=bool(getattr(model, "supports_attention_mask", False)),
+                        block_diffusion=bool(getattr(model, "supports_block_diffusion", False)))
 
 
 def denoise(
@@ -76,12 +82,21 @@ def denoise(
     *,
     where: Tensor | None = None,
     attention_mask: Tensor | None = None,
+    block_size: int | None = None,
+    x0: Tensor | None = None,
 ) -> Tensor:
-    """Call ``denoiser``; with ``where`` return logits [N, V] at those positions only."""
+    """Call ``denoiser``; with ``where`` return logits [N, V] at those positions only.
+
+    ``block_size`` (and ``x0``) ask for block diffusion's attention, which the denoiser must support.
+    """
     can = capabilities(denoiser)
     kwargs = {}
     if attention_mask is not None and can.attention_mask:
         kwargs["attention_mask"] = attention_mask
+    if block_size is not None or x0 is not None:
+        if not can.block_diffusion:
+            raise ValueError("this denoiser has no block diffusion attention (supports_block_diffusion)")
+        kwargs.update(block_size=block_size, x0=x0)
     if where is not None and can.positions:
         return denoiser(x_t, t, where=where, **kwargs)
     logits = denoiser(x_t, t, **kwargs)

@@ -6,13 +6,15 @@ never changed by the sampler.
 
 :func:`generate_text` is what ``unmask sample`` runs: :func:`prepare` checks a request and makes
 its fixed tokens, :func:`start_run` the sampling run of an MDLM within the model's length (which
-the server drives among others, so that a seed gives the same text there), :func:`text_samples`
-the texts.
+the server drives among others, so that a seed gives the same text there), :func:`sample_tokens`
+every other model's sampler (block by block for block diffusion, left to right for AR),
+:func:`text_samples` the texts.
 """
 
 from __future__ import annotations
 
 import re
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,8 +26,9 @@ from unmask.data import Tokenizer
 from unmask.errors import UserError
 from unmask.pipeline import Pipeline
 from unmask.runtime import autocast
-from unmask.sampling import SampleOutput, SamplerConfig, generate_long
+from unmask.sampling import SampleOutput, SamplerConfig, generate, generate_long
 from unmask.sampling.autoregressive import generate_autoregressive
+from unmask.sampling.blocks import CachedContext, generate_blocks
 from unmask.sampling.loop import SamplingRun, initial_state, run_to_end
 
 PLACEHOLDER = re.compile(r"\[MASK(?::(\d+))?\]")
@@ -100,7 +103,14 @@ class TextSamples:
 
 def in_windows(pipeline: Pipeline, length: int | None) -> bool:
     """True when ``length`` is beyond the model's and an MDLM generates it semi-autoregressively."""
-    return length is not None and length > pipeline.config.data.length and not pipeline.is_autoregressive
+    return (length is not None and length > pipeline.config.data.length and not pipeline.is_autoregressive
+            and pipeline.block_size is None)
+
+
+def in_one_run(pipeline: Pipeline, length: int | None) -> bool:
+    """True when :func:`generate_text` samples with one run over the whole template (:func:`start_run`):
+    an MDLM within the model's length. AR and block diffusion models sample token or block by block."""
+    return not pipeline.is_autoregressive and pipeline.block_size is None and not in_windows(pipeline, length)
 
 
 def prepare(
@@ -113,8 +123,8 @@ def prepare(
     template: str | None = None,
 ) -> Tensor:
     """Check a request as :func:`generate_text` runs it (PromptError naming the fix) and return its
-    fixed tokens: the template [L] within the model's length, or the prefix (BOS and the prompt) of a
-    length generated in windows (:func:`in_windows`)."""
+    fixed tokens: the template [L] within the model's length (of any length for block diffusion), or the
+    prefix (BOS and the prompt) of a length generated in windows (:func:`in_windows`)."""
     if num_samples < 1:
         raise PromptError(f"--num-samples must be at least 1, got {num_samples}")
     if length is not None and length < 2:
@@ -128,6 +138,8 @@ def prepare(
             raise PromptError(f"a template must fit the model's length {window}; --length extends only prompts")
         prefix = build_template(tokenizer, model_length=window, length=window, prompt=prompt)
         return prefix[prefix != tokenizer.mask_id]
+    if pipeline.block_size is not None:  # any length: --length or the template decides
+        window = length or (window if template is None else sys.maxsize)
     return build_template(tokenizer, model_length=window, length=length, prompt=prompt, template=template)
 
 
@@ -157,40 +169,71 @@ def generate_text(
     on_step: Callable[[Tensor], None] | None = None,
     static_shapes: bool = False,
 ) -> TextSamples:
-    """Sample ``num_samples`` texts from a loaded model (MDLM or the AR baseline) as ``sampling`` says.
+    """Sample ``num_samples`` texts from a loaded model (MDLM, block diffusion or the AR baseline) as
+    ``sampling`` says.
 
-    A ``length`` beyond the model's runs semi-autoregressively: windows of the model's length,
-    each starting with the last ``overlap`` tokens of the previous one (default: half a window),
-    ``sampling.steps`` steps per window. ``stop_at_eos`` stops at the first EOS of every sample.
-    ``on_step`` sees the token ids of every sample after every step. ``static_shapes`` runs every
-    denoiser call of an MDLM at one shape (:func:`unmask.sampling.loop.run_to_end`: CUDA graphs on a
-    GPU), for the same texts.
+    For MDLM a ``length`` beyond the model's runs semi-autoregressively: windows of the model's
+    length, each starting with the last ``overlap`` tokens of the previous one (default: half a
+    window), ``sampling.steps`` steps per window. A block diffusion model generates block by block
+    (``sampling.steps`` per block) to any length, sliding its cache past the model's length.
+    ``stop_at_eos`` stops at the first EOS of every sample. ``on_step`` sees the token ids of every
+    sample after every step. ``static_shapes`` runs every denoiser call of an MDLM at one shape
+    (:func:`unmask.sampling.loop.run_to_end`: CUDA graphs on a GPU), for the same texts.
     """
     sampling = sampling or SamplerConfig()
-    if static_shapes and pipeline.is_autoregressive:
-        raise PromptError("--static-shapes runs a diffusion model's calls at one shape; the AR baseline's calls "
-                          "grow by one token each: drop --static-shapes")
+    if static_shapes and (pipeline.is_autoregressive or pipeline.block_size is not None):
+        raise PromptError("--static-shapes runs every call over the whole sequence at one shape; the AR baseline "
+                          "and block diffusion sample token or block by block: drop --static-shapes")
     fixed = prepare(pipeline, sampling, num_samples=num_samples, length=length, prompt=prompt, template=template)
+    if pipeline.block_size is not None and overlap is not None:
+        raise PromptError("--overlap sets MDLM's semi-autoregressive windows; a bd3lm model slides its cache block "
+                          "by block: drop --overlap")
     tokenizer, model, device = pipeline.tokenizer, pipeline.model, pipeline.device
+    stop_id = tokenizer.eos_id if stop_at_eos else None
     started = time.perf_counter()
     with autocast(precision, device):
-        if not in_windows(pipeline, length) and not pipeline.is_autoregressive:
+        if in_one_run(pipeline, length):
             out = run_to_end(model, start_run(pipeline, sampling, fixed, num_samples=num_samples, seed=seed),
                              on_step=on_step, static_shapes=static_shapes)
         else:
             generator = torch.Generator(device).manual_seed(seed)
-            if pipeline.is_autoregressive:
-                out = generate_autoregressive(model, batch_size=num_samples, length=len(fixed),
-                                              mask_id=tokenizer.mask_id, template=fixed, generator=generator,
-                                              draw=sampling.draw, on_step=on_step)
-            else:
+            if in_windows(pipeline, length):
                 out = generate_long(model, sampling, batch_size=num_samples, total_length=length,
                                     window=pipeline.config.data.length, mask_id=tokenizer.mask_id,
                                     schedule=pipeline.config.objective.schedule, overlap=overlap, prefix=fixed,
-                                    stop_id=tokenizer.eos_id if stop_at_eos else None, generator=generator,
-                                    on_step=on_step, parameterization=pipeline.parameterization,
-                                    static_shapes=static_shapes)
+                                    stop_id=stop_id, generator=generator, on_step=on_step,
+                                    parameterization=pipeline.parameterization, static_shapes=static_shapes)
+            else:
+                out = sample_tokens(pipeline, sampling, batch_size=num_samples, template=fixed, generator=generator,
+                                    stop_id=stop_id, on_step=on_step)
     return text_samples(tokenizer, out, time.perf_counter() - started, stop_at_eos=stop_at_eos)
+
+
+def sample_tokens(
+    pipeline: Pipeline,
+    sampling: SamplerConfig,
+    *,
+    batch_size: int,
+    template: Tensor,
+    generator: torch.Generator | None = None,
+    stop_id: int | None = None,
+    on_step: Callable[[Tensor], None] | None = None,
+) -> SampleOutput:
+    """Fill the MASK positions of ``template`` [L] for ``batch_size`` samples with the pipeline's own
+    sampler: block by block with the key/value cache (bd3lm; ``stop_id`` may end it early), left to
+    right (AR), or the sampling loop over the whole template (MDLM, SEDD, D3PM)."""
+    model, mask_id, schedule = pipeline.model, pipeline.mask_id, pipeline.config.objective.schedule
+    if pipeline.block_size is not None:
+        return generate_blocks(CachedContext(model, pipeline.block_size), sampling, batch_size=batch_size,
+                               length=len(template), block_size=pipeline.block_size, mask_id=mask_id,
+                               schedule=schedule, template=template, stop_id=stop_id, generator=generator,
+                               on_step=on_step)
+    if pipeline.is_autoregressive:
+        return generate_autoregressive(model, batch_size=batch_size, length=len(template), mask_id=mask_id,
+                                       template=template, generator=generator, draw=sampling.draw, on_step=on_step)
+    return generate(model, sampling, batch_size=batch_size, length=len(template), mask_id=mask_id, schedule=schedule,
+                    template=template, generator=generator, on_step=on_step,
+                    parameterization=pipeline.parameterization)
 
 
 def text_samples(tokenizer: Tokenizer, out: SampleOutput, seconds: float, *, stop_at_eos: bool = False) -> TextSamples:

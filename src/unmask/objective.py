@@ -130,21 +130,29 @@ def sample_times(
     *,
     antithetic: bool = True,
     t_min: float = 0.0,
+    t_max: float = 1.0,
+    blocks: int | None = None,
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
 ) -> Tensor:
-    """n times uniform in [t_min, 1]; antithetic: t_i = ((u + i) / n) mod 1 with one shared u.
+    """n times uniform in [t_min, t_max]; antithetic: t_i = ((u + i) / n) mod 1 with one shared u.
 
     Each t_i is still uniform on its own, so the estimate stays unbiased, but the batch covers
     [0, 1] evenly, which cuts the variance (paper section 3.5, "low-discrepancy sampler").
+    With ``blocks`` (block diffusion: a time per block) the times are [n, blocks], and antithetic
+    t_ib = ((u + i / n + b / blocks) mod 1): every block's times cover [0, 1] evenly across the n
+    rows, and every row's across its blocks.
     """
+    shape = (n,) if blocks is None else (n, blocks)
     if antithetic:
         u = torch.rand(1, generator=generator, device=device, dtype=torch.float64)
         steps = torch.arange(n, device=device, dtype=torch.float64) / n
+        if blocks is not None:
+            steps = steps[:, None] + torch.arange(blocks, device=device, dtype=torch.float64) / blocks
         u = (u + steps) % 1.0
     else:
-        u = torch.rand(n, generator=generator, device=device, dtype=torch.float64)
-    return (t_min + (1 - t_min) * u).float()
+        u = torch.rand(shape, generator=generator, device=device, dtype=torch.float64)
+    return (t_min + (t_max - t_min) * u).float()
 
 
 def _repeat_rows(x: Tensor | None, times: int) -> Tensor | None:
@@ -155,9 +163,11 @@ def _repeat_rows(x: Tensor | None, times: int) -> Tensor | None:
 def _mask_tokens(
     x0: Tensor, one_minus_alpha: Tensor, mask_id: int, loss_mask: Tensor, generator: torch.Generator | None
 ) -> tuple[Tensor, Tensor]:
-    """Forward process q(x_t | x0): each counted token becomes MASK with probability 1 - alpha_t."""
+    """Forward process q(x_t | x0): each counted token becomes MASK with probability 1 - alpha_t
+    (``one_minus_alpha`` per row [R], or per token [R, L])."""
     u = torch.rand(x0.shape, generator=generator, device=x0.device)
-    masked = (u < one_minus_alpha.unsqueeze(-1)) & loss_mask
+    rate = one_minus_alpha if one_minus_alpha.dim() == x0.dim() else one_minus_alpha.unsqueeze(-1)
+    masked = (u < rate) & loss_mask
     return torch.where(masked, mask_id, x0), masked
 
 

@@ -45,6 +45,11 @@ class Pipeline:
         return self.config.objective.name == "ar"
 
     @property
+    def block_size(self) -> int | None:
+        """Tokens per block of a block diffusion (bd3lm) model, None for the others."""
+        return self.config.objective.block_size if self.config.objective.name == "bd3lm" else None
+
+    @property
     def parameterization(self) -> str:
         """How the model's logits read (:mod:`unmask.score`): "sedd" (a log-score) or "subs" (an x0 prediction)."""
         return "sedd" if self.config.objective.name == "sedd" else "subs"

@@ -74,6 +74,13 @@ def _format_report(report: dict) -> str:
     for steps, result in report["discrete"].items():
         bound = f"{result['nelbo_per_token']:.4f} nats, PPL bound {result['perplexity']:.3f}"
         rows.append((f"discrete T={steps}", bound))
+    variances = report.get("block_variance") or []
+    lowest = min((r["variance"] for r in variances), default=None)
+    for r in variances:
+        low, high = r["mask_rate_range"]
+        mark = "  <- lowest" if r["variance"] == lowest else ""
+        rows.append((f"variance [{low:g}, {high:g}]",
+                     f"{r['variance']:.4f} (per-block loss, nats/token; mean {r['mean']:.4f}){mark}"))
     if "generative" in report:
         gen = report["generative"]
         rows.append(("gen. PPL", f"{gen['gen_ppl']:.2f} under {gen['evaluator']} ({gen['num_samples']} samples)"))
@@ -89,6 +96,7 @@ def eval_command(args: argparse.Namespace) -> int:
         args.checkpoint, step=args.step, data=args.data, split=args.split, num_t=args.num_t,
         discrete_steps=args.discrete_steps, batch_size=args.batch_size, max_batches=args.max_batches, seed=args.seed,
         device=args.device, text_field=args.text_field, detokenizer=args.detokenizer,
+        mask_rate_ranges=args.mask_rate_ranges,
     )
     if not is_main_process():  # under torchrun: rank 0 reports
         return 0

@@ -91,3 +91,14 @@ def names_from(choices: tuple[str, ...] | list[str]):
 
     parse.__name__ = "names"
     return parse
+
+
+def rate_range(text: str) -> tuple[float, float]:
+    """A masking-rate range ``LO:HI`` with 0 <= LO < HI <= 1."""
+    low, sep, high = text.partition(":")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected LO:HI (e.g. 0.3:0.8), got {text!r}")
+    low, high = float(_number(low, float)), float(_number(high, float))
+    if not 0 <= low < high <= 1:
+        raise argparse.ArgumentTypeError(f"needs 0 <= LO < HI <= 1, got {text!r}")
+    return low, high

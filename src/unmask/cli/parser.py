@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import NoReturn
 
-from unmask.cli.options import at_least, float_in, names_from, output_file, port, step_counts
+from unmask.cli.options import at_least, float_in, names_from, output_file, port, rate_range, step_counts
 from unmask.config import preset_names
 from unmask.data import DETOKENIZERS
 from unmask.evaluate.frontier import DEFAULT_SAMPLERS, DEFAULT_STEPS
@@ -39,7 +39,7 @@ def _checkpoint_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _train(sub) -> None:
-    p = sub.add_parser("train", help="train a model (MDLM or the AR baseline)", formatter_class=_Help)
+    p = sub.add_parser("train", help="train a model (MDLM, block diffusion or the AR baseline)", formatter_class=_Help)
     p.add_argument("--preset", help=f"one of {', '.join(preset_names())} or a .yaml file (default: tiny; with "
                                     "--resume: the saved run's config)")
     p.add_argument("--data", help="corpus: 'default' (embedded), a file or folder, or a dataset name")
@@ -72,6 +72,9 @@ def _eval(sub) -> None:
                    help="also the discrete-time bound at each T")
     p.add_argument("--batch-size", type=at_least(1), default=32, help="sequences per forward pass")
     p.add_argument("--max-batches", type=at_least(1), help="evaluate only the first batches")
+    p.add_argument("--mask-rate-ranges", type=rate_range, nargs="*", metavar="LO:HI",
+                   help="bd3lm: also the variance of the per-block loss with masking rates drawn from each range, "
+                        "to choose objective.mask_rate_range (no value: a few candidates)")
     p.add_argument("--gen-ppl", metavar="EVALUATOR",
                    help="also sample and score under a causal LM (HF path/name, 'smollm2', or an unmask AR run)")
     p.add_argument("--num-samples", type=at_least(1), default=8, help="samples for --gen-ppl")
@@ -85,12 +88,13 @@ def _sample(sub) -> None:
     p = sub.add_parser("sample", help="generate, continue a prompt, or fill in a template", formatter_class=_Help)
     _checkpoint_arguments(p)
     p.add_argument("--num-samples", type=at_least(1), default=4, help="how many texts")
-    p.add_argument("--steps", type=at_least(1), default=128, help="sampling steps T (per window)")
+    p.add_argument("--steps", type=at_least(1), default=128, help="sampling steps T (per window; per block for bd3lm)")
     p.add_argument("--sampler", default="cached", choices=SAMPLERS,
                    help="cached: exact, skips idle steps; ancestral: calls at every step; first_hitting: exact, "
                         "one token per call; analytic: SEDD's Tweedie tau-leaping (any diffusion model)")
     p.add_argument("--length", type=at_least(2),
-                   help="tokens per sample, BOS included (default: the model's; longer runs semi-autoregressively)")
+                   help="tokens per sample, BOS included (default: the model's; longer runs semi-autoregressively, "
+                        "or block by block for bd3lm)")
     p.add_argument("--overlap", type=at_least(0), help="semi-AR: tokens of the previous window kept (default: half)")
     p.add_argument("--stop-at-eos", action="store_true", help="end each sample at its first EOS")
     p.add_argument("--prompt", help="text the samples start with")

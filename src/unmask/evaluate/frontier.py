@@ -36,10 +36,10 @@ import torch
 from unmask.errors import install_hint
 from unmask.evaluate.generative import Evaluator, generative_perplexity, load_evaluator
 from unmask.evaluate.plotting import MARKERS, has_matplotlib, pyplot
-from unmask.generation import build_template
+from unmask.generation import build_template, sample_tokens
 from unmask.pipeline import load
 from unmask.runtime import autocast
-from unmask.sampling import ORDERS, REMASKING, SAMPLERS, Remasking, SamplerConfig, SamplingError, generate
+from unmask.sampling import ORDERS, REMASKING, SAMPLERS, Remasking, SamplerConfig, SamplingError
 
 DEFAULT_SAMPLERS = ("cached", "first_hitting", "confidence", "threshold-0.9", "remdm-cap")
 DEFAULT_STEPS = (16, 32, 64, 128)
@@ -133,7 +133,8 @@ def sweep(
     """Generate and score ``num_samples`` texts for every sampler label and step count.
 
     Every point starts from the same seed, with BOS fixed at position 0 and ``length`` positions
-    in all (default: the model's). ``evaluator`` is an :class:`Evaluator` or a spec for
+    in all (default: the model's). A block diffusion (bd3lm) checkpoint samples block by block with
+    its key/value cache, ``steps`` per block. ``evaluator`` is an :class:`Evaluator` or a spec for
     :func:`load_evaluator`, loaded once. ``first_hitting`` gives one point, whatever ``steps``;
     its ``steps`` is the number of unmasking steps it took. ``on_point`` sees each point as it is done.
     """
@@ -152,7 +153,10 @@ def sweep(
     if pipeline.is_autoregressive:
         raise SamplingError(f"{checkpoint} is an AR checkpoint; the frontier sweeps the samplers of an MDLM checkpoint")
     tokenizer = pipeline.tokenizer
-    template = build_template(tokenizer, model_length=pipeline.config.data.length, length=length)
+    window = pipeline.config.data.length
+    if pipeline.block_size is not None:  # block diffusion samples any length
+        window = max(window, length or 0)
+    template = build_template(tokenizer, model_length=window, length=length)
     template = template.to(pipeline.device)
     generated = template == tokenizer.mask_id  # the positions the samplers fill (not the BOS)
     scorer = load_evaluator(evaluator, device=str(pipeline.device)) if isinstance(evaluator, str) else evaluator
@@ -165,9 +169,7 @@ def sweep(
             size = min(batch_size, count - start)
             started = time.perf_counter()
             with autocast(precision, pipeline.device):
-                out = generate(pipeline.model, option, batch_size=size, length=len(template),
-                               mask_id=tokenizer.mask_id, schedule=pipeline.config.objective.schedule,
-                               template=template, generator=generator, parameterization=pipeline.parameterization)
+                out = sample_tokens(pipeline, option, batch_size=size, template=template, generator=generator)
             if pipeline.device.type == "cuda":
                 torch.cuda.synchronize(pipeline.device)
             seconds += time.perf_counter() - started

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -15,6 +16,7 @@ from unmask.denoiser import Denoiser
 from unmask.distributed.parallelize import is_sharded
 from unmask.distributed.process import Parallel
 from unmask.objectives import DISCRETE_TIME_OBJECTIVES, sequence_losses
+from unmask.objectives.bd3lm import block_losses
 from unmask.runtime import autocast, seeded_generator
 
 
@@ -49,6 +51,15 @@ def summarize(losses: Tensor, tokens: Tensor, *, num_t: int, discrete_steps: int
     residual = losses - per_token * tokens
     stderr = float(residual.std() / (tokens.mean() * math.sqrt(n))) if n > 1 else float("nan")
     return LikelihoodResult(per_token, stderr, int(tokens.sum()), n, num_t, discrete_steps)
+
+
+def _batches(dataset: Dataset, batch_size: int, max_batches: int | None) -> int:
+    num_batches = math.ceil(len(dataset) / batch_size)
+    if max_batches is not None:
+        num_batches = min(num_batches, max_batches)
+    if num_batches == 0:
+        raise ValueError("no evaluation data: the split is empty")
+    return num_batches
 
 
 def _batch_losses(model: Denoiser, batch: dict[str, Tensor], index: int, objective: ObjectiveConfig, mask_id: int, *,
@@ -92,11 +103,7 @@ def evaluate_dataset(
     parallel = parallel or Parallel(device=torch.device(device))
     device = torch.device(device)
     size = len(dataset)
-    num_batches = math.ceil(size / batch_size)
-    if max_batches is not None:
-        num_batches = min(num_batches, max_batches)
-    if num_batches == 0:
-        raise ValueError("no evaluation data: the split is empty")
+    num_batches = _batches(dataset, batch_size, max_batches)
     num_sequences = min(size, num_batches * batch_size)
     losses = torch.zeros(num_sequences)
     tokens = torch.zeros(num_sequences, dtype=torch.long)
@@ -116,3 +123,46 @@ def evaluate_dataset(
     steps = objective.time_steps if discrete_steps is None else discrete_steps
     discrete = objective.name in DISCRETE_TIME_OBJECTIVES
     return summarize(losses, tokens, num_t=num_t, discrete_steps=steps if discrete else 0)
+
+
+@torch.no_grad()
+def block_loss_variance(
+    model: Denoiser,
+    dataset: Dataset,
+    objective: ObjectiveConfig,
+    mask_id: int,
+    *,
+    ranges: Sequence[Sequence[float]],
+    batch_size: int,
+    max_batches: int | None = None,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    precision: str = "fp32",
+) -> list[dict[str, float | list[float] | int]]:
+    """For each masking-rate range [beta, omega], the variance (and mean) over every block of
+    ``dataset`` of the bd3lm loss per token of the block, with masking rates drawn from that range:
+    the paper's criterion for a clipped schedule (the lower the variance, the steadier the gradient).
+
+    Every range sees the same batches and the same random draws (mapped into its own range), so
+    the figures differ by the range alone. One process computes them.
+    """
+    device = torch.device(device)
+    num_batches = _batches(dataset, batch_size, max_batches)
+    results = []
+    for low, high in ranges:
+        values = []
+        for index in range(num_batches):
+            start, end = index * batch_size, min(len(dataset), (index + 1) * batch_size)
+            batch = {k: v.to(device) for k, v in collate(dataset, range(start, end)).items()}
+            loss_mask = batch["loss_mask"]
+            generator = seeded_generator(device, seed, "block-variance", index)
+            with autocast(precision, device):
+                losses = block_losses(model, batch["input_ids"], block_size=objective.block_size,
+                                      schedule=objective.schedule, mask_id=mask_id, antithetic=objective.antithetic,
+                                      mask_rate_range=(low, high), generator=generator,
+                                      loss_mask=None if bool(loss_mask.all()) else loss_mask)
+            values.append(losses.flatten().double().cpu() / objective.block_size)
+        per_block = torch.cat(values)
+        results.append({"mask_rate_range": [float(low), float(high)], "variance": float(per_block.var()),
+                        "mean": float(per_block.mean()), "blocks": len(per_block)})
+    return results

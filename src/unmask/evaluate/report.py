@@ -9,8 +9,9 @@ from typing import Any
 from unmask.data import ZERO_SHOT_DETOKENIZER, DataError, TokenBlocks
 from unmask.distributed.process import setup
 from unmask.errors import UserError
-from unmask.evaluate.likelihood import evaluate_dataset
+from unmask.evaluate.likelihood import block_loss_variance, evaluate_dataset
 from unmask.objectives import DISCRETE_TIME_OBJECTIVES
+from unmask.objectives.bd3lm import CANDIDATE_RANGES
 from unmask.pipeline import load
 
 
@@ -29,6 +30,7 @@ def evaluate_checkpoint(
     precision: str = "auto",
     text_field: str | None = None,
     detokenizer: str | None = None,
+    mask_rate_ranges: Sequence[Sequence[float]] | None = None,
 ) -> dict[str, Any]:
     """NELBO per token (or the AR NLL), its standard error and perplexity / bits per character.
 
@@ -42,7 +44,9 @@ def evaluate_checkpoint(
     ``text_field`` names the field of .jsonl / .parquet files that holds the text (default: the
     run's data.text_field). ``discrete_steps`` adds the discrete-time bound for each T given (mdlm
     and d3pm runs); ``step`` picks a checkpoint of a run. Under torchrun every process evaluates a
-    share of the batches and all get the single-process result.
+    share of the batches and all get the single-process result. ``mask_rate_ranges`` (of a bd3lm
+    checkpoint; empty: a few candidates) adds the variance of the per-block loss under each range
+    (:func:`block_loss_variance`).
     """
     parallel = setup(device)  # under torchrun: join the job; each process evaluates its share of the batches
     pipeline = load(path, step=step, device=str(parallel.device))
@@ -50,6 +54,9 @@ def evaluate_checkpoint(
     if discrete_steps and config.objective.name not in DISCRETE_TIME_OBJECTIVES:
         raise UserError(f"--discrete-steps applies to {' and '.join(DISCRETE_TIME_OBJECTIVES)} runs; this is a "
                         f"{config.objective.name} run, whose bound has no time steps: drop --discrete-steps")
+    if mask_rate_ranges is not None and pipeline.block_size is None:
+        raise UserError(f"--mask-rate-ranges compares clipped schedules of block diffusion; {path} is a "
+                        f"{config.objective.name} checkpoint, not bd3lm")
     # A file or folder, and the run's valid_source, are used whole; a corpus gives its validation split.
     if data is not None:
         source, whole = data, Path(data).exists()
@@ -90,4 +97,8 @@ def evaluate_checkpoint(
                 pipeline.model, blocks, config.objective, pipeline.mask_id, discrete_steps=steps, **common
             )
             report["discrete"][str(steps)] = result.to_dict()
+    if mask_rate_ranges is not None:
+        report["block_variance"] = parallel.main_only(lambda: block_loss_variance(
+            pipeline.model, blocks, config.objective, pipeline.mask_id, ranges=mask_rate_ranges or CANDIDATE_RANGES,
+            batch_size=batch_size, max_batches=max_batches, seed=seed, device=pipeline.device, precision=precision))
     return report

@@ -33,6 +33,7 @@ _HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 _FILE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".safetensors", ".yaml", ".yml", ".json", ".txt")
 
 UNMASK, RELEASED_MDLM, MASKED_LM = "unmask", "mdlm", "masked_lm"
+RELEASED_TYPES = ("mdlm", "bd3lm")  # config.json model types of the released layout (MDLM's backbone)
 
 
 def is_hub_name(text: str) -> bool:
@@ -77,13 +78,14 @@ def read_config_json(folder: Path) -> dict[str, Any]:
 
 def folder_format(folder: Path) -> str:
     """``UNMASK`` (a run or checkpoint folder, or anything else: its reader names what is missing),
-    ``RELEASED_MDLM`` (config.json of model_type "mdlm") or ``MASKED_LM`` (any other config.json)."""
+    ``RELEASED_MDLM`` (config.json of model_type "mdlm", or "bd3lm": released block diffusion models
+    share the layout) or ``MASKED_LM`` (any other config.json)."""
     if not (folder / CONFIG_JSON).is_file() or (folder / "config.yaml").is_file():
         return UNMASK
     model_type = read_config_json(folder).get("model_type")
     if not isinstance(model_type, str) or not model_type:
         raise CheckpointError(f"{folder / CONFIG_JSON} has no model_type; it is not a model folder unmask can load")
-    return RELEASED_MDLM if model_type == "mdlm" else MASKED_LM
+    return RELEASED_MDLM if model_type in RELEASED_TYPES else MASKED_LM
 
 
 def has_safetensors(folder: Path) -> bool:

@@ -1,6 +1,11 @@
 """Released MDLM checkpoints in their Hugging Face layout (``config.json`` of model_type "mdlm" and
 ``model.safetensors`` with ``backbone.*`` names), loaded into unmask's DiT exactly.
 
+Released BD3-LM checkpoints (model_type "bd3lm") have the same backbone and add ``block_size`` to
+the config (the config class defaults it to 1: always read the file) and, beside the backbone, the
+scalars ``sampling_eps_min`` / ``sampling_eps_max`` (the clipped masking-rate range it trained
+with); they load as bd3lm runs with that block size and range.
+
 The tokenizer: a folder written by ``unmask export --format hf`` holds unmask's own tokenizer files;
 a folder with Hugging Face tokenizer files uses those; the hub's folder has none, and then a
 vocabulary of 50,258 ids is GPT-2's BPE with MASK = 50257 appended (BOS = EOS = 50256), which
@@ -21,6 +26,7 @@ from unmask.interop.reference import PREFIX, config_from_json, run_config, to_un
 from unmask.models import DiT
 
 GPT2_VOCAB = 50258  # GPT-2's 50,257 ids and MASK
+CLIPPED_RANGE = ("sampling_eps_min", "sampling_eps_max")  # BD3-LM's masking-rate range, beside the backbone
 
 
 def released_tokenizer(folder: Path, vocab_size: int) -> tuple[Tokenizer, str]:
@@ -40,17 +46,42 @@ def released_tokenizer(folder: Path, vocab_size: int) -> tuple[Tokenizer, str]:
 
 
 def load_released(folder: Path) -> tuple[DiT, Tokenizer, Config]:
-    """The DiT, tokenizer and run configuration of a released MDLM folder, every field and tensor checked."""
-    model_config, schedule = config_from_json(read_config_json(folder), folder / CONFIG_JSON)
+    """The DiT, tokenizer and run configuration of a released MDLM (or BD3-LM) folder, every field and
+    tensor checked."""
+    values = read_config_json(folder)
+    model_config, schedule = config_from_json(values, folder / CONFIG_JSON)
+    block_size = _block_size(values, model_config.length, folder / CONFIG_JSON)
     tokenizer, spec = released_tokenizer(folder, model_config.vocab_size)
     tensors = read_safetensors_folder(folder)
-    stray = next((name for name in tensors if not name.startswith(PREFIX)), None)
+    beside = CLIPPED_RANGE if block_size is not None else ()
+    stray = next((name for name in tensors if not name.startswith(PREFIX) and name not in beside), None)
     if stray is not None:
         raise CheckpointError(f"{folder} holds the tensor {stray}, outside the MDLM layout's {PREFIX}*; "
                               "the weights are of another model")
-    state = to_unmask({name.removeprefix(PREFIX): value for name, value in tensors.items()}, model_config,
-                      folder / SAFETENSORS)
+    state = to_unmask({name.removeprefix(PREFIX): value for name, value in tensors.items() if name not in beside},
+                      model_config, folder / SAFETENSORS)
     model = DiT(model_config)
     model.load_state_dict(state)
     source = "openwebtext" if spec == "gpt2" else "default"
-    return model, tokenizer, run_config(model_config, tokenizer=spec, schedule=schedule, source=source)
+    config = run_config(model_config, tokenizer=spec, schedule=schedule, source=source)
+    if block_size is not None:
+        config.objective.name, config.objective.block_size = "bd3lm", block_size
+        if all(name in tensors for name in CLIPPED_RANGE):
+            low, high = (min(max(float(tensors[name]), 0.0), 1.0) for name in CLIPPED_RANGE)
+            if low < high:
+                config.objective.mask_rate_range = [low, high]
+    return model, tokenizer, config
+
+
+
+def _block_size(values: dict, length: int, source: Path) -> int | None:
+    """The block size of a released BD3-LM config (None for MDLM), checked against the model's length."""
+    if values.get("model_type") != "bd3lm":
+        return None
+    size = values.get("block_size")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1 or length % size:
+        raise CheckpointError(f"{source}: a bd3lm config needs block_size, a divisor of model_length {length}; "
+                              f"got {size!r}")
+    if values.get("adaln", True) is not True:
+        raise CheckpointError(f"{source} is a BD3-LM without adaLN conditioning; unmask's DiT always has it")
+    return size

@@ -13,6 +13,9 @@ Causal mode (``causal=True``) turns the same backbone into the AR baseline.
 
 The model implements the optional parts of the denoiser protocol (``unmask.denoiser``):
 ``where`` selects the positions the output head runs on, and ``attention_mask`` hides padding.
+For block diffusion (BD3-LM) it also runs block-causal (``block_size=``), vectorised over the noisy
+and clean sequence (``x0=``) and with a key/value cache of finished blocks (``cache=``): see
+:mod:`unmask.models.block_attention`. None of it costs the plain path anything.
 """
 
 from __future__ import annotations
@@ -24,6 +27,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from unmask.models.block_attention import (
+    ATTENTIONS,
+    BlockMask,
+    KVCache,
+    LayerCache,
+    block_attention_mask,
+    cached_block_mask,
+    flex_attend,
+)
 from unmask.models.dropout import Dropout
 
 GELUS = ("erf", "tanh")
@@ -55,6 +67,7 @@ class DiTConfig:
     causal: bool = field(default=False, metadata=_derived("objective.name"))
     rope_base: float = 10000.0
     gelu: str = "erf"  # "erf" (exact, faster on CPU) or "tanh" (the reference DiT's approximation)
+    attention: str = "sdpa"  # block diffusion's masks: "sdpa" (everywhere) or "flex" (FlexAttention kernels)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -85,17 +98,25 @@ class Rotary(nn.Module):
 
     The cos/sin tables are computed once in float32 for the model's length and cast to the
     activations' dtype per call (under bf16 autocast the rotation runs in bf16, as q and k do).
+    Positions past the table (block-by-block sampling beyond the model's length) are computed on
+    demand from float64 angles, so they stay exact however far generation goes.
     """
 
     def __init__(self, head_dim: int, base: float, max_length: int) -> None:
         super().__init__()
         inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
         angles = torch.outer(torch.arange(max_length, dtype=torch.float32), inv_freq)
+        exponents = torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim
+        self.register_buffer("inv_freq", 1.0 / base**exponents, persistent=False)  # float64, for far positions
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
 
-    def forward(self, length: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        return self.cos[:length].to(dtype), self.sin[:length].to(dtype)
+    def forward(self, length: int, dtype: torch.dtype, start: int = 0) -> tuple[Tensor, Tensor]:
+        if start + length <= self.cos.shape[0]:
+            return self.cos[start : start + length].to(dtype), self.sin[start : start + length].to(dtype)
+        positions = torch.arange(start, start + length, dtype=torch.float64, device=self.inv_freq.device)
+        angles = torch.outer(positions, self.inv_freq)
+        return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -129,19 +150,24 @@ class Block(nn.Module):
         self.adaLN = nn.Linear(config.cond_dim, 6 * d)
         self.dropout = Dropout(config.dropout)
 
-    def forward(self, x: Tensor, c: Tensor, rotary: tuple[Tensor, Tensor], attn_mask: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, c: Tensor, rotary: tuple[Tensor, Tensor], attn_mask: Tensor | BlockMask | None,
+                cache: LayerCache | None = None) -> Tensor:
         b, length, d = x.shape
         shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN(c)[:, None].chunk(6, dim=-1)
 
         h = modulate(self.norm1(x), shift1, scale1)
         qkv = self.qkv(h).view(b, length, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
         (q, k), v = apply_rotary(qkv[:2], *rotary), qkv[2]  # q and k rotated together: half the kernels
+        if cache is not None:  # block-by-block sampling: the finished blocks' keys and values come first
+            k, v = cache.extend(k, v)
         # No dropout on the attention weights (the reference DiT has none either): it would force
         # SDPA off its fused kernels onto the [B, H, L, L] math path.
         if attn_mask is None:
             h = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
-        else:
+        elif isinstance(attn_mask, Tensor):
             h = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        else:  # a FlexAttention block mask (block diffusion with attention="flex")
+            h = flex_attend(q, k, v, attn_mask)
         h = self.attn_out(h.transpose(1, 2).reshape(b, length, d))
         x = torch.addcmul(x, gate1, self.dropout(h))  # x + gate * h
 
@@ -154,6 +180,7 @@ class DiT(nn.Module):
 
     supports_positions = True
     supports_attention_mask = True
+    supports_block_diffusion = True  # block_size=, x0=, cache= (unmask.models.block_attention)
 
     def __init__(self, config: DiTConfig) -> None:
         super().__init__()
@@ -163,6 +190,8 @@ class DiT(nn.Module):
             raise ValueError(f"hidden size {config.hidden} is not divisible by n_heads {config.n_heads}")
         if config.gelu not in GELUS:
             raise ValueError(f"DiTConfig.gelu must be one of {', '.join(GELUS)}, got {config.gelu!r}")
+        if config.attention not in ATTENTIONS:
+            raise ValueError(f"DiTConfig.attention must be one of {', '.join(ATTENTIONS)}, got {config.attention!r}")
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.hidden)
         self.time_embed = TimeEmbedding(config.cond_dim)
@@ -196,30 +225,95 @@ class DiT(nn.Module):
         *,
         where: Tensor | None = None,
         attention_mask: Tensor | None = None,
+        block_size: int | None = None,
+        x0: Tensor | None = None,
+        cache: KVCache | None = None,
     ) -> Tensor:
-        """Logits [B, L, V], or [N, V] at the True positions of ``where`` [B, L] (row-major)."""
-        b, length = x_t.shape
-        if length > self.config.length:
-            raise ValueError(f"sequence length {length} exceeds the model's length {self.config.length}")
-        # Without time conditioning the model sees t = 0 always: SUBS makes t redundant (paper 3.2.3).
-        if t is None or not self.config.time_conditioning:
-            t = torch.zeros(b, device=x_t.device)
-        c = F.silu(self.time_embed(t))
-        dtype = torch.get_autocast_dtype(x_t.device.type) if torch.is_autocast_enabled(x_t.device.type) else None
-        rotary = self.rotary(length, dtype or self.embed.weight.dtype)
-        attn_mask = None
-        if attention_mask is not None and not bool(attention_mask.all()):
-            attn_mask = attention_mask[:, None, None, :].bool()
-            if self.config.causal:
-                attn_mask = attn_mask & torch.ones(length, length, dtype=torch.bool, device=x_t.device).tril()
+        """Logits [B, L, V], or [N, V] at the True positions of ``where`` [B, L] (row-major).
 
-        x = self.embed(x_t)
-        for block in self.blocks:
-            x = block(x, c, rotary, attn_mask)
-
+        Block diffusion (:mod:`unmask.models.block_attention`): ``block_size`` alone makes the pass
+        block-causal; with ``x0`` (the clean sequence, [B, L]) it is the vectorised pass over
+        [x_t, x0] and the logits are those of x_t; ``cache`` lets x_t (new tokens) attend to the
+        finished blocks' keys and values, positions continuing after them (block-causal among
+        them with ``block_size``).
+        """
+        x, c = self._hidden(x_t, t, attention_mask, block_size, x0, cache)
+        if x0 is not None:
+            x = x[:, : x_t.shape[1]]  # the noisy half
         shift, scale = self.adaLN_final(c)[:, None].chunk(2, dim=-1)
         if where is None:
             return self.head(modulate(self.norm_final(x), shift, scale))
         rows = where.nonzero()[:, 0]
         h = modulate(self.norm_final(x[where]), shift[rows, 0], scale[rows, 0])
         return self.head(h)
+
+    def new_cache(self, block_size: int) -> KVCache:
+        """An empty key/value cache for sampling blocks of ``block_size``: it keeps the model's length minus a block."""
+        if not 0 < block_size <= self.config.length:
+            raise ValueError(f"block size {block_size} must be in [1, {self.config.length}] (the model's length)")
+        return KVCache(self.config.n_layers, self.config.length - block_size)
+
+    @torch.no_grad()
+    def extend_cache(self, cache: KVCache, tokens: Tensor) -> None:
+        """Append a finished block ``tokens`` [B, n] to ``cache``: its keys and values at every layer,
+        computed once, seeing the cache and itself (as the block-causal pass computes them)."""
+        self._hidden(tokens, None, None, None, None, cache)
+        cache.commit()
+
+    def _hidden(self, x_t: Tensor, t: Tensor | None, attention_mask: Tensor | None, block_size: int | None,
+                x0: Tensor | None, cache: KVCache | None) -> tuple[Tensor, Tensor]:
+        """The last block's output [B, L (or 2L), hidden] and the conditioning vector c [B, cond]."""
+        b, length = x_t.shape
+        # A cached block-causal pass limits what each token sees to the model's length itself (its window).
+        context = 0 if cache is None or block_size is not None else cache.length
+        if length + context > self.config.length:
+            raise ValueError(f"sequence length {length + context} exceeds the model's length {self.config.length}")
+        blockwise = block_size is not None or x0 is not None or cache is not None
+        if blockwise and self.config.time_conditioning:
+            raise ValueError("block diffusion gives every block its own time: it needs a DiT without time conditioning")
+        # Without time conditioning the model sees t = 0 always: SUBS makes t redundant (paper 3.2.3).
+        if t is None or not self.config.time_conditioning:
+            t = torch.zeros(b, device=x_t.device)
+        c = F.silu(self.time_embed(t))
+        dtype = torch.get_autocast_dtype(x_t.device.type) if torch.is_autocast_enabled(x_t.device.type) else None
+        dtype = dtype or self.embed.weight.dtype
+        padding = attention_mask if attention_mask is not None and not bool(attention_mask.all()) else None
+        if not blockwise:
+            rotary = self.rotary(length, dtype)
+            attn_mask = None
+            if padding is not None:
+                attn_mask = padding[:, None, None, :].bool()
+                if self.config.causal:
+                    attn_mask = attn_mask & torch.ones(length, length, dtype=torch.bool, device=x_t.device).tril()
+            x = self.embed(x_t)
+        else:
+            x, rotary, attn_mask = self._block_inputs(x_t, dtype, padding, block_size, x0, cache)
+
+        layers = [None] * len(self.blocks) if cache is None else cache.layers
+        for block, layer in zip(self.blocks, layers):
+            x = block(x, c, rotary, attn_mask, layer)
+        return x, c
+
+    def _block_inputs(self, x_t: Tensor, dtype: torch.dtype, padding: Tensor | None, block_size: int | None,
+                      x0: Tensor | None, cache: KVCache | None):
+        """Embeddings, rotary tables and attention mask of a block-causal, vectorised or cached pass."""
+        length = x_t.shape[1]
+        if block_size is not None and (block_size < 1 or length % block_size):
+            raise ValueError(f"block_size must divide the sequence length {length}, got {block_size}")
+        if cache is not None:
+            if x0 is not None or padding is not None:
+                raise ValueError("a cached pass takes new tokens only (no x0 or padding)")
+            mask = None if block_size is None else cached_block_mask(cache.length, length, block_size,
+                                                                     cache.capacity, x_t.device)
+            return self.embed(x_t), self.rotary(length, dtype, start=cache.end), mask
+        if block_size is None:
+            raise ValueError("the vectorised pass (x0=) needs block_size")
+        cos, sin = self.rotary(length, dtype)
+        mask = block_attention_mask(length, block_size, vectorised=x0 is not None, attention_mask=padding,
+                                    attention=self.config.attention, device=x_t.device)
+        if x0 is None:
+            return self.embed(x_t), (cos, sin), mask
+        if x0.shape != x_t.shape:
+            raise ValueError(f"x0 {tuple(x0.shape)} and x_t {tuple(x_t.shape)} must have the same shape")
+        # The clean copy of each position has the noisy copy's rotary position.
+        return self.embed(torch.cat([x_t, x0], dim=1)), (cos.repeat(2, 1), sin.repeat(2, 1)), mask

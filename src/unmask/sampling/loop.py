@@ -63,11 +63,13 @@ class DenoiserCall:
 
     The answer is the denoiser's logits there, [N, V] in row-major order (N = where.sum()).
     Rows with nothing to unmask are left out: every row's output depends on that row alone.
+    ``rows`` (bool [B]) says which of the run's rows were kept, None when all were.
     """
 
     x: Tensor
     t: Tensor
     where: Tensor
+    rows: Tensor | None = None
 
 
 @dataclass
@@ -147,16 +149,22 @@ def run_to_end(denoiser: Denoiser, run: SamplingRun, *, on_step: Callable[[Tenso
     """
     if static_shapes:
         denoiser = StaticShapeDenoiser(denoiser, batch_size=run.x.shape[0], length=run.x.shape[1])
+    drive(run, lambda call: denoise(denoiser, call.x, call.t, where=call.where), on_step)
+    return run.output()
+
+
+def drive(run: SamplingRun, answer: Callable[[DenoiserCall], Tensor],
+          on_step: Callable[[Tensor], None] | None = None) -> None:
+    """Run ``run`` to the end: ``answer`` gives the logits of every call, ``on_step`` sees every step."""
     events = run.events()
-    answer: Tensor | None = None
+    logits: Tensor | None = None
     with torch.no_grad():
-        while (event := _next(events, answer)) is not None:
-            answer = None
+        while (event := _next(events, logits)) is not None:
+            logits = None
             if isinstance(event, DenoiserCall):
-                answer = denoise(denoiser, event.x, event.t, where=event.where)
+                logits = answer(event)
             elif on_step is not None:
                 on_step(event.x)
-    return run.output()
 
 
 def _next(events: Generator[Event, Tensor | None, None], answer: Tensor | None) -> Event | None:
@@ -242,7 +250,7 @@ class SamplingRun:
             return None
         subset = not bool(rows.all())
         self.num_calls += 1
-        call = DenoiserCall(self.x[rows], t[rows], where[rows]) if subset else DenoiserCall(self.x, t, where)
+        call = DenoiserCall(self.x[rows], t[rows], where[rows], rows) if subset else DenoiserCall(self.x, t, where)
         return (yield call)
 
     def _step_done(self) -> Generator[Event, Tensor | None, None]:

@@ -12,8 +12,9 @@ Rows of different lengths get separate calls rather than being padded into one: 
 mask the rows' logits round differently (up to 0.25 in bf16 on a 4-layer model), which would
 change the texts. Rows of equal length are computed alike alone or among others.
 
-An AR model, and a text longer than the model's (generated in windows), are served by
-:func:`unmask.generation.generate_text` itself, one request at a time, in their turn in the queue.
+An AR model, a block diffusion model (block by block with its cache) and a text longer than an
+MDLM's (generated in windows) are served by :func:`unmask.generation.generate_text` itself, one
+request at a time, in their turn in the queue.
 
 Events go to each request's listener, called on the batcher's thread: for streaming requests
 :class:`Progress` with the starting state (step 0: the template) and after every step, then
@@ -32,7 +33,7 @@ import torch
 from torch import Tensor
 
 from unmask.denoiser import denoise
-from unmask.generation import TextSamples, generate_text, in_windows, start_run, text_samples
+from unmask.generation import TextSamples, generate_text, in_one_run, start_run, text_samples
 from unmask.pipeline import Pipeline
 from unmask.runtime import autocast
 from unmask.sampling.loop import DenoiserCall
@@ -180,7 +181,7 @@ class Batcher:
                     self._tick()
 
     def _batched(self, job: Job) -> bool:
-        return not self.pipeline.is_autoregressive and not in_windows(self.pipeline, job.request.length)
+        return in_one_run(self.pipeline, job.request.length)
 
     def _admit(self) -> Job | None:
         """Start waiting requests in their order while their rows fit; a lone one waits for an empty batch
@@ -266,7 +267,8 @@ class Batcher:
             job.answer = part
 
     def _run_alone(self, job: Job) -> None:
-        """Serve an AR or semi-autoregressive request with :func:`generate_text`, as ``unmask sample`` does."""
+        """Serve an AR, block diffusion or semi-autoregressive request with :func:`generate_text`, as ``unmask
+        sample`` does."""
         request = job.request
 
         def on_step(x: Tensor) -> None:

@@ -148,7 +148,8 @@ class Trainer:
             generator = seeded_generator(self.device, cfg.train.seed, "noise", self.step, first + i)
             with gradient_sync(self.forward, i == self.accumulation - 1):
                 with autocast(self.precision, self.device):
-                    losses, _ = sequence_losses(self.forward, part, cfg.objective, self.mask_id, generator=generator)
+                    losses, _ = sequence_losses(self.forward, part, cfg.objective, self.mask_id, generator=generator,
+                                                train=True)
                 # Sum over the micro-batch / tokens of the whole batch: the accumulated gradient is that
                 # of the mean loss per token, whatever the split into micro-batches and processes.
                 loss = losses.sum() / total_tokens

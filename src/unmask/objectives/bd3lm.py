@@ -1,0 +1,125 @@
+"""Block diffusion (BD3-LM, Arriola et al., ICLR 2025): the NELBO of a sequence cut into blocks.
+
+The sequence x0 of length L is cut into L / ``block_size`` blocks x^1..x^B. The model is
+autoregressive across blocks and a masked diffusion within each, log p(x0) = sum_b log p(x^b | x^{<b}),
+and each term is bounded by the MDLM NELBO of the block given the clean blocks before it, with a
+time t_b of its own:
+
+    NELBO(x0) = sum_b E_{t_b} E_{x_t^b ~ q(.|x^b)} [ -alpha'_{t_b} / (1 - alpha_{t_b})
+                    * sum_{i in block b, x_t^i = MASK} -log p_theta(x^i | x_t^b, x^{<b}) ]
+
+At block size L it is the MDLM NELBO. At block size 1 every block is one token, scored when
+masked, and since E_t[weight * P(masked)] = alpha(t_min) - alpha(1) ~ 1 the bound's expectation is
+the AR model's NLL: the time only decides whether a token is scored. The times of all blocks of all
+sequences in a batch are drawn together, antithetic across blocks and sequences: each block
+position's times cover [0, 1] evenly across the batch, and each sequence's across its blocks.
+
+A denoiser with block diffusion attention (the DiT) scores every block in one forward pass over
+[x_t, x0] (:mod:`unmask.models.block_attention`); any other denoiser is run once per block on
+[x^{<b}, x_t^b, MASK...], the same conditional when later blocks cannot be seen or are all MASK.
+
+Clipped schedules (the paper's lower-variance training): ``mask_rate_range`` = [beta, omega]
+draws the masking rates 1 - alpha_t of training from [beta, omega] instead of [0, 1]; the weight
+stays the NELBO's, so the loss is the paper's (biased) estimate. Evaluation always uses the full
+range, where the estimate is the NELBO. :func:`block_losses` gives the loss of every block, whose
+variance under a range is what a user compares to pick one (``unmask eval --mask-rate-ranges``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from unmask.denoiser import Denoiser, capabilities, denoise
+from unmask.objective import MIN_MASK_RATE, _mask_tokens, _repeat_rows, masked_nll, per_row_sum, sample_times
+from unmask.schedules import Schedule, get_schedule
+
+FULL_RANGE = (0.0, 1.0)
+# Masking-rate ranges `unmask eval --mask-rate-ranges` compares by default: the full range and clipped ones of
+# width 0.5 (the paper picks, per block size, the range whose per-block loss has the least variance).
+CANDIDATE_RANGES = ((0.0, 1.0), (0.2, 0.7), (0.3, 0.8), (0.45, 0.95), (0.5, 1.0))
+
+
+def time_range(schedule: Schedule, mask_rate_range: Sequence[float] = FULL_RANGE) -> tuple[float, float]:
+    """The times [t_lo, t_hi] at which the masking rate 1 - alpha_t spans ``mask_rate_range``.
+
+    The lower end is floored at MIN_MASK_RATE, as for MDLM (:func:`unmask.objective.min_time`).
+    """
+    low, high = mask_rate_range
+    t_lo = schedule.time_of_alpha(torch.tensor(1.0 - max(low, MIN_MASK_RATE), dtype=torch.float64))
+    t_hi = 1.0 if high >= 1 else float(schedule.time_of_alpha(torch.tensor(1.0 - high, dtype=torch.float64)))
+    return float(t_lo.clamp(0.0, 1.0)), t_hi
+
+
+def block_losses(
+    denoiser: Denoiser,
+    x0: Tensor,
+    *,
+    block_size: int,
+    schedule: Schedule | str,
+    mask_id: int,
+    num_t: int = 1,
+    t: Tensor | None = None,
+    antithetic: bool = True,
+    mask_rate_range: Sequence[float] = FULL_RANGE,
+    loss_mask: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """The NELBO term of every block, [num_t, B, L / block_size] in nats (see the module docstring).
+
+    ``t`` [B, L / block_size] replaces the random draw of the times. ``loss_mask`` [B, L] marks the
+    tokens that count; the others (padding) are never masked, never scored, and hidden from attention.
+    """
+    batch, length = x0.shape
+    if block_size < 1 or length % block_size:
+        raise ValueError(f"block_size {block_size} must divide the sequence length {length}")
+    num_blocks = length // block_size
+    schedule = get_schedule(schedule)
+    t_min = 0.0 if t is not None else time_range(schedule)[0]  # the NELBO's interval: [t_min, 1]
+    if t is None:
+        t_lo, t_hi = time_range(schedule, mask_rate_range)
+        times = sample_times(num_t * batch, blocks=num_blocks, antithetic=antithetic, t_min=t_lo, t_max=t_hi,
+                             generator=generator, device=x0.device)
+    else:
+        if t.shape != (batch, num_blocks):
+            raise ValueError(f"t must have shape {(batch, num_blocks)} (a time per block), got {tuple(t.shape)}")
+        num_t, times = 1, t.to(x0.device, torch.float32)
+    keep = torch.ones_like(x0, dtype=torch.bool) if loss_mask is None else loss_mask.bool()
+    x0_rep, keep_rep = _repeat_rows(x0, num_t), _repeat_rows(keep, num_t)
+    rates = schedule.one_minus_alpha(times).repeat_interleave(block_size, dim=1)
+    x_t, masked = _mask_tokens(x0_rep, rates, mask_id, keep_rep, generator)
+    padding = None if loss_mask is None else keep_rep
+
+    if capabilities(denoiser).block_diffusion:
+        # One vectorised pass; it takes no time (each block has its own; block diffusion has no time conditioning).
+        logits = denoise(denoiser, x_t, torch.zeros_like(times[:, 0]), where=masked, attention_mask=padding,
+                         block_size=block_size, x0=x0_rep)
+        scored = masked.view(-1, block_size)  # row-major over [R, L] is row-major over [R * blocks, block]
+    else:
+        logits, scored = _block_by_block(denoiser, x0_rep, x_t, masked, times, padding, block_size, mask_id)
+    token_nll = masked_nll(logits, x0_rep[masked], mask_id)
+    per_block = per_row_sum(token_nll, scored).view(-1, num_blocks)
+    # Times are uniform on [t_min, 1] for the NELBO: the interval's length turns the mean into the integral.
+    return ((1 - t_min) * schedule.loss_weight(times) * per_block).view(num_t, batch, num_blocks)
+
+
+def _block_by_block(denoiser: Denoiser, x0: Tensor, x_t: Tensor, masked: Tensor, times: Tensor,
+                    padding: Tensor | None, block_size: int, mask_id: int) -> tuple[Tensor, Tensor]:
+    """Logits of every block from its own call on [x^{<b}, x_t^b, MASK...], and the positions scored
+    ([R * blocks, L], row-major in the order of the logits)."""
+    rows, length = x0.shape
+    block = torch.arange(length, device=x0.device) // block_size
+    which = torch.arange(length // block_size, device=x0.device)[:, None]
+    before, current = block < which, block == which  # [blocks, L]
+    inputs = torch.where(before, x0[:, None], torch.where(current, x_t[:, None], mask_id)).flatten(0, 1)
+    scored = (masked[:, None] & current).flatten(0, 1)
+    attention_mask = None if padding is None else padding.repeat_interleave(len(which), dim=0)
+    logits = denoise(denoiser, inputs, times.reshape(-1), where=scored, attention_mask=attention_mask)
+    return logits, scored
+
+
+def bd3lm_nelbo(denoiser: Denoiser, x0: Tensor, **kwargs) -> Tensor:
+    """The block diffusion NELBO per sequence [B] in nats, averaged over ``num_t`` draws (see :func:`block_losses`)."""
+    return block_losses(denoiser, x0, **kwargs).sum(-1).mean(0)
