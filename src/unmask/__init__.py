@@ -3,6 +3,8 @@
 The small public API; everything else is importable from its module.
 """
 
+# First, before torch loads: OpenMP's spin count (see unmask/openmp.py).
+import unmask.openmp  # noqa: F401
 from unmask.denoiser import Denoiser, denoise
 from unmask.models import DiT, DiTConfig
 from unmask.objective import ar_loss, nelbo, nelbo_discrete, subs_log_probs
