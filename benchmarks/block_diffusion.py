@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shlex
 import sys
 from datetime import datetime
@@ -34,6 +33,7 @@ from pathlib import Path
 import torch
 
 from unmask.demo import choose_size, free_directory, train_for
+from unmask.runtime import device_name
 
 BD3LM_ONLY = ("objective.mask_rate_range", "objective.block_size")  # overrides the other runs would refuse
 ROW_HEADER = "| model | steps | tokens/s | nats/token | +- s.e. | perplexity |"
@@ -84,8 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
         first = first or run_dir
 
     command = shlex.join(["python", "benchmarks/block_diffusion.py", *(argv if argv is not None else sys.argv[1:])])
-    cpu = platform.processor() or platform.machine()
-    machine = f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    machine = f"{device_name('cpu')}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     print(f"\n{started} | {machine}\n{command}\n")
     print(f"Validation on the held-out plays, {size.label}, {args.minutes:g} min of training each "
           f"({next(iter(results.values()))['tokens']:,} tokens):\n")

@@ -26,7 +26,9 @@ from typing import Any
 
 import torch
 import transformers
-from speed_report import device_name, gpu_target_lines, ratio_lines
+from speed_report import gpu_target_lines, ratio_lines
+
+from unmask.runtime import device_name
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEED_PARTS = ("speed-train", "speed-call", "speed-sample")

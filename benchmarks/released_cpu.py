@@ -45,7 +45,7 @@ from typing import Any
 import torch
 
 from unmask.models import DiT, DiTConfig
-from unmask.runtime import autocast
+from unmask.runtime import autocast, device_name
 from unmask.sampling import SamplerConfig, generate
 
 DTYPES = ("fp32", "bf16")
@@ -155,7 +155,7 @@ def main() -> None:
         "shape": {"layers": args.layers, "hidden": args.hidden, "heads": args.heads, "cond_dim": args.cond,
                   "length": args.length, "vocab": args.vocab, "parameters": model.num_parameters(),
                   "released_shape": released},
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+        "machine": {"platform": platform.platform(), "processor": device_name("cpu"),
                     "torch": torch.__version__, "threads": torch.get_num_threads()},
         "command": " ".join([sys.executable.rsplit("/", 1)[-1], *sys.argv]),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

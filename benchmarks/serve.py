@@ -47,10 +47,8 @@ import httpx
 from unmask.checkpoint import resolve_checkpoint
 from unmask.config import apply_overrides, load_preset
 from unmask.data import load_tokenizer
+from unmask.runtime import device_name
 from unmask.train import train
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from speed_report import device_name  # noqa: E402 - the machine's name, as the other benchmarks give it
 
 CLIENTS = (1, 4, 16)
 MODES = {"on": 64, "off": 1}  # --max-batch of each server

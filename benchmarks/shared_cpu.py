@@ -30,12 +30,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 from datetime import datetime, timezone
+
+from unmask.runtime import device_name
 
 TRAIN_PROBE = """
 import json, sys
@@ -72,14 +73,6 @@ SETTINGS = [
     ("PASSIVE", None, {"OMP_WAIT_POLICY": "PASSIVE"}),
     ("unmask default", 1, {}),
 ]
-
-
-def cpu_name() -> str:
-    with open("/proc/cpuinfo") as info:
-        for line in info:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def run_probe(probe: str, env: dict[str, str], seconds: float, competitor: bool = False) -> float:
@@ -126,8 +119,8 @@ def main() -> None:
         print(f"{r['setting']:>16} {r['threads']:>7} {r['alone_tokens_per_s']:>12,.0f} "
               f"{r['beside_tokens_per_s']:>13,.0f} {r['slowdown']:>8.2f}x {r['alone_vs_libgomp_default']:>8.2f}x "
               f"{r['sample_batch1_s']:>11.3f} {r['sample_vs_libgomp_default']:>9.2f}x")
-    record = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpu": cpu_name(), "cores": cores,
-              "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+    record = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpu": device_name("cpu"),
+              "cores": cores, "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
               "seconds": args.seconds, "reference": "libgomp default", "rows": rows}
     if args.json:
         with open(args.json, "w") as f:

@@ -22,9 +22,11 @@ from typing import Any
 
 import torch
 import transformers
-from speed_report import HEADER, add_mfu, device_name, format_row, gpu_target_lines, ratio_lines
+from speed_report import HEADER, add_mfu, format_row, gpu_target_lines, ratio_lines
 from speed_runner import child_setup, measure_memory, run_group, time_members
 from speed_workloads import DEFAULT_SHAPES, DTYPES, SHAPES, WORKLOADS, build_member, plan
+
+from unmask.runtime import device_name
 
 
 def child(args: argparse.Namespace) -> None:

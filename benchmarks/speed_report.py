@@ -10,11 +10,9 @@ H100/H200), each printed beside the reference code's own figure: :func:`gpu_targ
 
 from __future__ import annotations
 
-import platform
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from speed_workloads import BD3LM_BLOCK, BD3LM_ROWS, DTYPES, SHAPES
 
 # Targets (ratios to GPT-2 measured in the same run): train is unmask/HF tokens/s (at least),
@@ -214,16 +212,3 @@ def gpu_target_lines(rows: list[dict[str, Any]]) -> list[str]:
                 line += f"; {speedup:.1f}x the reference code's speed ({_figure(target.reference, target.unit)})"
             lines.append(line)
     return lines
-
-
-def device_name(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()

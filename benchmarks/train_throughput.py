@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import platform
 import resource
 import statistics
 import tempfile
@@ -36,6 +35,7 @@ from generated_corpus import write_corpus
 
 from unmask.config import apply_overrides, load_preset
 from unmask.data import batch_iterator
+from unmask.runtime import device_name
 from unmask.train import Trainer
 
 
@@ -84,7 +84,7 @@ def measure(preset: str, precision: str, device: str, steps: int, seconds: float
         "preset": preset,
         "precision": precision,
         "device": trainer.device.type,
-        "device_name": torch.cuda.get_device_name(trainer.device) if on_cuda else platform.machine(),
+        "device_name": device_name(trainer.device),
         "data": "random tokens" if random_tokens else config.data.source,
         "batch": config.train.global_batch,
         "micro_batch": config.train.micro_batch,
@@ -126,7 +126,7 @@ def main() -> None:
               f"{r['seconds_per_step']:>9.3f}{r['tokens_per_s']:>11,.0f}{r['peak_rss_mib']:>14,.0f}{cuda:>15}")
     meta = {
         "date": datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": platform.processor() or platform.machine(),
+        "machine": device_name("cpu"),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,

@@ -7,12 +7,14 @@
 - :func:`derive_seed` and :func:`seeded_generator`: every random stream of a run (the noise of a
   training micro-batch, an evaluation batch, a process's dropout) is seeded from the run's seed
   and a few integers that say which stream it is, through one formula.
+- :func:`device_name`: what a figure was measured on (the GPU's or the CPU's model name).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import platform
 
 import torch
 
@@ -50,6 +52,22 @@ def cpu_has_fast_bf16() -> bool:
         return bool(check and check())
     except RuntimeError:
         return False
+
+
+def device_name(device: torch.device | str = "cpu") -> str:
+    """The model name of ``device``: the GPU's, or the CPU's from ``/proc/cpuinfo`` where the system
+    has one (``platform`` only knows the architecture, e.g. "x86_64", on Linux)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

@@ -16,7 +16,7 @@ import torch
 
 from unmask.errors import install_hint
 from unmask.evaluate.plotting import MARKERS, has_matplotlib, pyplot
-from unmask.runtime import resolve_device
+from unmask.runtime import device_name, resolve_device
 from unmask.study.plan import Plan
 from unmask.study.runner import EvalSettings, StudyResult
 
@@ -159,18 +159,10 @@ def plot(result: StudyResult, plan: Plan, path: Path) -> Path:
     return path
 
 
-def _cpu_name() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
-    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-    return names[0] if names else platform.processor() or "cpu"
-
-
 def machine(device: str) -> dict[str, Any]:
     """Where the study ran: the table's figures depend on it through the budget."""
-    resolved = resolve_device(device)
-    name = torch.cuda.get_device_name(resolved) if resolved.type == "cuda" else _cpu_name()
-    return {"device": name, "cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__}
+    return {"device": device_name(resolve_device(device)), "cpus": os.cpu_count(), "platform": platform.platform(),
+            "torch": torch.__version__}
 
 
 def write_report(result: StudyResult, plan: Plan, out: Path, settings: EvalSettings) -> list[Path]:
