@@ -17,7 +17,7 @@ Sampler labels (see :mod:`unmask.sampling.loop` and :mod:`unmask.sampling.strate
 - ``confidence``, ``margin``, ``entropy``: ordered decoding, the most certain positions first.
 - ``threshold-TAU``: confidence order, and every position with confidence above TAU unmasks.
 - ``remdm-STRATEGY`` or ``remdm-STRATEGY-ETA``: ReMDM remasking (cap, rescale, conf, loop),
-  eta 0.02 unless given.
+  eta ``Remasking``'s default (0.02) unless given.
 """
 
 from __future__ import annotations
@@ -43,7 +43,6 @@ from unmask.sampling import ORDERS, REMASKING, SAMPLERS, Remasking, SamplerConfi
 
 DEFAULT_SAMPLERS = ("cached", "first_hitting", "confidence", "threshold-0.9", "remdm-cap")
 DEFAULT_STEPS = (16, 32, 64, 128)
-DEFAULT_ETA = 0.02
 LABEL_FORMS = (
     *SAMPLERS, *[o for o in ORDERS if o != "random"], "threshold-TAU (0 < TAU < 1)",
     *[f"remdm-{s}[-ETA]" for s in REMASKING],
@@ -91,8 +90,8 @@ def parse_sampler(label: str) -> SamplerConfig:
         if strategy not in REMASKING:
             raise _bad_label(label, f"remasking must be one of {', '.join(REMASKING)}")
         try:
-            eta = float(eta_text) if eta_text else DEFAULT_ETA
-            remasking = Remasking(strategy=strategy, eta=eta)
+            eta = {"eta": float(eta_text)} if eta_text else {}
+            remasking = Remasking(strategy=strategy, **eta)
         except ValueError as err:
             raise _bad_label(label, str(err).splitlines()[0]) from None
         return SamplerConfig(remasking=remasking)
