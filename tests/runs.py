@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from unmask.checkpoint import Checkpointer
+from unmask.checkpoint.checkpointer import ModelState, OptimizerState
 from unmask.config import Config
 from unmask.data import get_tokenizer
 from unmask.distributed import Parallel
@@ -26,7 +27,6 @@ def untrained_run(root: Path, objective: str, *, length: int = 32, seed: int = 0
     config.model.n_layers, config.model.hidden, config.model.n_heads, config.model.cond_dim = 1, 32, 2, 16
     config.data.length, config.data.tokenizer = length, "char"
     tokenizer = get_tokenizer("char")
-    tokenizer.save(root / "tok")
     torch.manual_seed(seed)
     model = DiT(config.model_config(tokenizer.vocab_size))
     if scrambled:
@@ -34,6 +34,13 @@ def untrained_run(root: Path, objective: str, *, length: int = 32, seed: int = 0
             for parameter in model.parameters():
                 parameter.normal_(0.0, 0.3)
     run = root / f"run_{objective}"
-    checkpointer = Checkpointer(run, Parallel(device=torch.device("cpu")), config=config, tokenizer_dir=root / "tok")
-    checkpointer.save(1, model=model, optimizer=torch.optim.AdamW(model.parameters()), ema=None)
+    save_checkpoint(run, config, model, 1)
     return run, model
+
+
+def save_checkpoint(run: Path, config: Config, model: DiT, step: int) -> Path:
+    """Checkpoint ``step`` of ``model`` (with a fresh AdamW, no EMA) in the run directory ``run``."""
+    checkpointer = Checkpointer(run, Parallel(device=torch.device("cpu")), config=config, model_config=model.config,
+                                tokenizer=get_tokenizer(config.data.tokenizer))
+    parts = {"model": ModelState(model), "optimizer": OptimizerState(model, torch.optim.AdamW(model.parameters()))}
+    return checkpointer.save(step, parts)

@@ -61,9 +61,9 @@ class Counted(CachedContext):
         for name, count in counts.items():
             setattr(self, name, getattr(self, name) + count)
 
-    def logits(self, call):
+    def answer(self, call):
         self.asked += call.x.numel()
-        return super().logits(call)
+        return (yield from super().answer(call))
 
     def remove(self):
         for handle in self.handles:
@@ -87,7 +87,7 @@ def test_cache_gives_the_tokens_of_recomputing_every_prefix(model, name, block_s
     blocks = 16 // block_size
     assert context.cache.fills == blocks - 1
     assert context.tokens == context.asked + (blocks - 1) * 5 * block_size
-    assert cached.num_calls == context.passes == context.calls + context.fill_calls
+    assert cached.num_calls == context.passes == context.calls  # a fill is a call of its own
     assert cached.num_calls == recomputed.num_calls + context.fill_calls
     assert context.cache.length == 16 - block_size and context.cache.end == 16 - block_size
 
@@ -114,8 +114,8 @@ class FillAlone(CachedContext):
     """Fills the cache with a call of its own for every finished block."""
 
     def append(self, block):
-        super().append(block)
-        self._fill()
+        yield from super().append(block)
+        yield from self._fill()
 
 
 def test_generation_stops_at_eos(model):
@@ -258,7 +258,7 @@ def _error(capsys, argv):
 
 def test_cli_errors_are_one_line(bd3lm_run, tmp_path, capsys):
     mdlm = untrained_run(tmp_path, "mdlm")[0]
-    assert "not bd3lm" in _error(capsys, ["eval", str(mdlm), "--mask-rate-ranges"])
+    assert "not block diffusion" in _error(capsys, ["eval", str(mdlm), "--mask-rate-ranges"])
     assert "LO:HI" in _error(capsys, ["eval", str(bd3lm_run), "--mask-rate-ranges", "0.3-0.8"])
     assert "0 <= LO < HI <= 1" in _error(capsys, ["eval", str(bd3lm_run), "--mask-rate-ranges", "0.8:0.3"])
     assert "--overlap" in _error(capsys, ["sample", str(bd3lm_run), "--length", "40", "--overlap", "8"])

@@ -11,6 +11,7 @@ import pytest
 import torch
 from runs import untrained_run
 
+from unmask.bounds.ar import ar_loss
 from unmask.data import get_tokenizer
 from unmask.evaluate.generative import (
     GenerativeResult,
@@ -20,7 +21,6 @@ from unmask.evaluate.generative import (
     load_evaluator,
     sample_entropy,
 )
-from unmask.objective import ar_loss
 
 WORDS = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to", "big", "red", "house", "with", "small",
          "green", "tree"]

@@ -5,14 +5,13 @@ import json
 import pytest
 import torch
 from released import random_released_weights, reference_logits, released_config, write_released_folder
-from runs import untrained_run
+from runs import save_checkpoint, untrained_run
 from safetensors.torch import load_file
 
 import unmask
-from unmask.checkpoint import Checkpointer, CheckpointError
+from unmask.checkpoint import CheckpointError
 from unmask.config import Config
 from unmask.data import get_tokenizer
-from unmask.distributed import Parallel
 from unmask.interop import export_hf, is_hub_name
 from unmask.interop.reference import AUTO_MAP, config_from_json, expected_shapes, name_pairs
 from unmask.models import DiT
@@ -134,8 +133,7 @@ def _run(tmp_path, **model_fields):
     for key, value in model_fields.items():
         setattr(config.model, key, value)
     model = _randomize(DiT(config.model_config(31)))
-    Checkpointer(run, Parallel(device=torch.device("cpu")), config=config, tokenizer_dir=tmp_path / "tok").save(
-        2, model=model, optimizer=torch.optim.AdamW(model.parameters()), ema=None)
+    save_checkpoint(run, config, model, 2)
     return run, model
 
 

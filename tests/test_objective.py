@@ -3,11 +3,12 @@
 import pytest
 import torch
 from devices import DEVICES, generator
+from full_head import FullHead
 from toy import WrongDenoiser, estimate
 
-from unmask import DiT, DiTConfig, ar_loss, nelbo, nelbo_discrete, objective, subs_log_probs
-from unmask.denoiser import FullHead
-from unmask.objective import masked_log_probs
+from unmask import DiT, DiTConfig, ar_loss, nelbo, nelbo_discrete, subs_log_probs
+from unmask.bounds import nll as objective
+from unmask.bounds.nll import masked_log_probs
 
 SCHEDULES = ["loglinear", "linear", "cosine", "cosine_squared", "geometric", "polynomial"]
 

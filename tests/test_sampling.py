@@ -5,10 +5,10 @@ import dataclasses
 import pytest
 import torch
 from devices import DEVICES, generator
+from full_head import FullHead
 from sampling_args import split
 
 from unmask import DiT, DiTConfig, sample
-from unmask.denoiser import FullHead
 from unmask.sampling import DrawConfig, SamplerConfig, draw_categorical, filtered_probs, generate
 
 N = 20000

@@ -17,7 +17,7 @@ from unmask.checkpoint import resolve_checkpoint
 from unmask.config import ConfigError, apply_overrides, load_preset, validate
 from unmask.data import DataError, TokenBlocks, get_tokenizer
 from unmask.data.streaming import BlockList, StreamingBlocks, stream_batches
-from unmask.evaluate.report import evaluate_checkpoint
+from unmask.evaluate import EvalConfig, evaluate_checkpoint
 from unmask.train import Trainer
 
 pytest.importorskip("datasets")
@@ -160,15 +160,15 @@ def test_streaming_run_resumes_exactly(folder, tmp_path, tiny_overrides):
     Trainer(config, tmp_path / "straight", progress=False).run()
     Trainer(config, tmp_path / "resumed", progress=False).run(max_steps=3)
     state = json.loads((resolve_checkpoint(tmp_path / "resumed") / "state.json").read_text())
-    assert len(state["stream"]) == 1 and state["stream"][0]["world_size"] == 1
+    assert len(state["data"]["stream"]) == 1 and state["data"]["stream"][0]["world_size"] == 1
     Trainer(config, tmp_path / "resumed", resume=True, progress=False).run()
     straight = load_file(resolve_checkpoint(tmp_path / "straight") / "model.safetensors")
     resumed = load_file(resolve_checkpoint(tmp_path / "resumed") / "model.safetensors")
     for name in straight:
         assert torch.equal(straight[name], resumed[name]), name
     # `unmask eval RUN` evaluates on the run's validation file, never on the streamed corpus.
-    report = evaluate_checkpoint(tmp_path / "resumed", max_batches=1)
-    assert (report["data"], report["split"]) == (str(valid), "all")
+    report = evaluate_checkpoint(tmp_path / "resumed", EvalConfig(max_batches=1))
+    assert (report.data, report.split) == (str(valid), "all")
 
 
 def test_an_interrupt_mid_step_loses_no_batch(folder, tmp_path, tiny_overrides):
@@ -210,7 +210,7 @@ def test_two_process_streaming_run_resumes_only_with_two(folder, tmp_path, tiny_
     run = ["train", "--out", str(tmp_path / "run"), "--quiet", *args]
     unmask(*run[:1], "--nproc", "2", *run[1:], "--max-steps", "2")
     state = json.loads((resolve_checkpoint(tmp_path / "run") / "state.json").read_text())
-    assert [s["rank"] for s in state["stream"]] == [0, 1]
+    assert [s["rank"] for s in state["data"]["stream"]] == [0, 1]
     refused = unmask(*run, "--max-steps", "4", "--resume", check=False)
     assert "resumes only with as many" in refused.stderr and "Traceback" not in refused.stderr
     unmask(*run[:1], "--nproc", "2", *run[1:], "--max-steps", "4", "--resume")

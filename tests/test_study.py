@@ -5,10 +5,11 @@ import json
 import pytest
 
 from unmask.checkpoint import read_state, resolve_checkpoint
+from unmask.checkpoint.layout import train_seconds
 from unmask.cli import main
 from unmask.config import ConfigError, validate
-from unmask.evaluate import plotting
-from unmask.study import OBJECTIVES, EvalSettings, StudyError, available_objectives, orderings, plan_study, study
+from unmask.evaluate import EvalConfig, plotting
+from unmask.study import OBJECTIVES, StudyError, available_objectives, orderings, plan_study, study
 from unmask.train import Trainer
 
 BASELINES = ["ar", "mdlm", "sedd", "d3pm"]
@@ -75,7 +76,7 @@ def test_an_interrupted_study_continues_where_it_stopped(tmp_path, corpus_file, 
     the fourth starts; a third call retrains and re-evaluates nothing."""
     out = tmp_path / "study"
     kwargs = dict(out=out, budget=30, data=str(corpus_file), objectives=BASELINES,
-                  overrides=[*tiny_overrides, "train.max_steps=4"], settings=EvalSettings(num_t=2, max_batches=2),
+                  overrides=[*tiny_overrides, "train.max_steps=4"], evaluation=EvalConfig(num_t=2, max_batches=2),
                   progress=False)
     original = Trainer.train_step
 
@@ -133,16 +134,16 @@ def test_an_interrupted_study_continues_where_it_stopped(tmp_path, corpus_file, 
 def test_the_budget_ends_each_run_and_a_larger_budget_continues_it(tmp_path, corpus_file, tiny_overrides):
     out = tmp_path / "study"
     kwargs = dict(out=out, data=str(corpus_file), objectives=["mdlm"], overrides=tiny_overrides,
-                  settings=EvalSettings(num_t=1, max_batches=1), progress=False)
+                  evaluation=EvalConfig(num_t=1, max_batches=1), progress=False)
     study("tiny", budget=0.005, **kwargs)
     state = read_state(resolve_checkpoint(out / "mdlm"))
-    assert state["train_seconds"] >= 0.3 and state["step"] >= 1
+    assert train_seconds(state) >= 0.3 and state["step"] >= 1
     study("tiny", budget=0.005, **kwargs)
     assert read_state(resolve_checkpoint(out / "mdlm"))["step"] == state["step"]  # done: skipped
-    budget = state["train_seconds"] / 60 + 0.005  # 0.3 s more than the run has had
+    budget = train_seconds(state) / 60 + 0.005  # 0.3 s more than the run has had
     study("tiny", budget=budget, **kwargs)
     longer = read_state(resolve_checkpoint(out / "mdlm"))
-    assert longer["step"] > state["step"] and longer["train_seconds"] >= 60 * budget - 0.01
+    assert longer["step"] > state["step"] and train_seconds(longer) >= 60 * budget - 0.01
     with pytest.raises(StudyError, match=r"another configuration \(optim.lr: 0.001 -> 0.01\)"):
         study("tiny", budget=budget, **{**kwargs, "overrides": [*tiny_overrides, "optim.lr=0.01"]})
 

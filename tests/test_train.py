@@ -1,5 +1,7 @@
 """The training loop: exact resume, atomic checkpoints, config checks."""
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -85,9 +87,8 @@ def test_checkpoint_of_another_model_size_is_refused(tmp_path, corpus_file, tiny
     config = _config(corpus_file, tiny_overrides)
     Trainer(config, tmp_path / "run", progress=False).run(max_steps=2)
     checkpoint = resolve_checkpoint(tmp_path / "run")
-    edited = Config.load(checkpoint / "config.yaml")
-    edited.model.hidden = 64
-    edited.save(checkpoint / "config.yaml")
+    described = json.loads((checkpoint / "model.json").read_text())  # the model's own description, edited
+    (checkpoint / "model.json").write_text(json.dumps({**described, "hidden": 64}))
     with pytest.raises(CheckpointError, match="another model size"):
         load(checkpoint)
 

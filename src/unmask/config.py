@@ -22,14 +22,12 @@ from typing import Any
 
 import yaml
 
-from unmask.errors import UserError
+from unmask.configs import preset_names
+from unmask.errors import ConfigError
+from unmask.kinds import KINDS, get_kind
 from unmask.models.block_attention import ATTENTIONS
 from unmask.models.dit import GELUS, DiTConfig
 from unmask.schedules import SCHEDULES
-
-
-class ConfigError(UserError):
-    """A user-facing configuration mistake; the message names the fix."""
 
 
 @dataclass
@@ -48,20 +46,15 @@ class DataConfig:
     streaming: bool = False
 
 
-# The objectives a run can train with (objective.name); each has a branch in unmask.objectives.
-OBJECTIVES = ("mdlm", "ar", "sedd", "d3pm", "bd3lm")
-D3PM_STEPS = 1000  # T of the paper's D3PM row
-
-
 @dataclass
 class ObjectiveConfig:
-    # "mdlm" (SUBS), "ar" (the autoregressive baseline on the same backbone), "sedd" (score entropy,
-    # absorbing), "d3pm" (absorbing, discrete time, no zero masking, no carry-over) or "bd3lm" (block
-    # diffusion: autoregressive across blocks, MDLM within each)
+    # The model kind (unmask.kinds): "mdlm" (SUBS), "ar" (the autoregressive baseline on the same
+    # backbone), "sedd" (score entropy, absorbing), "d3pm" (absorbing, discrete time, no zero masking,
+    # no carry-over) or "bd3lm" (block diffusion: autoregressive across blocks, MDLM within each)
     name: str = "mdlm"
     schedule: str = "loglinear"
-    # T of the discrete-time bound; 0: continuous time; null: the objective's own (continuous for
-    # mdlm and sedd, D3PM_STEPS for d3pm). Read it through time_steps.
+    # T of the discrete-time bound; 0: continuous time; null: the kind's own (continuous for mdlm and
+    # sedd, 1000 for d3pm). Read it through time_steps.
     discrete_steps: int | None = None
     carry_over: bool = True  # mdlm ablation: False also scores unmasked positions
     zero_masking: bool = True  # mdlm ablation: False lets the model predict MASK (discrete time only)
@@ -73,9 +66,7 @@ class ObjectiveConfig:
     @property
     def time_steps(self) -> int:
         """T of the bound this objective trains and evaluates with (0: continuous time)."""
-        if self.discrete_steps is not None:
-            return self.discrete_steps
-        return D3PM_STEPS if self.name == "d3pm" else 0
+        return get_kind(self.name).time_steps(self)
 
 
 @dataclass
@@ -135,9 +126,9 @@ class Config:
 
     def model_config(self, vocab_size: int) -> DiTConfig:
         """The model's whole configuration: the ``model`` section, the tokenizer's ``vocab_size``,
-        ``data.length`` and causal attention for the AR objective."""
+        ``data.length`` and causal attention for an autoregressive kind."""
         return dataclasses.replace(self.model, vocab_size=vocab_size, length=self.data.length,
-                                   causal=self.objective.name == "ar")
+                                   causal=get_kind(self.objective.name).autoregressive)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
@@ -267,11 +258,6 @@ def _looks_like_float(text: str) -> bool:
     return True
 
 
-def preset_names() -> list[str]:
-    return sorted(p.name.removesuffix(".yaml") for p in resources.files("unmask.configs").iterdir()
-                  if p.name.endswith(".yaml"))
-
-
 def load_preset(name: str) -> Config:
     """A preset by name (``tiny``, ``owt-small``, ...) or a path to a YAML file."""
     if Path(name).suffix in (".yaml", ".yml"):
@@ -310,7 +296,7 @@ RANGES: dict[str, tuple[float, float | None, bool, bool]] = {
 def validate(config: Config) -> None:
     """Reject combinations that cannot run, with the fix in the message."""
     choices = {
-        "objective.name": (config.objective.name, OBJECTIVES),
+        "objective.name": (config.objective.name, tuple(KINDS)),
         "data.layout": (config.data.layout, ("wrapped", "padded")),
         "optim.decay": (config.optim.decay, ("constant", "cosine")),
         "train.precision": (config.train.precision, ("auto", "bf16", "fp32")),
@@ -342,7 +328,6 @@ def validate(config: Config) -> None:
             "data.streaming needs a fixed tokenizer (data.tokenizer=gpt2, bert-base-uncased, char or a folder): "
             "training a BPE on the corpus would need the corpus on disk"
         )
-    _validate_objective(config)
     if config.train.global_batch % config.train.micro_batch:
         raise ConfigError(
             f"train.global_batch ({config.train.global_batch}) must be a multiple of train.micro_batch "
@@ -350,50 +335,5 @@ def validate(config: Config) -> None:
         )
     if config.model.hidden % config.model.n_heads:
         raise ConfigError(f"model.hidden ({config.model.hidden}) must be divisible by model.n_heads")
-    _validate_block_diffusion(config)
+    get_kind(config.objective.name).validate(config)
 
-
-def _validate_objective(config: Config) -> None:
-    """The objective's own rules: the MDLM ablation switches, SEDD's time conditioning, D3PM's discrete time."""
-    objective = config.objective
-    switched_off = " and ".join(f"objective.{name}=false" for name in ("carry_over", "zero_masking")
-                                if not getattr(objective, name))
-    if objective.name == "mdlm" and not objective.zero_masking and objective.time_steps == 0:
-        raise ConfigError("objective.zero_masking=false needs the discrete-time bound: "
-                          "set objective.discrete_steps=1000")
-    if objective.name == "d3pm":
-        if switched_off:
-            raise ConfigError(f"d3pm has neither zero masking nor carry-over already: drop {switched_off}")
-        if objective.time_steps == 0:
-            raise ConfigError(f"d3pm is a discrete-time objective: set objective.discrete_steps to T >= 1 "
-                              f"(or leave it unset for {D3PM_STEPS})")
-    if objective.name == "sedd":
-        if switched_off:
-            raise ConfigError(f"{switched_off}: these are MDLM ablations; sedd has its own parameterization: "
-                              "drop them")
-        if objective.time_steps:
-            raise ConfigError("sedd's bound is continuous-time: drop objective.discrete_steps")
-        if not config.model.time_conditioning:
-            raise ConfigError("objective.name=sedd reads the output as a score at the noise level t, so the model "
-                              "must see t: add model.time_conditioning=true")
-
-
-def _validate_block_diffusion(config: Config) -> None:
-    """bd3lm's own settings: a block size dividing the length, a masking-rate range, no time conditioning."""
-    objective = config.objective
-    rates = objective.mask_rate_range
-    if len(rates) != 2 or not 0 <= rates[0] < rates[1] <= 1:
-        raise ConfigError(f"objective.mask_rate_range must be [beta, omega] with 0 <= beta < omega <= 1 "
-                          f"(e.g. [0.3, 0.8]), got {rates}")
-    if objective.name != "bd3lm":
-        if list(rates) != [0.0, 1.0]:
-            raise ConfigError("objective.mask_rate_range applies to objective.name=bd3lm only; drop it")
-        return
-    if config.data.length % objective.block_size:
-        raise ConfigError(f"objective.block_size ({objective.block_size}) must divide data.length "
-                          f"({config.data.length}), e.g. 4, 8 or 16")
-    if config.model.time_conditioning:
-        raise ConfigError("objective.name=bd3lm gives every block its own time: set model.time_conditioning=false")
-    if objective.time_steps or not objective.carry_over or not objective.zero_masking:
-        raise ConfigError("objective.name=bd3lm uses the continuous-time SUBS bound: drop objective.discrete_steps, "
-                          "carry_over and zero_masking")

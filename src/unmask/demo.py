@@ -22,10 +22,12 @@ import torch
 
 from unmask.config import Config, apply_overrides, load_preset, set_value
 from unmask.data import TokenBlocks, corpus_entropy
-from unmask.evaluate.report import evaluate_checkpoint
+from unmask.evaluate import EvalConfig, evaluate_checkpoint
 from unmask.generation import generate_text
+from unmask.kinds import sequence_losses
+from unmask.kinds.ar import AR
+from unmask.kinds.mdlm import MDLM
 from unmask.models import DiT
-from unmask.objectives import sequence_losses
 from unmask.pipeline import load
 from unmask.runtime import autocast, resolve_device, resolve_precision
 from unmask.sampling import SamplerConfig
@@ -115,8 +117,8 @@ def train_for(run_dir: Path, overrides: list[str], *, minutes: float, progress: 
         run_dir.mkdir(parents=True)
         shutil.copytree(tokenizer_from / "tokenizer", run_dir / "tokenizer")
     trained = train(config, run_dir, progress=progress)
-    report = evaluate_checkpoint(run_dir, max_batches=eval_batches)
-    return {"steps": trained.step, "tokens_per_s": trained.tokens_per_s, **report}
+    report = evaluate_checkpoint(run_dir, EvalConfig(max_batches=eval_batches))
+    return {"steps": trained.step, "tokens_per_s": trained.tokens_per_s, **report.to_dict()}
 
 
 def run_demo(out: Path, *, minutes: float = 3.5, progress: bool = True, eval_batches: int = 16,
@@ -126,32 +128,35 @@ def run_demo(out: Path, *, minutes: float = 3.5, progress: bool = True, eval_bat
     overrides = [f"train.precision={precision}"]
     size, notes = choose_size(minutes, overrides)
     print(f"== demo size: {size.label} (training speed here: {'; '.join(notes)})")
-    results = {}
-    for objective in ("mdlm", "ar"):
-        run_dir = out / objective
-        print(f"== training {objective} for {minutes:g} min -> {run_dir}")
-        results[objective] = train_for(run_dir, [*overrides, *size.overrides, f"objective.name={objective}"],
+    results, tokenizer_from = {}, None
+    for kind in (MDLM, AR):  # the second run reads the first one's tokenizer
+        run_dir = out / kind.name
+        print(f"== training {kind.name} for {minutes:g} min -> {run_dir}")
+        results[kind.name] = train_for(run_dir, [*overrides, *size.overrides, f"objective.name={kind.name}"],
                                        minutes=minutes, progress=progress, eval_batches=eval_batches,
-                                       tokenizer_from=None if objective == "mdlm" else out / "mdlm")
+                                       tokenizer_from=tokenizer_from)
+        tokenizer_from = run_dir
+    mdlm = results[MDLM.name]
 
-    pipeline = load(out / "mdlm")
+    pipeline = load(out / MDLM.name)
     valid = TokenBlocks("default", pipeline.tokenizer, split="validation", length=pipeline.config.data.length)
     entropy = corpus_entropy(valid)
-    print(f"\nValidation on held-out plays ({results['mdlm']['tokens']:,} tokens, nats per token):")
+    print(f"\nValidation on held-out plays ({mdlm['tokens']:,} tokens, nats per token):")
     print(f"{'model':<28}{'steps':>8}{'tokens/s':>10}{'nats/token':>12}{'+- s.e.':>9}{'perplexity':>12}")
-    for name, label in (("mdlm", "MDLM (NELBO, upper bound)"), ("ar", "AR baseline (exact NLL)")):
+    for name, label in ((MDLM.name, "MDLM (NELBO, upper bound)"), (AR.name, "AR baseline (exact NLL)")):
         r = results[name]
         print(f"{label:<28}{r['steps']:>8}{r['tokens_per_s']:>10,.0f}{r['nelbo_per_token']:>12.3f}"
               f"{r['stderr']:>9.3f}{r['perplexity']:>12.1f}")
     print(f"{'unigram entropy of the data':<28}{'':>18}{entropy:>12.3f}")
-    margin = entropy - results["mdlm"]["nelbo_per_token"]
+    margin = entropy - mdlm["nelbo_per_token"]
     side = "below" if margin > 0 else "above"
-    print(f"The MDLM bound is {abs(margin):.3f} nats/token ({abs(margin) / results['mdlm']['stderr']:.1f} standard "
+    print(f"The MDLM bound is {abs(margin):.3f} nats/token ({abs(margin) / mdlm['stderr']:.1f} standard "
           f"errors) {side} the unigram entropy: {'it uses context' if margin > 0 else 'train it longer (--minutes)'}.")
 
     samples = generate_text(pipeline, SamplerConfig(steps=128), num_samples=3, seed=0)
     print(f"\nMDLM samples (cached sampler, T=128, {samples.num_calls} denoiser calls):")
     for text in samples.texts:
         print("---\n" + text.strip())
-    print(f"\nNext: unmask sample {out / 'mdlm'} --prompt 'KING HENRY:'   |   unmask eval {out / 'mdlm'} --num-t 4")
+    print(f"\nNext: unmask sample {out / MDLM.name} --prompt 'KING HENRY:'   |   unmask eval {out / MDLM.name} "
+          "--num-t 4")
     return {"out": str(out), "size": size.label, "unigram_entropy": entropy, **results}

@@ -21,7 +21,9 @@ them from the model inside):
 - ``supports_block_diffusion = True``: it accepts ``block_size: int`` (block-causal attention)
   and with it ``x0: LongTensor[B, L]``, the clean sequence: the vectorised block diffusion pass,
   where every block of x_t sees itself and the clean blocks before it (see
-  :mod:`unmask.models.block_attention`). A denoiser without it is run block by block instead.
+  :mod:`unmask.models.block_attention`); and ``cache``, a key/value cache of finished blocks that
+  the new tokens attend to (block-by-block sampling). A denoiser without it is run block by block
+  on whole sequences instead.
 
 A Hugging Face masked LM fits with a few lines::
 
@@ -84,33 +86,25 @@ def denoise(
     attention_mask: Tensor | None = None,
     block_size: int | None = None,
     x0: Tensor | None = None,
+    cache: object | None = None,
 ) -> Tensor:
     """Call ``denoiser``; with ``where`` return logits [N, V] at those positions only.
 
-    ``block_size`` (and ``x0``) ask for block diffusion's attention, which the denoiser must support.
+    ``block_size``, ``x0`` and ``cache`` ask for block diffusion's attention, which the denoiser must
+    support; each is passed on only when given.
     """
     can = capabilities(denoiser)
     kwargs = {}
     if attention_mask is not None and can.attention_mask:
         kwargs["attention_mask"] = attention_mask
-    if block_size is not None or x0 is not None:
+    blockwise = {name: value for name, value in (("block_size", block_size), ("x0", x0), ("cache", cache))
+                 if value is not None}
+    if blockwise:
         if not can.block_diffusion:
             raise ValueError("this denoiser has no block diffusion attention (supports_block_diffusion)")
-        kwargs.update(block_size=block_size, x0=x0)
+        kwargs.update(blockwise)
     if where is not None and can.positions:
         return denoiser(x_t, t, where=where, **kwargs)
     logits = denoiser(x_t, t, **kwargs)
     return logits if where is None else logits[where]
 
-
-class FullHead(torch.nn.Module):
-    """Wraps a denoiser so that it computes every position: the plain path the fast one must match."""
-
-    supports_attention_mask = True
-
-    def __init__(self, denoiser: Denoiser) -> None:
-        super().__init__()
-        self.denoiser = denoiser
-
-    def forward(self, x_t: Tensor, t: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        return denoise(self.denoiser, x_t, t, attention_mask=attention_mask)

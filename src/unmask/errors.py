@@ -1,6 +1,6 @@
 """The one base class of the errors a user can cause and fix.
 
-Every module raises its own subclass (``ConfigError``, ``DataError``, ``CheckpointError``,
+Every module raises its own subclass (``ConfigError`` here, ``DataError``, ``CheckpointError``,
 ``PromptError``, ``SamplingError``); the command line catches ``UserError`` and prints its message
 as one line. Each message names the fix. ``UserError`` is a ``ValueError`` so that callers of the
 Python API that already catch bad values keep working. :func:`require` turns a missing optional
@@ -8,10 +8,40 @@ package into such an error, naming the extra to install.
 """
 
 import importlib.util
+from collections.abc import Callable
 
 
 class UserError(ValueError):
     """A mistake in what the user asked for or gave us; the message names the fix."""
+
+
+class OptionError(UserError):
+    """A mistake about named options, said in the asker's own names for them.
+
+    ``message`` writes the n-th of ``options`` (Python names: ``top_k``) as ``{n}``. ``str()`` names them as
+    the Python API does; :meth:`naming` as another front end does: ``--top-k`` on the command line
+    (:func:`option_flag`), ``top_k`` or ``n`` in a server's requests.
+    """
+
+    def __init__(self, message: str, *options: str) -> None:
+        self.message, self.options = message, options
+        super().__init__(self.naming(str))
+
+    def naming(self, name: Callable[[str], str]) -> str:
+        """The message with each option named by ``name``."""
+        text = self.message
+        for index, option in enumerate(self.options):
+            text = text.replace(f"{{{index}}}", name(option))
+        return text
+
+
+def option_flag(option: str) -> str:
+    """The command line's name of an option: ``top_k`` is ``--top-k``."""
+    return "--" + option.replace("_", "-")
+
+
+class ConfigError(UserError):
+    """A user-facing configuration mistake; the message names the fix."""
 
 
 # The extra of ``pip install "unmask[EXTRA]"`` that brings each optional package.

@@ -5,10 +5,9 @@ row (writing ``[MASK]`` N times does the same). Everything else in the template 
 never changed by the sampler.
 
 :func:`generate_text` is what ``unmask sample`` runs: :func:`prepare` checks a request and makes
-its fixed tokens, :func:`start_run` the sampling run of an MDLM within the model's length (which
-the server drives among others, so that a seed gives the same text there), :func:`sample_tokens`
-every other model's sampler (block by block for block diffusion, left to right for AR),
-:func:`text_samples` the texts.
+its fixed tokens, :func:`start_run` the sampling run the model's kind makes of them (within the
+model's length, in windows past it, block by block or left to right: the server drives the same
+runs among others, so that a seed gives the same text there), :func:`text_samples` the texts.
 """
 
 from __future__ import annotations
@@ -23,19 +22,18 @@ import torch
 from torch import Tensor
 
 from unmask.data import Tokenizer
-from unmask.errors import UserError
+from unmask.errors import OptionError
+from unmask.kinds.base import SLIDING, WINDOWS
 from unmask.pipeline import Pipeline
 from unmask.runtime import autocast
-from unmask.sampling import SampleOutput, SamplerConfig, generate, generate_long
-from unmask.sampling.autoregressive import generate_autoregressive
-from unmask.sampling.blocks import CachedContext, generate_blocks
-from unmask.sampling.loop import SamplingRun, initial_state, run_to_end
+from unmask.sampling import SampleOutput, SamplerConfig
+from unmask.sampling.run import Run, run_to_end
 
 PLACEHOLDER = re.compile(r"\[MASK(?::(\d+))?\]")
 MASK_MARK = "[MASK]"  # one masked position, in templates and in texts being generated
 
 
-class PromptError(UserError):
+class PromptError(OptionError):
     """A prompt or template that cannot be used; the message names the fix."""
 
 
@@ -71,7 +69,8 @@ def build_template(
     Without a template the length defaults to the model's; with one, to the template's own.
     """
     if prompt is not None and template is not None:
-        raise PromptError("give either --prompt or --template, not both (a template can start with the prompt text)")
+        raise PromptError("give either {0} or {1}, not both (a template can start with the prompt text)", "prompt",
+                          "template")
     fixed = [tokenizer.bos_id]
     if template is not None:
         fixed += parse_template(template, tokenizer)
@@ -79,7 +78,8 @@ def build_template(
         fixed += tokenizer.encode(prompt)
     target = length or (len(fixed) if template is not None else model_length)
     if target > model_length:
-        raise PromptError(f"length {target} exceeds the model's length {model_length}; shorten the prompt or --length")
+        raise PromptError(f"length {target} exceeds the model's length {model_length}; shorten the prompt or {{0}}",
+                          "length")
     if len(fixed) > target:
         what = "template" if template is not None else "prompt"
         raise PromptError(
@@ -102,15 +102,8 @@ class TextSamples:
 
 
 def in_windows(pipeline: Pipeline, length: int | None) -> bool:
-    """True when ``length`` is beyond the model's and an MDLM generates it semi-autoregressively."""
-    return (length is not None and length > pipeline.config.data.length and not pipeline.is_autoregressive
-            and pipeline.block_size is None)
-
-
-def in_one_run(pipeline: Pipeline, length: int | None) -> bool:
-    """True when :func:`generate_text` samples with one run over the whole template (:func:`start_run`):
-    an MDLM within the model's length. AR and block diffusion models sample token or block by block."""
-    return not pipeline.is_autoregressive and pipeline.block_size is None and not in_windows(pipeline, length)
+    """True when ``length`` is beyond the model's and its kind generates it in windows (semi-autoregressively)."""
+    return length is not None and length > pipeline.config.data.length and pipeline.kind.beyond_window == WINDOWS
 
 
 def prepare(
@@ -123,35 +116,37 @@ def prepare(
     template: str | None = None,
 ) -> Tensor:
     """Check a request as :func:`generate_text` runs it (PromptError naming the fix) and return its
-    fixed tokens: the template [L] within the model's length (of any length for block diffusion), or the
-    prefix (BOS and the prompt) of a length generated in windows (:func:`in_windows`)."""
+    fixed tokens: the template [L] within the model's length (of any length for a kind that slides its
+    context block by block), or the prefix (BOS and the prompt) of a length generated in windows
+    (:func:`in_windows`)."""
     if num_samples < 1:
-        raise PromptError(f"--num-samples must be at least 1, got {num_samples}")
+        raise PromptError(f"{{0}} must be at least 1, got {num_samples}", "num_samples")
     if length is not None and length < 2:
-        raise PromptError(f"--length counts every token, BOS included: at least 2, got {length}")
-    if pipeline.is_autoregressive and (sampling.uses_strategy or sampling.sampler in ("first_hitting", "analytic")):
-        raise PromptError("an AR model decodes left to right, one token per step: --order, --threshold, --remask, "
-                          "--sampler first_hitting and --sampler analytic apply to diffusion models only")
+        raise PromptError(f"{{0}} counts every token, BOS included: at least 2, got {length}", "length")
+    pipeline.kind.check_sampling(sampling)
     tokenizer, window = pipeline.tokenizer, pipeline.config.data.length
     if in_windows(pipeline, length):
         if template is not None:
-            raise PromptError(f"a template must fit the model's length {window}; --length extends only prompts")
+            raise PromptError(f"a template must fit the model's length {window}; {{0}} extends only prompts", "length")
         prefix = build_template(tokenizer, model_length=window, length=window, prompt=prompt)
         return prefix[prefix != tokenizer.mask_id]
-    if pipeline.block_size is not None:  # any length: --length or the template decides
+    if pipeline.kind.beyond_window == SLIDING:  # any length: --length or the template decides
         window = length or (window if template is None else sys.maxsize)
     return build_template(tokenizer, model_length=window, length=length, prompt=prompt, template=template)
 
 
-def start_run(pipeline: Pipeline, sampling: SamplerConfig, fixed: Tensor, *, num_samples: int,
-              seed: int) -> SamplingRun:
-    """The sampling run of ``num_samples`` rows on the template ``fixed`` that :func:`generate_text` drives
-    for an MDLM within the model's length (a server drives the same run among others: same seed, same text)."""
+def start_run(pipeline: Pipeline, sampling: SamplerConfig, fixed: Tensor, *, num_samples: int, seed: int,
+              length: int | None = None, overlap: int | None = None, stop_at_eos: bool = False) -> Run:
+    """The sampling run of ``num_samples`` rows on ``fixed`` (from :func:`prepare`) that :func:`generate_text`
+    drives, made by the model's kind (a server drives the same run among others: same seed, same text)."""
+    if overlap is not None and pipeline.kind.beyond_window != WINDOWS:
+        raise PromptError(f"{{0}} sets the semi-autoregressive windows of a masked diffusion model; a "
+                          f"{pipeline.kind.name} model does not generate in windows: drop {{0}}", "overlap")
     device = pipeline.device
-    x = initial_state(batch_size=num_samples, length=len(fixed), mask_id=pipeline.mask_id, template=fixed,
-                      device=device)
-    return SamplingRun(sampling, x, mask_id=pipeline.mask_id, schedule=pipeline.config.objective.schedule,
-                       generator=torch.Generator(device).manual_seed(seed), parameterization=pipeline.parameterization)
+    return pipeline.kind.sampling_run(
+        pipeline.model, sampling, fixed.to(device), process=pipeline.process, num_samples=num_samples,
+        window=pipeline.config.data.length, length=length, overlap=overlap,
+        stop_id=pipeline.tokenizer.eos_id if stop_at_eos else None, generator=torch.Generator(device).manual_seed(seed))
 
 
 def generate_text(
@@ -169,44 +164,28 @@ def generate_text(
     on_step: Callable[[Tensor], None] | None = None,
     static_shapes: bool = False,
 ) -> TextSamples:
-    """Sample ``num_samples`` texts from a loaded model (MDLM, block diffusion or the AR baseline) as
-    ``sampling`` says.
+    """Sample ``num_samples`` texts from a loaded model of any kind as ``sampling`` says.
 
-    For MDLM a ``length`` beyond the model's runs semi-autoregressively: windows of the model's
-    length, each starting with the last ``overlap`` tokens of the previous one (default: half a
-    window), ``sampling.steps`` steps per window. A block diffusion model generates block by block
-    (``sampling.steps`` per block) to any length, sliding its cache past the model's length.
-    ``stop_at_eos`` stops at the first EOS of every sample. ``on_step`` sees the token ids of every
-    sample after every step. ``static_shapes`` runs every denoiser call of an MDLM at one shape
-    (:func:`unmask.sampling.loop.run_to_end`: CUDA graphs on a GPU), for the same texts.
+    A masked diffusion model generates a ``length`` beyond the model's semi-autoregressively: windows
+    of the model's length, each starting with the last ``overlap`` tokens of the previous one (default:
+    half a window), ``sampling.steps`` steps per window. A block diffusion model generates block by
+    block (``sampling.steps`` per block) to any length, sliding its cache past the model's length. The
+    AR baseline decodes left to right. ``stop_at_eos`` stops at the first EOS of every sample.
+    ``on_step`` sees the token ids of every sample after every step. ``static_shapes`` runs every
+    denoiser call at one shape per length (:func:`unmask.sampling.run.answer_with`: CUDA graphs on a
+    GPU), for the same texts.
     """
     sampling = sampling or SamplerConfig()
-    if static_shapes and (pipeline.is_autoregressive or pipeline.block_size is not None):
-        raise PromptError("--static-shapes runs every call over the whole sequence at one shape; the AR baseline "
-                          "and block diffusion sample token or block by block: drop --static-shapes")
+    if static_shapes and not pipeline.kind.static_shapes:
+        raise PromptError(f"{{0}} runs every call over the whole sequence at one shape; a "
+                          f"{pipeline.kind.name} model samples token or block by block: drop {{0}}", "static_shapes")
     fixed = prepare(pipeline, sampling, num_samples=num_samples, length=length, prompt=prompt, template=template)
-    if pipeline.block_size is not None and overlap is not None:
-        raise PromptError("--overlap sets MDLM's semi-autoregressive windows; a bd3lm model slides its cache block "
-                          "by block: drop --overlap")
-    tokenizer, model, device = pipeline.tokenizer, pipeline.model, pipeline.device
-    stop_id = tokenizer.eos_id if stop_at_eos else None
+    run = start_run(pipeline, sampling, fixed, num_samples=num_samples, seed=seed, length=length, overlap=overlap,
+                    stop_at_eos=stop_at_eos)
     started = time.perf_counter()
-    with autocast(precision, device):
-        if in_one_run(pipeline, length):
-            out = run_to_end(model, start_run(pipeline, sampling, fixed, num_samples=num_samples, seed=seed),
-                             on_step=on_step, static_shapes=static_shapes)
-        else:
-            generator = torch.Generator(device).manual_seed(seed)
-            if in_windows(pipeline, length):
-                out = generate_long(model, sampling, batch_size=num_samples, total_length=length,
-                                    window=pipeline.config.data.length, mask_id=tokenizer.mask_id,
-                                    schedule=pipeline.config.objective.schedule, overlap=overlap, prefix=fixed,
-                                    stop_id=stop_id, generator=generator, on_step=on_step,
-                                    parameterization=pipeline.parameterization, static_shapes=static_shapes)
-            else:
-                out = sample_tokens(pipeline, sampling, batch_size=num_samples, template=fixed, generator=generator,
-                                    stop_id=stop_id, on_step=on_step)
-    return text_samples(tokenizer, out, time.perf_counter() - started, stop_at_eos=stop_at_eos)
+    with autocast(precision, pipeline.device):
+        out = run_to_end(pipeline.model, run, on_step=on_step, static_shapes=static_shapes)
+    return text_samples(pipeline.tokenizer, out, time.perf_counter() - started, stop_at_eos=stop_at_eos)
 
 
 def sample_tokens(
@@ -220,20 +199,11 @@ def sample_tokens(
     on_step: Callable[[Tensor], None] | None = None,
 ) -> SampleOutput:
     """Fill the MASK positions of ``template`` [L] for ``batch_size`` samples with the pipeline's own
-    sampler: block by block with the key/value cache (bd3lm; ``stop_id`` may end it early), left to
-    right (AR), or the sampling loop over the whole template (MDLM, SEDD, D3PM)."""
-    model, mask_id, schedule = pipeline.model, pipeline.mask_id, pipeline.config.objective.schedule
-    if pipeline.block_size is not None:
-        return generate_blocks(CachedContext(model, pipeline.block_size), sampling, batch_size=batch_size,
-                               length=len(template), block_size=pipeline.block_size, mask_id=mask_id,
-                               schedule=schedule, template=template, stop_id=stop_id, generator=generator,
-                               on_step=on_step)
-    if pipeline.is_autoregressive:
-        return generate_autoregressive(model, batch_size=batch_size, length=len(template), mask_id=mask_id,
-                                       template=template, generator=generator, draw=sampling.draw, on_step=on_step)
-    return generate(model, sampling, batch_size=batch_size, length=len(template), mask_id=mask_id, schedule=schedule,
-                    template=template, generator=generator, on_step=on_step,
-                    parameterization=pipeline.parameterization)
+    sampler (its kind's run; ``stop_id`` may end a block-wise one early)."""
+    run = pipeline.kind.sampling_run(pipeline.model, sampling, template.to(pipeline.device), process=pipeline.process,
+                                     num_samples=batch_size, window=pipeline.config.data.length, stop_id=stop_id,
+                                     generator=generator)
+    return run_to_end(pipeline.model, run, on_step=on_step)
 
 
 def text_samples(tokenizer: Tokenizer, out: SampleOutput, seconds: float, *, stop_at_eos: bool = False) -> TextSamples:

@@ -1,40 +1,67 @@
-"""A trained model ready to use: weights, tokenizer and configuration from one folder.
+"""A trained model ready to use: weights, tokenizer and configuration from one folder, and back into one.
 
 :func:`load` reads whatever the folder is: an unmask run or checkpoint, a released MDLM checkpoint
 in its Hugging Face layout, or a Hugging Face masked LM (each format's reading lives in
-:mod:`unmask.interop`); a hub name is fetched into the hub cache first.
+:mod:`unmask.interop`); a hub name is fetched into the hub cache first. :meth:`Pipeline.save` writes
+a checkpoint folder that every command takes, so a model changed in Python is one call from the CLI.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from unmask.checkpoint import WEIGHTS, CheckpointError, load_config, load_weights, model_weights, resolve_checkpoint
-from unmask.config import Config
+from unmask.checkpoint import (
+    WEIGHTS,
+    CheckpointError,
+    load_config,
+    load_weights,
+    model_weights,
+    read_state,
+    resolve_checkpoint,
+    write_new_folder,
+)
+from unmask.checkpoint.layout import TOKENIZER_DIR, load_model_config, write_checkpoint
+from unmask.config import Config, validate
 from unmask.data import Tokenizer, load_tokenizer
 from unmask.interop import MASKED_LM, RELEASED_MDLM, folder_format, load_masked_lm, load_released, locate
+from unmask.kinds import ModelKind, get_kind
 from unmask.models import DiT
 from unmask.runtime import resolve_device
+from unmask.sampling import Process
 
 READERS = {RELEASED_MDLM: load_released, MASKED_LM: load_masked_lm}
 
 
 @dataclass
 class Pipeline:
-    """What ``unmask.load`` returns: use ``model`` with :func:`unmask.generate` or :func:`unmask.nelbo`.
+    """What ``unmask.load`` returns: use ``model`` with :func:`unmask.generate_text`, :func:`unmask.generate`
+    or :func:`unmask.nelbo`, and :meth:`save` it back into a folder.
 
     ``model`` is unmask's DiT, or a Hugging Face masked LM wrapped as a denoiser; ``config`` describes
     the run (for a model from outside: its length, tokenizer and MDLM objective); ``checkpoint`` is the
-    folder it was read from.
+    folder it was read from and ``step`` the training step of its weights.
     """
 
     model: torch.nn.Module
     tokenizer: Tokenizer
     config: Config
     checkpoint: Path
+    step: int = 0
+
+    @property
+    def kind(self) -> ModelKind:
+        """The model kind (:mod:`unmask.kinds`): its loss, its bounds, how it samples."""
+        return get_kind(self.config.objective.name)
+
+    @property
+    def process(self) -> Process:
+        """What its samplers reverse: MASK id, schedule, how its logits read, block size."""
+        return self.kind.process(self.config.objective, self.mask_id)
 
     @property
     def mask_id(self) -> int:
@@ -42,21 +69,48 @@ class Pipeline:
 
     @property
     def is_autoregressive(self) -> bool:
-        return self.config.objective.name == "ar"
+        return self.kind.autoregressive
 
     @property
     def block_size(self) -> int | None:
         """Tokens per block of a block diffusion (bd3lm) model, None for the others."""
-        return self.config.objective.block_size if self.config.objective.name == "bd3lm" else None
+        return self.kind.block_size(self.config.objective)
 
     @property
     def parameterization(self) -> str:
         """How the model's logits read (:mod:`unmask.score`): "sedd" (a log-score) or "subs" (an x0 prediction)."""
-        return "sedd" if self.config.objective.name == "sedd" else "subs"
+        return self.kind.parameterization
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    def save(self, folder: str | Path) -> Path:
+        """Write the model as an unmask checkpoint folder (a new one): its weights, its whole configuration,
+        the run's config and the tokenizer. ``unmask.load`` and every command take the folder."""
+        if not isinstance(self.model, DiT):
+            raise CheckpointError(f"Pipeline.save writes unmask's DiT; this pipeline's model is a "
+                                  f"{type(self.model).__name__}: save it with its own library")
+        model_config = self.model.config
+        if model_config.vocab_size != self.tokenizer.vocab_size:
+            raise CheckpointError(f"the model has {model_config.vocab_size} token ids but the tokenizer "
+                                  f"{self.tokenizer.vocab_size}; they do not belong together")
+        if model_config.causal != self.kind.autoregressive:
+            raise CheckpointError(f"a {self.kind.name} model is {'' if self.kind.autoregressive else 'not '}causal, "
+                                  f"this one is{'' if model_config.causal else ' not'}: set config.objective.name to "
+                                  "the model's kind")
+        # The run's config follows the model it describes.
+        config = copy.deepcopy(self.config)
+        config.model, config.data.length = dataclasses.replace(model_config), model_config.length
+        validate(config)
+        weights = {name: value.detach().to("cpu", copy=True) for name, value in self.model.state_dict().items()}
+        record = {"step": self.step, "saved_from": str(self.checkpoint)}
+
+        def build(tmp: Path) -> None:
+            write_checkpoint(tmp, tensors={"model": weights}, record=record, config=config, model_config=model_config,
+                             tokenizer=self.tokenizer)
+
+        return write_new_folder(folder, build)
 
 
 def load(path: str | Path, *, weights: str = "ema", device: str = "auto", step: int | None = None) -> Pipeline:
@@ -71,6 +125,7 @@ def load(path: str | Path, *, weights: str = "ema", device: str = "auto", step: 
     target = resolve_device(device)
     folder = locate(path)
     kind = folder_format(folder)
+    trained_step = 0
     if kind in READERS:
         if step is not None:
             raise CheckpointError(f"--step picks a checkpoint of an unmask run; {path} is a single model")
@@ -79,10 +134,11 @@ def load(path: str | Path, *, weights: str = "ema", device: str = "auto", step: 
     else:
         checkpoint = resolve_checkpoint(folder, step=step)
         config = load_config(checkpoint)
-        if not (checkpoint / "tokenizer").is_dir():
+        if not (checkpoint / TOKENIZER_DIR).is_dir():
             raise CheckpointError(f"{checkpoint} has no tokenizer folder; the checkpoint is incomplete")
-        tokenizer = load_tokenizer(checkpoint / "tokenizer")
-        model = DiT(config.model_config(tokenizer.vocab_size))
+        tokenizer = load_tokenizer(checkpoint / TOKENIZER_DIR)
+        model = DiT(load_model_config(checkpoint, config, tokenizer.vocab_size))
         load_weights(model, model_weights(checkpoint, weights), checkpoint)
+        trained_step = read_state(checkpoint)["step"]
     model.to(target).eval()
-    return Pipeline(model=model, tokenizer=tokenizer, config=config, checkpoint=checkpoint)
+    return Pipeline(model=model, tokenizer=tokenizer, config=config, checkpoint=checkpoint, step=trained_step)

@@ -8,30 +8,27 @@ and the config), so a damaged one is refused instead of copied. The result loads
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
 from unmask.checkpoint import sharded
-from unmask.checkpoint.checkpointer import optimizer_tensors
 from unmask.checkpoint.layout import (
-    CONFIG_FILE,
     RNG_DIR,
-    STATE_FILE,
+    TENSOR_FILES,
     TOKENIZER_DIR,
     CheckpointError,
     is_sharded,
     load_config,
+    load_model_config,
     read_state,
     read_tensors,
     resolve_checkpoint,
     rng_file,
+    write_checkpoint,
 )
-from unmask.fileio import publish_folder, staging_folder, write_tensors
-from unmask.models import DiT
+from unmask.data import load_tokenizer
+from unmask.fileio import publish_folder, staging_folder
 
 
 def write_new_folder(out: str | Path, build: Callable[[Path], None]) -> Path:
@@ -74,29 +71,21 @@ def _verify(checkpoint: Path) -> None:
 
 
 def _consolidate(checkpoint: Path, out: Path) -> None:
-    config = load_config(checkpoint)
-    state = read_state(checkpoint)
-    tensors = sharded.read_full(checkpoint)
-    if "model.embed.weight" not in tensors:
+    """The sharded checkpoint's parts as whole tensors in their files, beside its own small files: the shards
+    hold each part under its name ("model.", "optimizer.", "ema."), in the single-process keys."""
+    config, state = load_config(checkpoint), read_state(checkpoint)
+    tensors: dict[str, dict] = {}
+    for key, value in sharded.read_full(checkpoint).items():
+        part, _, name = key.partition(".")
+        if part in TENSOR_FILES:
+            tensors.setdefault(part, {})[name] = value
+    if not tensors.get("model"):
         raise CheckpointError(f"{checkpoint} holds no model weights; it is incomplete")
-    with torch.device("meta"):  # only the parameter order: AdamW numbers its state by it
-        model = DiT(config.model_config(tensors["model.embed.weight"].shape[0]))
-    names = [name for name, p in model.named_parameters() if p.requires_grad]
-    parts: dict[str, dict[str, torch.Tensor]] = {"model": {}, "ema": {}, "optimizer": {}}
-    for key, value in tensors.items():
-        kind, _, name = key.partition(".")
-        parts[kind][name] = value
-    write_tensors(parts["model"], out / "model.safetensors")
-    if parts["ema"]:
-        write_tensors(parts["ema"], out / "ema.safetensors")
-    by_parameter: dict[str, dict[str, torch.Tensor]] = {}
-    for key, value in parts["optimizer"].items():
-        name, _, entry = key.removeprefix("state.").rpartition(".")
-        by_parameter.setdefault(name, {})[entry] = value
-    write_tensors(optimizer_tensors({"state": by_parameter}, names), out / "optimizer.safetensors")
+    if not (checkpoint / TOKENIZER_DIR).is_dir():
+        raise CheckpointError(f"{checkpoint} has no tokenizer folder; the checkpoint is incomplete")
+    tokenizer = load_tokenizer(checkpoint / TOKENIZER_DIR)
+    write_checkpoint(out, tensors=tensors, record={**state, "world_size": 1}, config=config,
+                     model_config=load_model_config(checkpoint, config, tokenizer.vocab_size), tokenizer=tokenizer)
     if rng_file(checkpoint, 0).is_file():
         (out / RNG_DIR).mkdir()
         shutil.copyfile(rng_file(checkpoint, 0), rng_file(out, 0))
-    (out / STATE_FILE).write_text(json.dumps({**state, "world_size": 1}, indent=2))
-    shutil.copyfile(checkpoint / CONFIG_FILE, out / CONFIG_FILE)
-    shutil.copytree(checkpoint / TOKENIZER_DIR, out / TOKENIZER_DIR)

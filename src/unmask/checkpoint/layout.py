@@ -1,13 +1,15 @@
-"""Where a run keeps its checkpoints, how to find one, and reading its parts.
+"""The checkpoint format, owned here: every file name, how to find a checkpoint, reading its parts, and
+writing its small files.
 
-A run directory holds ``config.yaml`` and ``checkpoints/step_XXXXXXXX/`` folders, each complete
-in itself:
+A run directory holds ``config.yaml``, ``tokenizer/`` and ``checkpoints/step_XXXXXXXX/`` folders,
+each complete in itself:
 
     model.safetensors      the trained weights              } a single-process checkpoint; a
     ema.safetensors        their EMA (sampling's default)   } multi-process one holds dcp/ (the
     optimizer.safetensors  the AdamW moments                } same tensors, sharded) instead
     rng/                   each process's RNG state (safetensors), for an exact resume
-    state.json             step, data position, metrics, world size
+    model.json             the model's whole configuration (what to build before loading the weights)
+    state.json             step, the other parts' state (EMA updates, training time, data position), metrics
     config.yaml            the run's configuration
     tokenizer/             the tokenizer, so sampling never needs the training setup
 
@@ -27,14 +29,22 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from unmask.config import Config, ConfigError
+from unmask.data import Tokenizer
 from unmask.errors import UserError
+from unmask.fileio import write_tensors
+from unmask.models import DiTConfig
 
 LATEST = "latest"
+CHECKPOINTS_DIR = "checkpoints"
 SHARDED_DIR = "dcp"  # torch.distributed.checkpoint files of a multi-process run
 RNG_DIR = "rng"
 STATE_FILE = "state.json"
 CONFIG_FILE = "config.yaml"
+MODEL_CONFIG_FILE = "model.json"
 TOKENIZER_DIR = "tokenizer"
+# The tensor file of each part of a run's state that holds tensors (one process; DCP shards otherwise).
+TENSOR_FILES = {"model": "model.safetensors", "ema": "ema.safetensors", "optimizer": "optimizer.safetensors"}
+MODEL_FILE, EMA_FILE, OPTIMIZER_FILE = TENSOR_FILES["model"], TENSOR_FILES["ema"], TENSOR_FILES["optimizer"]
 
 
 class CheckpointError(UserError):
@@ -60,13 +70,13 @@ def is_sharded(checkpoint: Path) -> bool:
 
 def is_checkpoint(path: Path) -> bool:
     """A folder with weights and the small files a checkpoint needs beside them."""
-    has_weights = (path / "model.safetensors").is_file() or is_sharded(path)
+    has_weights = (path / MODEL_FILE).is_file() or is_sharded(path)
     return has_weights and (path / CONFIG_FILE).is_file() and (path / TOKENIZER_DIR).is_dir()
 
 
 def step_folders(run_dir: Path) -> list[Path]:
     """The run's checkpoint folders, oldest first (complete or not)."""
-    root = run_dir / "checkpoints"
+    root = run_dir / CHECKPOINTS_DIR
     return sorted(p for p in root.glob("step_*") if p.is_dir()) if root.is_dir() else []
 
 
@@ -84,13 +94,13 @@ def resolve_checkpoint(path: str | Path, *, step: int | None = None) -> Path:
         return path
     folders = step_folders(path)
     if step is not None:
-        chosen = path / "checkpoints" / checkpoint_name(step)
+        chosen = path / CHECKPOINTS_DIR / checkpoint_name(step)
         if not is_checkpoint(chosen):
             have = ", ".join(str(int(f.name.removeprefix("step_"))) for f in folders if is_checkpoint(f)) or "none"
             raise CheckpointError(f"{path} has no complete checkpoint of step {step}; steps saved: {have}")
         return chosen
-    latest = path / "checkpoints" / LATEST
-    named = path / "checkpoints" / latest.read_text().strip() if latest.is_file() else None
+    latest = path / CHECKPOINTS_DIR / LATEST
+    named = path / CHECKPOINTS_DIR / latest.read_text().strip() if latest.is_file() else None
     if named is not None and is_checkpoint(named):
         return named
     complete = [f for f in folders if is_checkpoint(f)]
@@ -121,6 +131,12 @@ def read_state(checkpoint: Path) -> dict[str, Any]:
     return state
 
 
+def train_seconds(state: dict[str, Any]) -> float:
+    """The training time up to a checkpoint's step, over every session, from its state.json."""
+    part = state.get("train")
+    return float(part.get("train_seconds", 0.0)) if isinstance(part, dict) else 0.0
+
+
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(path)
@@ -140,3 +156,36 @@ def load_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor], sourc
             f"weights in {source} do not fit the model its config describes (first mismatch: {diff}); "
             "the checkpoint is from another model size or was edited"
         ) from None
+
+
+def load_model_config(checkpoint: Path, config: Config, vocab_size: int) -> DiTConfig:
+    """The model's whole configuration as saved with its weights (``model.json``); a checkpoint written
+    before unmask saved it describes its model through the run's config and the tokenizer."""
+    path = checkpoint / MODEL_CONFIG_FILE
+    if not path.is_file():
+        return config.model_config(vocab_size)
+    try:
+        values = json.loads(path.read_text())
+        return DiTConfig(**values)
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, TypeError) as err:
+        raise CheckpointError(f"{path} is unreadable or not a model configuration ({err}); "
+                              "pick an earlier checkpoint with --step") from None
+
+
+def write_small_files(folder: Path, *, record: dict[str, Any], config: Config, model_config: DiTConfig,
+                      tokenizer: Tokenizer) -> None:
+    """Everything of a checkpoint but its tensors: state.json (``record``, with its ``step``), the run's
+    config, the model's own configuration and the tokenizer."""
+    (folder / STATE_FILE).write_text(json.dumps(record, indent=2))
+    config.save(folder / CONFIG_FILE)
+    (folder / MODEL_CONFIG_FILE).write_text(json.dumps(model_config.to_dict(), indent=2) + "\n")
+    tokenizer.save(folder / TOKENIZER_DIR)
+
+
+def write_checkpoint(folder: Path, *, tensors: dict[str, dict[str, torch.Tensor]], record: dict[str, Any],
+                     config: Config, model_config: DiTConfig, tokenizer: Tokenizer) -> None:
+    """A single-process checkpoint in ``folder`` (a staging folder): each part's tensors in its file
+    (``TENSOR_FILES``), then the small files (:func:`write_small_files`)."""
+    for part, values in tensors.items():
+        write_tensors(values, folder / TENSOR_FILES[part])
+    write_small_files(folder, record=record, config=config, model_config=model_config, tokenizer=tokenizer)

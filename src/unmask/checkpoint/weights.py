@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from unmask.checkpoint import sharded
-from unmask.checkpoint.layout import is_sharded, read_tensors
+from unmask.checkpoint.layout import TENSOR_FILES, is_sharded, read_tensors
 
 WEIGHTS = ("ema", "model")
 
@@ -19,10 +19,10 @@ def model_weights(checkpoint: Path, weights: str = "ema") -> dict[str, torch.Ten
         raise ValueError(f"weights must be 'ema' or 'model', got {weights!r}")
     if is_sharded(checkpoint):  # of a multi-process run
         saved = sharded.saved_tensors(checkpoint)
-        kind = "ema" if weights == "ema" and any(name.startswith("ema.") for name in saved) else "model"
-        names = [name for name in saved if name.startswith(f"{kind}.")]
-        return {name.removeprefix(f"{kind}."): value for name, value in sharded.read_full(checkpoint, names).items()}
-    file = checkpoint / ("ema.safetensors" if weights == "ema" else "model.safetensors")
+        part = "ema" if weights == "ema" and any(name.startswith("ema.") for name in saved) else "model"
+        names = [name for name in saved if name.startswith(f"{part}.")]
+        return {name.removeprefix(f"{part}."): value for name, value in sharded.read_full(checkpoint, names).items()}
+    file = checkpoint / TENSOR_FILES[weights]
     if not file.is_file():
-        file = checkpoint / "model.safetensors"
+        file = checkpoint / TENSOR_FILES["model"]
     return read_tensors(file)

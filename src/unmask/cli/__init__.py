@@ -23,76 +23,19 @@ multi-process job records any other failure for torchrun (see :mod:`unmask.distr
 
 from __future__ import annotations
 
+import importlib
 import sys
-import warnings
 
-from unmask.cli.commands import COMMANDS
-from unmask.cli.parser import build_parser
-from unmask.distributed.launch import launch, launched, record_failure
-from unmask.distributed.process import exit_process, is_main_process, shutdown
-from unmask.errors import UserError, install_hint
+from unmask.cli.overview import COMMANDS, overview
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    # key=value overrides may stand anywhere among the options, not only at the end.
+    """The ``unmask`` command. Help and a mistyped command are answered from the command list alone; only a
+    command that runs loads the rest of unmask (and torch)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        args, extra = parser.parse_known_args(argv)
-        stray = [item for item in extra if item.startswith("-") or "=" not in item or not hasattr(args, "overrides")]
-        if stray:
-            parser.error(f"unrecognized arguments: {' '.join(stray)}")
-    except SystemExit as done:  # --help, or a bad option (already said in one line)
-        return int(done.code or 0)
-    if extra:
-        args.overrides = [*args.overrides, *extra]
-    if getattr(args, "nproc", None) is not None:
-        return launch(args.nproc, _without_nproc(argv), args.command)
-    prefix = f"unmask {args.command}"
-    with warnings.catch_warnings():
-        warnings.showwarning = lambda message, *_: _say(f"{prefix}: warning: {message}")
+    if not argv or argv[0] not in COMMANDS:
         try:
-            status = COMMANDS[args.command](args)
-            if shutdown():  # a worker of a multi-process job: done, every file written
-                exit_process(status)
-            return status
-        except UserError as err:
-            _say(f"{prefix}: error: {err}")
-            return 2
-        except ModuleNotFoundError as err:
-            _say(f"{prefix}: error: this needs the optional package {err.name}: {install_hint(err.name or '')}")
-            return 2
-        except OSError as err:
-            where = f" ({err.filename})" if err.filename else ""
-            _say(f"{prefix}: error: {err.strerror or err}{where}; check the path, its permissions and the free space")
-            return 2
-        except KeyboardInterrupt:
-            _say(f"{prefix}: interrupted")
-            return 130
-        except BaseException as err:  # a bug, or a lost peer in a multi-process job
-            if isinstance(err, SystemExit):
-                raise
-            record_failure(err)  # into torchrun's error file, as its @record does
-            if launched():
-                return 1  # the launcher reports it in one line, naming the error file
-            raise
-        finally:
-            shutdown()
-
-
-def _say(line: str) -> None:
-    """One line on stderr, from rank 0 only (under torchrun every rank fails alike)."""
-    if is_main_process():
-        print(line.splitlines()[0] if line.strip() else line, file=sys.stderr)
-
-
-def _without_nproc(argv: list[str]) -> list[str]:
-    out, skip = [], False
-    for item in argv:
-        if skip:
-            skip = False
-        elif item == "--nproc":
-            skip = True
-        elif not item.startswith("--nproc="):
-            out.append(item)
-    return out
+            overview().parse_args(argv)
+        except SystemExit as done:  # --help, or no/unknown command (already said in one line)
+            return int(done.code or 0)
+    return importlib.import_module("unmask.cli.run").run(argv)

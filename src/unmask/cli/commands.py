@@ -3,29 +3,41 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shlex
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 from unmask.checkpoint import export_checkpoint
+from unmask.cli.parser import DEFAULT_PRESET, GEN_PPL_SAMPLES
 from unmask.config import apply_overrides, load_preset
 from unmask.demo import run_demo
 from unmask.distributed.process import is_main_process
 from unmask.errors import UserError
+from unmask.evaluate import EvalConfig, EvalReport, evaluate_checkpoint, generative_perplexity, load_evaluator
 from unmask.evaluate.frontier import format_table, run_frontier
-from unmask.evaluate.generative import generative_perplexity, load_evaluator
-from unmask.evaluate.report import evaluate_checkpoint
 from unmask.generation import generate_text
 from unmask.interop import convert_lightning, export_hf
 from unmask.pipeline import load
 from unmask.sampling import SamplerConfig
 from unmask.serve import serve
-from unmask.study import EvalSettings, study
+from unmask.study import STUDY_EVALUATION, study
 from unmask.train import resume_config, train
 
-DEFAULT_PRESET = "tiny"
+
+def given(**options: Any) -> dict[str, Any]:
+    """The options the user gave (not None): the others take their owner's default."""
+    return {name: value for name, value in options.items() if value is not None}
+
+
+def sampler_config(args: argparse.Namespace) -> SamplerConfig:
+    """The SamplerConfig of a command's sampling options."""
+    return SamplerConfig.from_options(
+        sampler=args.sampler, steps=args.steps, order=args.order, threshold=args.threshold, remask=args.remask,
+        eta=args.eta, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
 
 
 def train_command(args: argparse.Namespace) -> int:
@@ -56,75 +68,71 @@ def train_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _format_report(report: dict) -> str:
-    exact = report["objective"] == "ar"
-    unit = "BPC" if report["character_level"] else "PPL" if exact else "PPL bound"
-    figure = report["bits_per_token"] if report["character_level"] else report["perplexity"]
+def _format_report(report: EvalReport) -> str:
+    main = report.likelihood
+    unit = "BPC" if report.character_level else "PPL" if report.exact else "PPL bound"
+    figure = main.bits_per_token if report.character_level else main.perplexity
     rows = [
-        ("checkpoint", report["checkpoint"]),
-        ("data", f"{report['data']} ({report['split']}), {report['tokens']:,} tokens, {report['sequences']} sequences"
-                 f" of {report['length']}"),
-        ("NLL / token" if exact else "NELBO / token",
-         f"{report['nelbo_per_token']:.4f} nats +- {report['stderr']:.4f} (K={report['num_t']})"),
+        ("checkpoint", report.checkpoint),
+        ("data", f"{report.data} ({report.split}), {main.tokens:,} tokens, {main.sequences} sequences"
+                 f" of {report.length}"),
+        ("NLL / token" if report.exact else "NELBO / token",
+         f"{main.nelbo_per_token:.4f} nats +- {main.stderr:.4f} (K={main.num_t})"),
         (unit, f"{figure:.3f}"),
     ]
-    if report["detokenizer"] is not None:
-        rows.insert(2, ("protocol", f"zero-shot as the reference: detokenizer {report['detokenizer']}, documents "
+    if report.detokenizer is not None:
+        rows.insert(2, ("protocol", f"zero-shot as the reference: detokenizer {report.detokenizer}, documents "
                                     "wrapped, last partial block dropped"))
-    for steps, result in report["discrete"].items():
-        bound = f"{result['nelbo_per_token']:.4f} nats, PPL bound {result['perplexity']:.3f}"
+    for steps, result in report.discrete.items():
+        bound = f"{result.nelbo_per_token:.4f} nats, PPL bound {result.perplexity:.3f}"
         rows.append((f"discrete T={steps}", bound))
-    variances = report.get("block_variance") or []
+    variances = report.block_variance or []
     lowest = min((r["variance"] for r in variances), default=None)
     for r in variances:
         low, high = r["mask_rate_range"]
         mark = "  <- lowest" if r["variance"] == lowest else ""
         rows.append((f"variance [{low:g}, {high:g}]",
                      f"{r['variance']:.4f} (per-block loss, nats/token; mean {r['mean']:.4f}){mark}"))
-    if "generative" in report:
-        gen = report["generative"]
-        rows.append(("gen. PPL", f"{gen['gen_ppl']:.2f} under {gen['evaluator']} ({gen['num_samples']} samples)"))
-        rows.append(("entropy", f"{gen['entropy']:.3f} nats (unigram, per sample)"))
+    if report.generative is not None:
+        gen = report.generative
+        rows.append(("gen. PPL", f"{gen.gen_ppl:.2f} under {gen.evaluator} ({gen.num_samples} samples)"))
+        rows.append(("entropy", f"{gen.entropy:.3f} nats (unigram, per sample)"))
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 
 
 def eval_command(args: argparse.Namespace) -> int:
+    config = EvalConfig(**given(
+        data=args.data, split=args.split, text_field=args.text_field, detokenizer=args.detokenizer, num_t=args.num_t,
+        discrete_steps=args.discrete_steps, batch_size=args.batch_size, max_batches=args.max_batches, seed=args.seed,
+        mask_rate_ranges=args.mask_rate_ranges))
+    sampling = SamplerConfig.from_options(steps=args.steps)
     # The evaluator is loaded first: a bad one is refused before the evaluation, not after it.
     evaluator = load_evaluator(args.gen_ppl, device="cpu") if args.gen_ppl and is_main_process() else None
-    report = evaluate_checkpoint(
-        args.checkpoint, step=args.step, data=args.data, split=args.split, num_t=args.num_t,
-        discrete_steps=args.discrete_steps, batch_size=args.batch_size, max_batches=args.max_batches, seed=args.seed,
-        device=args.device, text_field=args.text_field, detokenizer=args.detokenizer,
-        mask_rate_ranges=args.mask_rate_ranges,
-    )
+    report = evaluate_checkpoint(args.checkpoint, config, step=args.step, device=args.device)
     if not is_main_process():  # under torchrun: rank 0 reports
         return 0
     if evaluator is not None:
         pipeline = load(args.checkpoint, step=args.step, device=args.device)
-        samples = generate_text(pipeline, SamplerConfig(steps=args.steps), num_samples=args.num_samples,
-                                seed=args.seed)
-        scored = generative_perplexity(samples.texts, evaluator, sample_token_ids=samples.tokens)
-        report["generative"] = scored.to_dict()
+        samples = generate_text(pipeline, sampling, num_samples=args.num_samples or GEN_PPL_SAMPLES, seed=config.seed)
+        report.generative = generative_perplexity(samples.texts, evaluator, sample_token_ids=samples.tokens)
     print(_format_report(report))
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2))
+        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2))
     return 0
 
 
 def sample_command(args: argparse.Namespace) -> int:
-    sampling = SamplerConfig.from_options(
-        sampler=args.sampler, steps=args.steps, order=args.order, threshold=args.threshold, remask=args.remask,
-        eta=args.eta, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    sampling = sampler_config(args)
     pipeline = load(args.checkpoint, step=args.step, device=args.device)
     on_step = None
     if args.show_steps:
         def on_step(x):
             print(pipeline.tokenizer.decode(x[0].tolist(), skip_special=False), flush=True)
 
-    samples = generate_text(pipeline, sampling, num_samples=args.num_samples, length=args.length, prompt=args.prompt,
-                            template=args.template, seed=args.seed, overlap=args.overlap,
-                            stop_at_eos=args.stop_at_eos, on_step=on_step, static_shapes=args.static_shapes)
+    samples = generate_text(pipeline, sampling, length=args.length, prompt=args.prompt, template=args.template,
+                            overlap=args.overlap, stop_at_eos=args.stop_at_eos, on_step=on_step,
+                            static_shapes=args.static_shapes, **given(num_samples=args.num_samples, seed=args.seed))
     for i, text in enumerate(samples.texts):
         print(f"--- sample {i} ---\n{text}")
     print(f"({samples.num_calls} denoiser calls, {samples.seconds:.2f} s)", file=sys.stderr)
@@ -134,8 +142,8 @@ def sample_command(args: argparse.Namespace) -> int:
 
 
 def serve_command(args: argparse.Namespace) -> int:
-    serve(args.checkpoint, host=args.host, port=args.port, max_batch=args.max_batch, device=args.device,
-          step=args.step)
+    serve(args.checkpoint, device=args.device, step=args.step,
+          **given(host=args.host, port=args.port, max_batch=args.max_batch))
     return 0
 
 
@@ -167,7 +175,7 @@ def convert_command(args: argparse.Namespace) -> int:
 
 
 def demo_command(args: argparse.Namespace) -> int:
-    run_demo(Path(args.out), minutes=args.minutes, progress=not args.quiet, precision=args.precision)
+    run_demo(Path(args.out), progress=not args.quiet, **given(minutes=args.minutes, precision=args.precision))
     return 0
 
 
@@ -177,10 +185,10 @@ def frontier_command(args: argparse.Namespace) -> int:
               f"gen. PPL {point.gen_ppl:.2f}, entropy {point.entropy:.3f}", file=sys.stderr, flush=True)
 
     points, written = run_frontier(
-        args.checkpoint, step=args.step, out_dir=Path(args.out), evaluator=args.evaluator,
-        samplers=args.samplers.split(","), steps=args.steps, num_samples=args.num_samples, batch_size=args.batch_size,
-        length=args.length, seed=args.seed, device=args.device, on_point=on_point,
-    )
+        args.checkpoint, step=args.step, out_dir=Path(args.out), evaluator=args.evaluator, length=args.length,
+        device=args.device, on_point=on_point,
+        **given(samplers=args.samplers, steps=args.steps, num_samples=args.num_samples, batch_size=args.batch_size,
+                seed=args.seed))
     print(format_table(points))
     for path in written:
         print(f"wrote {path}")
@@ -188,11 +196,11 @@ def frontier_command(args: argparse.Namespace) -> int:
 
 
 def study_command(args: argparse.Namespace) -> int:
-    settings = EvalSettings(num_t=args.num_t, max_batches=args.eval_batches, batch_size=args.eval_batch_size,
-                            seed=args.seed)
+    evaluation = dataclasses.replace(STUDY_EVALUATION, **given(
+        num_t=args.num_t, max_batches=args.eval_batches, batch_size=args.eval_batch_size, seed=args.seed))
     result, written = study(args.preset, out=args.out, budget=args.budget, data=args.data,
                             objectives=args.objectives, ablations=args.ablations, overrides=args.overrides,
-                            settings=settings, progress=not args.quiet)
+                            evaluation=evaluation, progress=not args.quiet)
     if result.interrupted:
         print(f"interrupted while training {result.interrupted} (its progress is saved); run the same command "
               "again to continue", file=sys.stderr)

@@ -37,6 +37,7 @@ from unmask.errors import install_hint
 from unmask.evaluate.generative import Evaluator, generative_perplexity, load_evaluator
 from unmask.evaluate.plotting import MARKERS, has_matplotlib, pyplot
 from unmask.generation import build_template, sample_tokens
+from unmask.kinds.base import SLIDING
 from unmask.pipeline import load
 from unmask.runtime import autocast
 from unmask.sampling import ORDERS, REMASKING, SAMPLERS, Remasking, SamplerConfig, SamplingError
@@ -140,20 +141,21 @@ def sweep(
     options = {label.strip(): parse_sampler(label) for label in samplers}  # in order, once each
     step_counts = _unique(int(s) for s in steps)
     if not options:
-        raise SamplingError("give at least one sampler with --samplers")
+        raise SamplingError("give at least one sampler with {0}", "samplers")
     if not step_counts and any(o.sampler != "first_hitting" for o in options.values()):
-        raise SamplingError("give at least one step count with --steps")
+        raise SamplingError("give at least one step count with {0}", "steps")
     if any(s < 1 for s in step_counts):
-        raise SamplingError(f"step counts (--steps) must all be >= 1, got {step_counts}")
+        raise SamplingError(f"step counts ({{0}}) must all be >= 1, got {step_counts}", "steps")
     if num_samples < 1 or batch_size < 1:
-        raise SamplingError(f"--num-samples and --batch-size must be >= 1, got {num_samples} and {batch_size}")
+        raise SamplingError(f"{{0}} and {{1}} must be >= 1, got {num_samples} and {batch_size}", "num_samples",
+                            "batch_size")
 
     pipeline = load(checkpoint, step=step, device=device)
     if pipeline.is_autoregressive:
         raise SamplingError(f"{checkpoint} is an AR checkpoint; the frontier sweeps the samplers of an MDLM checkpoint")
     tokenizer = pipeline.tokenizer
     window = pipeline.config.data.length
-    if pipeline.block_size is not None:  # block diffusion samples any length
+    if pipeline.kind.beyond_window == SLIDING:  # block diffusion samples any length
         window = max(window, length or 0)
     template = build_template(tokenizer, model_length=window, length=length)
     template = template.to(pipeline.device)

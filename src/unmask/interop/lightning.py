@@ -17,7 +17,6 @@ reference's switches: tanh GELU, no time conditioning), so it stays exact after 
 
 from __future__ import annotations
 
-import json
 import pickle
 import re
 from dataclasses import dataclass, field
@@ -27,8 +26,8 @@ from typing import Any
 import torch
 
 from unmask.checkpoint import CheckpointError, write_new_folder
+from unmask.checkpoint.layout import write_checkpoint
 from unmask.data import get_tokenizer
-from unmask.fileio import write_tensors
 from unmask.interop.reference import MLP_RATIO, PREFIX, ROTARY_BUFFER, name_pairs, run_config, to_unmask
 from unmask.models import DiTConfig
 from unmask.schedules import SCHEDULES
@@ -183,11 +182,9 @@ def convert_lightning(path: str | Path, out: str | Path, *, ema: bool = True, tr
     weights = "ema" if ema else "model"
 
     def build(tmp: Path) -> None:
-        write_tensors({name: value.float() for name, value in state.items()}, tmp / "model.safetensors")
-        config.save(tmp / "config.yaml")
-        tokenizer.save(tmp / "tokenizer")
         record = {"step": step, "converted_from": str(path.resolve()), "weights": weights}
-        (tmp / "state.json").write_text(json.dumps(record, indent=2))
+        write_checkpoint(tmp, tensors={"model": {name: value.float() for name, value in state.items()}},
+                         record=record, config=config, model_config=model_config, tokenizer=tokenizer)
 
     return Conversion(out=write_new_folder(out, build), step=step, weights=weights, config=model_config,
                       tokenizer=spec, assumed=assumed)

@@ -27,6 +27,8 @@ import torch
 
 from unmask.checkpoint import CheckpointError
 from unmask.config import Config
+from unmask.kinds import get_kind
+from unmask.kinds.mdlm import MDLM
 from unmask.models import DiT, DiTConfig
 
 MODEL_TYPE = "mdlm"
@@ -164,8 +166,8 @@ def check_expressible(config: Config, *, allow_erf: bool = False) -> None:
     """Refuse (one line) a model the released layout cannot express: it would load silently wrong."""
     model = config.model
     reasons = [
-        (config.objective.name != "mdlm", f"it is an {config.objective.name.upper()} model; the layout holds MDLM "
-                                          "denoisers only"),
+        (get_kind(config.objective.name) is not MDLM, f"it is an {config.objective.name.upper()} model; "
+                                                      "the layout holds MDLM denoisers only"),
         (model.time_conditioning, "it is time-conditioned; the reference conditions on sigma(t), unmask on 1000 t, "
                                   "so the layout cannot express it"),
         (model.rope_base != ROPE_BASE, f"its rotary base is {model.rope_base:g}; the reference's is fixed at "

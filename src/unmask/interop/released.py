@@ -23,8 +23,10 @@ from unmask.data.tokenizer_base import CONFIG_FILE as UNMASK_TOKENIZER_FILE
 from unmask.data.tokenizer_loading import HF_FOLDER_FILES
 from unmask.interop.folders import CONFIG_JSON, SAFETENSORS, read_config_json, read_safetensors_folder
 from unmask.interop.reference import PREFIX, config_from_json, run_config, to_unmask
+from unmask.kinds.bd3lm import BD3LM
 from unmask.models import DiT
 
+BLOCK_MODEL_TYPE = "bd3lm"  # config.json's model_type of a released BD3-LM
 GPT2_VOCAB = 50258  # GPT-2's 50,257 ids and MASK
 CLIPPED_RANGE = ("sampling_eps_min", "sampling_eps_max")  # BD3-LM's masking-rate range, beside the backbone
 
@@ -65,7 +67,7 @@ def load_released(folder: Path) -> tuple[DiT, Tokenizer, Config]:
     source = "openwebtext" if spec == "gpt2" else "default"
     config = run_config(model_config, tokenizer=spec, schedule=schedule, source=source)
     if block_size is not None:
-        config.objective.name, config.objective.block_size = "bd3lm", block_size
+        config.objective.name, config.objective.block_size = BD3LM.name, block_size
         if all(name in tensors for name in CLIPPED_RANGE):
             low, high = (min(max(float(tensors[name]), 0.0), 1.0) for name in CLIPPED_RANGE)
             if low < high:
@@ -76,7 +78,7 @@ def load_released(folder: Path) -> tuple[DiT, Tokenizer, Config]:
 
 def _block_size(values: dict, length: int, source: Path) -> int | None:
     """The block size of a released BD3-LM config (None for MDLM), checked against the model's length."""
-    if values.get("model_type") != "bd3lm":
+    if values.get("model_type") != BLOCK_MODEL_TYPE:
         return None
     size = values.get("block_size")
     if isinstance(size, bool) or not isinstance(size, int) or size < 1 or length % size:

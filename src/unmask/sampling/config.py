@@ -25,11 +25,13 @@ class DrawConfig:
 
     def __post_init__(self) -> None:
         if not self.temperature >= 0:  # also refuses nan
-            raise SamplingError(f"--temperature must be >= 0 (0 takes the most likely token), got {self.temperature}")
+            raise SamplingError(f"{{0}} must be >= 0 (0 takes the most likely token), got {self.temperature}",
+                                "temperature")
         if self.top_k is not None and self.top_k < 1:
-            raise SamplingError(f"--top-k must be at least 1 (leave it out to keep every token), got {self.top_k}")
+            raise SamplingError(f"{{0}} must be at least 1 (leave it out to keep every token), got {self.top_k}",
+                                "top_k")
         if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise SamplingError(f"--top-p must be in (0, 1] (1 keeps every token), got {self.top_p}")
+            raise SamplingError(f"{{0}} must be in (0, 1] (1 keeps every token), got {self.top_p}", "top_p")
 
 
 @dataclass(frozen=True)
@@ -59,19 +61,19 @@ class SamplerConfig:
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
-            raise SamplingError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+            raise SamplingError(f"unknown {{0}} {self.sampler!r}; choose one of {', '.join(SAMPLERS)}", "sampler")
         if self.order not in ORDERS:
-            raise SamplingError(f"unknown order {self.order!r}; choose one of {', '.join(ORDERS)}")
+            raise SamplingError(f"unknown {{0}} {self.order!r}; choose one of {', '.join(ORDERS)}", "order")
         if self.steps < 1:
-            raise SamplingError(f"--steps must be at least 1, got {self.steps}")
+            raise SamplingError(f"{{0}} must be at least 1, got {self.steps}", "steps")
         if self.threshold is not None and not 0 <= self.threshold <= 1:
-            raise SamplingError(f"--threshold is a confidence in [0, 1] (e.g. 0.9), got {self.threshold}")
+            raise SamplingError(f"{{0}} is a confidence in [0, 1] (e.g. 0.9), got {self.threshold}", "threshold")
         if self.final_step not in FINAL_STEPS:
             raise SamplingError(f"final_step must be one of {', '.join(FINAL_STEPS)}, got {self.final_step!r}")
         if self.sampler in ("first_hitting", "analytic") and self.uses_strategy:
             what = "the exact random-order sampler" if self.sampler == "first_hitting" else "SEDD's Tweedie tau-leaping"
-            raise SamplingError(f"--sampler {self.sampler} is {what}: drop --order, --threshold and --remask, or use "
-                                "--sampler cached")
+            raise SamplingError(f"{{0}} {self.sampler} is {what}: drop {{1}}, {{2}} and {{3}}, or use {{0}} cached",
+                                "sampler", "order", "threshold", "remask")
 
     @classmethod
     def from_options(cls, *, remask: str | None = None, eta: float | None = None, temperature: float | None = None,
@@ -83,7 +85,7 @@ class SamplerConfig:
         that is None takes its default.
         """
         if eta is not None and remask is None:
-            raise SamplingError("--eta is the remasking rate: give --remask STRATEGY with it (or drop --eta)")
+            raise SamplingError("{0} is the remasking rate: give {1} STRATEGY with it (or drop {0})", "eta", "remask")
         remasking = None if remask is None else Remasking(remask, **_given(eta=eta))
         draw = DrawConfig(**_given(temperature=temperature, top_k=top_k, top_p=top_p))
         return cls(remasking=remasking, draw=draw, **_given(**options))

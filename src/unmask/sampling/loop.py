@@ -24,86 +24,25 @@ run only at the positions that unmask (``where=``), the design the fast paths bu
 On the grid samplers, :mod:`unmask.sampling.strategies` adds ordered and threshold decoding
 (``order=``, ``threshold=``) and ReMDM remasking (``remasking=``).
 
-A :class:`SamplingRun` is the loop without the network: it yields a :class:`DenoiserCall` whenever
-it needs logits (and is sent them back), and a :class:`StepDone` after every step. :func:`run_to_end`
-answers its calls with one denoiser (:func:`generate` builds a run and does so); the server
-(:mod:`unmask.serve.batcher`) answers the calls of many runs with one batched denoiser call per
-step (their rows are independent).
+A :class:`SamplingRun` is this loop as a run (:mod:`unmask.sampling.run`): it yields a call whenever
+it needs logits and is sent them back; :func:`generate` builds one and answers it with a denoiser.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from unmask.denoiser import Denoiser, denoise
+from unmask.denoiser import Denoiser
 from unmask.sampling.config import SamplerConfig
 from unmask.sampling.draw import draw_categorical, filtered_probs
+from unmask.sampling.process import Process
+from unmask.sampling.run import DenoiserCall, Event, SampleOutput, StepDone, initial_state, model_device, run_to_end
 from unmask.sampling.strategies import expected_counts, position_scores, top_per_row
-from unmask.schedules import Schedule, get_schedule
-from unmask.score import PARAMETERIZATIONS, tweedie_unmask_probability
-from unmask.static_shapes import StaticShapeDenoiser
-
-
-@dataclass
-class SampleOutput:
-    """Samples and what they cost: ``tokens`` [B, L]; ``num_calls`` network calls."""
-
-    tokens: Tensor
-    num_calls: int
-    num_steps: int
-
-
-@dataclass
-class DenoiserCall:
-    """Logits a sampling run needs: at the ``where`` [R, L] positions of rows ``x`` [R, L] at times ``t`` [R].
-
-    The answer is the denoiser's logits there, [N, V] in row-major order (N = where.sum()).
-    Rows with nothing to unmask are left out: every row's output depends on that row alone.
-    ``rows`` (bool [B]) says which of the run's rows were kept, None when all were.
-    """
-
-    x: Tensor
-    t: Tensor
-    where: Tensor
-    rows: Tensor | None = None
-
-
-@dataclass
-class StepDone:
-    """A step of a sampling run is complete; ``x`` is the run's state after it."""
-
-    step: int
-    x: Tensor
-
-
-Event = DenoiserCall | StepDone
-
-
-def initial_state(
-    *, batch_size: int, length: int, mask_id: int, template: Tensor | None, device: torch.device | str | None
-) -> Tensor:
-    """All MASK, or the template (every non-MASK entry is a fixed token) broadcast to the batch."""
-    if template is None:
-        return torch.full((batch_size, length), mask_id, dtype=torch.long, device=device)
-    template = torch.as_tensor(template, device=device).long()
-    if template.dim() == 1:
-        template = template.unsqueeze(0)
-    if template.shape[-1] != length or template.shape[0] not in (1, batch_size):
-        raise ValueError(f"template of shape {tuple(template.shape)} does not fit batch {batch_size} x length {length}")
-    return template.expand(batch_size, length).clone()
-
-
-def model_device(denoiser: Denoiser) -> torch.device:
-    """Where ``denoiser``'s parameters live (CPU for a plain callable)."""
-    if isinstance(denoiser, torch.nn.Module):
-        parameter = next(denoiser.parameters(), None)
-        if parameter is not None:
-            return parameter.device
-    return torch.device("cpu")
+from unmask.schedules import Schedule
+from unmask.score import tweedie_unmask_probability
 
 
 def generate(
@@ -126,52 +65,13 @@ def generate(
     See the module docstring for the samplers and :class:`SamplerConfig` for the options;
     ``template`` holds fixed tokens (every non-MASK entry). ``on_step`` sees the state after every step.
     ``parameterization`` ("subs" or "sedd", :mod:`unmask.score`) is how the analytic sampler reads the logits.
-    ``static_shapes`` runs every denoiser call at [batch_size, length] (see :func:`run_to_end`).
+    ``static_shapes`` runs every denoiser call at [batch_size, length] (see :func:`unmask.sampling.run.answer_with`).
     """
     device = model_device(denoiser) if device is None else device
     x = initial_state(batch_size=batch_size, length=length, mask_id=mask_id, template=template, device=device)
-    run = SamplingRun(config or SamplerConfig(), x, mask_id=mask_id, schedule=schedule, generator=generator,
-                      parameterization=parameterization)
+    process = Process(mask_id=mask_id, schedule=schedule, parameterization=parameterization)
+    run = SamplingRun(config or SamplerConfig(), x, process=process, generator=generator)
     return run_to_end(denoiser, run, on_step=on_step, static_shapes=static_shapes)
-
-
-def run_to_end(denoiser: Denoiser, run: SamplingRun, *, on_step: Callable[[Tensor], None] | None = None,
-               static_shapes: bool = False) -> SampleOutput:
-    """Answer every call of ``run`` with ``denoiser``; ``on_step`` sees the state after every step.
-
-    ``static_shapes`` runs every call at the run's shape [B, L], rows padded and the full head
-    computed (:class:`unmask.static_shapes.StaticShapeDenoiser`: a CUDA graph on GPUs, where launch
-    overhead sets the time of small batches), for the same samples. It is an argument of the
-    drivers, not a field of :class:`SamplerConfig`: it is about running the denoiser, not about how
-    to sample, so it changes no token drawn, and a SamplerConfig (what the frontier sweeps and a
-    server takes from its clients) stays a description of the sampler alone. To reuse one capture
-    over many runs of the same shape, wrap the denoiser once and pass the wrapper instead.
-    """
-    if static_shapes:
-        denoiser = StaticShapeDenoiser(denoiser, batch_size=run.x.shape[0], length=run.x.shape[1])
-    drive(run, lambda call: denoise(denoiser, call.x, call.t, where=call.where), on_step)
-    return run.output()
-
-
-def drive(run: SamplingRun, answer: Callable[[DenoiserCall], Tensor],
-          on_step: Callable[[Tensor], None] | None = None) -> None:
-    """Run ``run`` to the end: ``answer`` gives the logits of every call, ``on_step`` sees every step."""
-    events = run.events()
-    logits: Tensor | None = None
-    with torch.no_grad():
-        while (event := _next(events, logits)) is not None:
-            logits = None
-            if isinstance(event, DenoiserCall):
-                logits = answer(event)
-            elif on_step is not None:
-                on_step(event.x)
-
-
-def _next(events: Generator[Event, Tensor | None, None], answer: Tensor | None) -> Event | None:
-    try:
-        return events.send(answer)
-    except StopIteration:
-        return None
 
 
 def sample(
@@ -181,13 +81,14 @@ def sample(
     length: int,
     mask_id: int,
     schedule: Schedule | str = "loglinear",
-    steps: int = 128,
-    sampler: str = "ancestral",
+    steps: int | None = None,
+    sampler: str | None = None,
     template: Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """Generate tokens [batch_size, length]; :func:`generate` gives the call count and every option."""
-    config = SamplerConfig(sampler=sampler, steps=steps)
+    """Generate tokens [batch_size, length]; :func:`generate` gives the call count and every option.
+    ``steps`` and ``sampler`` default to :class:`SamplerConfig`'s."""
+    config = SamplerConfig.from_options(sampler=sampler, steps=steps)
     return generate(denoiser, config, batch_size=batch_size, length=length, mask_id=mask_id, schedule=schedule,
                     template=template, generator=generator).tokens
 
@@ -197,24 +98,21 @@ class SamplingRun:
 
     :meth:`events` is a generator: it yields a :class:`DenoiserCall` whenever it needs logits (send
     them back) and a :class:`StepDone` after every step (send None). ``x`` holds the current state;
-    ``num_calls`` and ``num_steps`` count what was asked for. ``parameterization`` is how the
-    analytic sampler reads the logits ("subs": an x0 prediction; "sedd": a log-score).
+    ``num_calls`` and ``num_steps`` count what was asked for. ``process`` is what the model reverses
+    (its MASK id and schedule) and how the analytic sampler reads its logits.
     """
 
-    def __init__(self, config: SamplerConfig, x: Tensor, *, mask_id: int, schedule: Schedule | str = "loglinear",
-                 generator: torch.Generator | None = None, parameterization: str = "subs") -> None:
-        if parameterization not in PARAMETERIZATIONS:
-            raise ValueError(f"parameterization must be one of {', '.join(PARAMETERIZATIONS)}, "
-                             f"got {parameterization!r}")
+    def __init__(self, config: SamplerConfig, x: Tensor, *, process: Process,
+                 generator: torch.Generator | None = None) -> None:
         self.config = config
-        self.parameterization = parameterization
+        self.process = process
         self.x = x
-        self.mask_id = mask_id
-        self.schedule = get_schedule(schedule)
+        self.mask_id = process.mask_id
+        self.schedule = process.schedule
         self.generator = generator
         self.num_calls = 0
         self.num_steps = 0
-        self.fixed = x != mask_id  # template tokens: never changed, never remasked
+        self.fixed = x != self.mask_id  # template tokens: never changed, never remasked
         self.confidence = torch.ones(x.shape, dtype=torch.float64, device=x.device)
 
     def output(self) -> SampleOutput:
@@ -354,7 +252,7 @@ class SamplingRun:
             logits = yield from self._call(masked, times[k].float().expand(batch))
             if logits is not None:
                 leave = tweedie_unmask_probability(logits, sigmas[k], sigmas[k + 1], mask_id=self.mask_id,
-                                                   parameterization=self.parameterization)
+                                                   parameterization=self.process.parameterization)
                 unmasking = self._rand(leave.shape) < leave
                 if bool(unmasking.any()):
                     chosen = torch.zeros_like(masked)

@@ -1,9 +1,10 @@
 """Semi-autoregressive generation of any length (MDLM paper, section 4.3).
 
 Generate a window of the model's length; keep its last ``overlap`` tokens as the fixed start of
-the next window; repeat until ``total_length`` tokens exist. Each window is an ordinary call of
-:func:`unmask.sampling.generate`, so every sampler and strategy works here too, and the number of
-network calls is the sum over windows.
+the next window; repeat until ``total_length`` tokens exist. :class:`WindowedRun` is a run
+(:mod:`unmask.sampling.run`) made of one ordinary :class:`unmask.sampling.loop.SamplingRun` per
+window, so every sampler and strategy works here too, and the number of network calls is the sum
+over windows.
 """
 
 from __future__ import annotations
@@ -15,14 +16,17 @@ from torch import Tensor
 
 from unmask.denoiser import Denoiser
 from unmask.sampling.config import SamplerConfig, SamplingError
-from unmask.sampling.loop import SampleOutput, generate, model_device
+from unmask.sampling.loop import SamplingRun
+from unmask.sampling.process import Process
+from unmask.sampling.run import DenoiserCall, Events, SampleOutput, StepDone, model_device, run_to_end
 from unmask.schedules import Schedule
 
 
 def window_plan(total_length: int, window: int, overlap: int, prefix_length: int) -> list[int]:
     """New tokens produced by each window: the first fills up after the prefix, the rest after the overlap."""
     if not 0 <= overlap < window:
-        raise SamplingError(f"--overlap must be in [0, {window}) (the model's length is {window}), got {overlap}")
+        raise SamplingError(f"{{0}} must be in [0, {window}) (the model's length is {window}), got {overlap}",
+                            "overlap")
     if prefix_length >= window:
         raise SamplingError(f"the prefix has {prefix_length} tokens; at most {window - 1} fit in a window of "
                             f"{window}; shorten the prompt")
@@ -33,6 +37,50 @@ def window_plan(total_length: int, window: int, overlap: int, prefix_length: int
         plan.append(new)
         produced += new
     return plan
+
+
+class WindowedRun:
+    """``total_length`` tokens after ``prefix`` [B, P], window by window (see the module docstring).
+
+    ``overlap`` generated tokens of a window start the next one; with ``stop_id`` the run ends after
+    the first window in which every row has produced it. Steps report the whole sequence so far.
+    """
+
+    def __init__(self, config: SamplerConfig, prefix: Tensor, *, total_length: int, window: int, overlap: int,
+                 process: Process, stop_id: int | None = None, generator: torch.Generator | None = None) -> None:
+        self.plan = window_plan(total_length, window, overlap, prefix.shape[1])
+        self.config, self.prefix, self.overlap, self.process = config, prefix, overlap, process
+        self.stop_id, self.generator = stop_id, generator
+        self.tokens = prefix.clone()
+        self.calls = self.steps = 0
+
+    def output(self) -> SampleOutput:
+        return SampleOutput(tokens=self.tokens, num_calls=self.calls, num_steps=self.steps)
+
+    def events(self) -> Events:
+        batch, mask_id = self.prefix.shape[0], self.process.mask_id
+        for i, new in enumerate(self.plan):
+            tokens = self.tokens
+            context = self.prefix if i == 0 else tokens[:, tokens.shape[1] - self.overlap:]
+            masks = torch.full((batch, new), mask_id, dtype=torch.long, device=tokens.device)
+            run = SamplingRun(self.config, torch.cat([context, masks], dim=1), process=self.process,
+                              generator=self.generator)
+            done = tokens[:, : tokens.shape[1] - context.shape[1]]
+            events, reply = run.events(), None
+            while True:
+                try:
+                    event = events.send(reply)
+                except StopIteration:
+                    break
+                if isinstance(event, DenoiserCall):
+                    reply = yield event
+                else:
+                    reply = yield StepDone(self.steps + event.step, torch.cat([done, event.x], dim=1))
+            self.tokens = torch.cat([tokens, run.x[:, context.shape[1]:]], dim=1)
+            self.calls, self.steps = self.calls + run.num_calls, self.steps + run.num_steps
+            generated = self.tokens[:, self.prefix.shape[1]:]
+            if self.stop_id is not None and bool((generated == self.stop_id).any(1).all()):
+                return
 
 
 def generate_long(
@@ -58,30 +106,20 @@ def generate_long(
     ``overlap`` (default half the window) is how many generated tokens the next window sees.
     With ``stop_id`` (e.g. EOS), generation stops after the first window in which every row has
     produced it. Each window is sampled as ``config`` says; ``on_step`` sees the whole sequence
-    so far after every step. ``parameterization`` and ``static_shapes`` are :func:`generate`'s (with
-    ``static_shapes`` each window runs at its own shape).
+    so far after every step. ``parameterization`` and ``static_shapes`` are :func:`unmask.sampling.generate`'s
+    (with ``static_shapes`` each window runs at its own shape).
     """
-    overlap = window // 2 if overlap is None else overlap
     device = model_device(denoiser) if device is None else device
+    run = WindowedRun(config or SamplerConfig(), prefix_rows(prefix, batch_size, device), total_length=total_length,
+                      window=window, overlap=window // 2 if overlap is None else overlap,
+                      process=Process(mask_id=mask_id, schedule=schedule, parameterization=parameterization),
+                      stop_id=stop_id, generator=generator)
+    return run_to_end(denoiser, run, on_step=on_step, static_shapes=static_shapes)
+
+
+def prefix_rows(prefix: Tensor | None, batch_size: int, device: torch.device | str) -> Tensor:
+    """``prefix`` ([P] or [B, P], or None: empty) as [batch_size, P] on ``device``."""
     if prefix is None:
-        prefix = torch.empty(batch_size, 0, dtype=torch.long, device=device)
+        return torch.empty(batch_size, 0, dtype=torch.long, device=device)
     prefix = torch.as_tensor(prefix, device=device).long()
-    if prefix.dim() == 1:
-        prefix = prefix.unsqueeze(0).expand(batch_size, -1)
-    plan = window_plan(total_length, window, overlap, prefix.shape[1])
-    tokens, calls, steps = prefix.clone(), 0, 0
-    for i, new in enumerate(plan):
-        context = prefix if i == 0 else tokens[:, tokens.shape[1] - overlap :]
-        masks = torch.full((batch_size, new), mask_id, dtype=torch.long, device=device)
-        template = torch.cat([context, masks], dim=1)
-        done = tokens[:, : tokens.shape[1] - context.shape[1]]
-        window_on_step = None if on_step is None else (lambda x, done=done: on_step(torch.cat([done, x], dim=1)))
-        out = generate(denoiser, config, batch_size=batch_size, length=template.shape[1], mask_id=mask_id,
-                       schedule=schedule, template=template, generator=generator, device=device,
-                       on_step=window_on_step, parameterization=parameterization, static_shapes=static_shapes)
-        tokens = torch.cat([tokens, out.tokens[:, context.shape[1]:]], dim=1)
-        calls, steps = calls + out.num_calls, steps + out.num_steps
-        generated = tokens[:, prefix.shape[1]:]
-        if stop_id is not None and bool((generated == stop_id).any(1).all()):
-            break
-    return SampleOutput(tokens=tokens, num_calls=calls, num_steps=steps)
+    return prefix.unsqueeze(0).expand(batch_size, -1) if prefix.dim() == 1 else prefix

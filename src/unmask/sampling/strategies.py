@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from unmask.errors import UserError
+from unmask.errors import OptionError
 
 ORDERS = ("random", "confidence", "margin", "entropy")
 REMASKING = ("cap", "rescale", "conf", "loop")
@@ -51,7 +51,7 @@ def expected_counts(masked: Tensor, p_unmask: Tensor) -> Tensor:
     return torch.where(at_least_one, counts.clamp(min=1), counts).minimum(n)
 
 
-class SamplingError(UserError):
+class SamplingError(OptionError):
     """Sampling options that cannot be used together or are out of range; the message names the fix."""
 
 
@@ -67,9 +67,10 @@ class Remasking:
 
     def __post_init__(self) -> None:
         if self.strategy not in REMASKING:
-            raise SamplingError(f"unknown remasking {self.strategy!r}; choose one of {', '.join(REMASKING)}")
+            raise SamplingError(f"unknown {{0}} strategy {self.strategy!r}; choose one of {', '.join(REMASKING)}",
+                                "remask")
         if not 0 <= self.eta <= 1:
-            raise SamplingError(f"--eta (the remasking rate) must be in [0, 1], got {self.eta}")
+            raise SamplingError(f"{{0}} (the remasking rate) must be in [0, 1], got {self.eta}", "eta")
         if not 0 < self.t_off < self.t_on < 1:
             raise SamplingError("remasking needs 0 < t_off < t_on < 1")
 

@@ -1,20 +1,20 @@
 """Continuous batching: one thread answers the denoiser calls of every running request.
 
-Each request of an MDLM within the model's length is the :class:`SamplingRun` that ``unmask
-sample`` drives (:func:`unmask.generation.start_run`: the same template, seed and schedule), so
-the same seed gives the same text however requests are batched. A tick advances every running
-run to its next :class:`DenoiserCall`, answers the calls of each sequence length with ONE denoiser
-call (rows from many requests, each at its own step and time), and hands each run its rows of the
-logits. A waiting request joins at the next tick, as long as the rows of the running ones and its
-own fit in ``max_batch``; a request whose client went away is dropped at the next tick.
+Each request is the sampling run that ``unmask sample`` drives (:func:`unmask.generation.start_run`:
+the same fixed tokens, seed and kind's sampler: within the model's length, in windows past it, block
+by block or left to right), so the same seed gives the same text however requests are batched. The
+batcher is itself a run (:meth:`Batcher.events`), driven by :func:`unmask.sampling.run.drive` on its
+thread: a tick advances every running request to its next :class:`DenoiserCall`, merges the calls of
+each sequence length into ONE call (rows from many requests, each at its own step and time), and
+hands each request its rows of the logits. A block diffusion call carries its own key/value cache and
+is answered on its own, in the same tick. So every kind is served concurrently: a short request
+finishes while a long one is still streaming. A waiting request joins at the next tick, as long as
+the rows of the running ones and its own fit in ``max_batch``; a request whose client went away is
+dropped at the next tick.
 
 Rows of different lengths get separate calls rather than being padded into one: with an attention
 mask the rows' logits round differently (up to 0.25 in bf16 on a 4-layer model), which would
 change the texts. Rows of equal length are computed alike alone or among others.
-
-An AR model, a block diffusion model (block by block with its cache) and a text longer than an
-MDLM's (generated in windows) are served by :func:`unmask.generation.generate_text` itself, one
-request at a time, in their turn in the queue.
 
 Events go to each request's listener, called on the batcher's thread: for streaming requests
 :class:`Progress` with the starting state (step 0: the template) and after every step, then
@@ -32,11 +32,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from unmask.denoiser import denoise
-from unmask.generation import TextSamples, generate_text, in_one_run, start_run, text_samples
+from unmask.generation import TextSamples, start_run, text_samples
 from unmask.pipeline import Pipeline
 from unmask.runtime import autocast
-from unmask.sampling.loop import DenoiserCall
+from unmask.sampling.run import DenoiserCall, Events, answer_with, drive
 from unmask.serve.requests import GenerationRequest, RequestError
 
 
@@ -63,10 +62,6 @@ Event = Progress | Finished | Failed
 Listener = Callable[[Event], None]
 
 
-class _Dropped(Exception):
-    """Raised from a lone request's step callback once its client is gone."""
-
-
 class Job:
     """A request in the batcher: where its events go, its sampling run, whether its client still waits."""
 
@@ -79,9 +74,8 @@ class Job:
         self.submitted = time.perf_counter()
         self.started = self.submitted
         self.run = None
-        self.events = None
+        self.events: Events | None = None
         self.answer: Tensor | None = None
-        self.steps = 0
 
     def emit(self, event: Event) -> None:
         try:
@@ -111,6 +105,7 @@ class Batcher:
         self._waiting: deque[Job] = deque()
         self._running: list[Job] = []
         self._closing = False
+        self._call = answer_with(pipeline.model)
         self._thread = threading.Thread(target=self._serve, name="unmask-batcher", daemon=True)
 
     def start(self) -> None:
@@ -166,50 +161,58 @@ class Batcher:
                 self._settle(job, outcome, event)
 
     def _serve(self) -> None:
-        with torch.no_grad(), autocast(self.precision, self.pipeline.device):
-            while True:
-                with self._lock:
-                    alone = self._admit()
-                    if alone is None and not self._running:
-                        if self._closing and not self._waiting:
-                            return
-                        self._lock.wait()
-                        continue
-                if alone is not None:
-                    self._run_alone(alone)
-                else:
-                    self._tick()
+        with autocast(self.precision, self.pipeline.device):
+            drive(self, self._answer)
 
-    def _batched(self, job: Job) -> bool:
-        return in_one_run(self.pipeline, job.request.length)
+    def events(self) -> Events:
+        """Every running request's calls, merged tick by tick (see the module docstring); ends once the
+        batcher is closing and nothing is left to run."""
+        while True:
+            with self._lock:
+                self._admit()
+                if not self._running:
+                    if self._closing and not self._waiting:
+                        return
+                    self._lock.wait()
+                    continue
+            for group in self._tick():
+                calls = [call for _, call in group]
+                merged = DenoiserCall(torch.cat([c.x for c in calls]), torch.cat([c.t for c in calls]),
+                                      torch.cat([c.where for c in calls]), cache=calls[0].cache,
+                                      block_size=calls[0].block_size)
+                try:
+                    logits = yield merged
+                except Exception as err:  # e.g. out of memory: these requests fail, the server goes on
+                    for job, _ in group:
+                        self._end(job, "failed", Failed(err))
+                    continue
+                sizes = [int(call.where.sum()) for _, call in group]
+                for (job, _), part in zip(group, logits.split(sizes)):
+                    job.answer = part
 
-    def _admit(self) -> Job | None:
-        """Start waiting requests in their order while their rows fit; a lone one waits for an empty batch
-        and is returned to run (with the lock held)."""
+    def _answer(self, call: DenoiserCall) -> Tensor:
+        self.counts["denoiser_calls"] += 1
+        return self._call(call)
+
+    def _admit(self) -> None:
+        """Start waiting requests in their order while their rows fit (with the lock held)."""
         rows = sum(job.request.num_samples for job in self._running)
         while self._waiting:
             job = self._waiting[0]
-            if not self._batched(job):
-                if self._running:
-                    return None
-                self._waiting.popleft()
-                self._start(job)
-                return job
             if rows + job.request.num_samples > self.max_batch:
-                return None
+                return
             self._waiting.popleft()
             request = job.request
             self._start(job)
             try:
                 job.run = start_run(self.pipeline, request.sampling, request.fixed, num_samples=request.num_samples,
-                                    seed=request.seed)
+                                    seed=request.seed, length=request.length)
             except Exception as err:
                 self._settle(job, "failed", Failed(err))
                 continue
             job.events = job.run.events()
             self._running.append(job)
             rows += request.num_samples
-        return None
 
     def _start(self, job: Job) -> None:
         """A request starts: a stream sees its starting state (the template) as step 0."""
@@ -218,9 +221,10 @@ class Batcher:
             request = job.request
             job.emit(Progress(0, request.fixed.expand(request.num_samples, -1).to("cpu", copy=True)))
 
-    def _tick(self) -> None:
-        """Advance every running request to its next denoiser call; one call per sequence length."""
-        calls: dict[int, list[tuple[Job, DenoiserCall]]] = {}
+    def _tick(self) -> list[list[tuple[Job, DenoiserCall]]]:
+        """Advance every running request to its next denoiser call: the calls to make, merged where they can
+        be (plain calls of one length); a call with its own key/value cache stays alone."""
+        groups: dict[object, list[tuple[Job, DenoiserCall]]] = {}
         for job in list(self._running):
             if job.cancelled:
                 self._end(job, "dropped")
@@ -234,13 +238,9 @@ class Batcher:
                 samples = text_samples(self.pipeline.tokenizer, job.run.output(), time.perf_counter() - job.started)
                 self._end(job, "served", Finished(samples, job.started - job.submitted))
             else:
-                calls.setdefault(call.x.shape[1], []).append((job, call))
-        for group in calls.values():
-            try:
-                self._answer(group)
-            except Exception as err:  # e.g. out of memory: these requests fail, the server goes on
-                for job, _ in group:
-                    self._end(job, "failed", Failed(err))
+                alone = call.cache is not None or call.block_size is not None
+                groups.setdefault(job if alone else call.x.shape[1], []).append((job, call))
+        return list(groups.values())
 
     def _advance(self, job: Job) -> DenoiserCall | None:
         """Send ``job`` its logits and run it to its next denoiser call (None once it is complete)."""
@@ -254,38 +254,3 @@ class Batcher:
                 return event
             if job.stream and not job.cancelled:
                 job.emit(Progress(event.step, event.x.to("cpu", copy=True)))
-
-    def _answer(self, group: list[tuple[Job, DenoiserCall]]) -> None:
-        """One denoiser call for the rows of every call in ``group``; each job gets its logits [N, V]."""
-        x = torch.cat([call.x for _, call in group])
-        t = torch.cat([call.t for _, call in group])
-        where = torch.cat([call.where for _, call in group])
-        logits = denoise(self.pipeline.model, x, t, where=where)
-        self.counts["denoiser_calls"] += 1
-        sizes = [int(call.where.sum()) for _, call in group]
-        for (job, _), part in zip(group, logits.split(sizes)):
-            job.answer = part
-
-    def _run_alone(self, job: Job) -> None:
-        """Serve an AR, block diffusion or semi-autoregressive request with :func:`generate_text`, as ``unmask
-        sample`` does."""
-        request = job.request
-
-        def on_step(x: Tensor) -> None:
-            if job.cancelled:
-                raise _Dropped
-            job.steps += 1
-            if job.stream:
-                job.emit(Progress(job.steps, x.to("cpu", copy=True)))
-
-        try:
-            samples = generate_text(self.pipeline, request.sampling, num_samples=request.num_samples,
-                                    length=request.length, prompt=request.prompt, template=request.template,
-                                    seed=request.seed, precision=self.precision, on_step=on_step)
-        except _Dropped:
-            self._end(job, "dropped")
-        except Exception as err:
-            self._end(job, "failed", Failed(err))
-        else:
-            self.counts["denoiser_calls"] += samples.num_calls
-            self._end(job, "served", Finished(samples, job.started - job.submitted))

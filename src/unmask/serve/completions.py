@@ -45,7 +45,7 @@ COMPLETION_FIELDS: dict[str, tuple[type, ...]] = {
     "frequency_penalty": (float, int), "presence_penalty": (float, int), "stop": (str, list), "suffix": (str,),
     "logit_bias": (dict,), **SAMPLING_FIELDS,
 }
-RENAMED = {"num-samples": "n", "length": "max_tokens"}
+RENAMED = {"num_samples": "n", "length": "max_tokens"}
 REPLACEMENT_CHARACTER = "\ufffd"  # what a token that ends inside a UTF-8 character decodes to
 
 

@@ -1,10 +1,11 @@
 """What a client may ask for: JSON bodies checked into a :class:`GenerationRequest`, or a :class:`RequestError`.
 
 Every check that ``unmask sample`` makes is made here by the same code (:class:`SamplerConfig` and
-:func:`unmask.generation.prepare`), and its message is passed on with the option names turned
-into the request's field names (``--num-samples`` reads ``num_samples``). On top come the server's
-:class:`Limits`, which protect its memory, and the JSON itself: malformed bodies, unknown fields
-and values of the wrong type are refused with a message that names the fix.
+:func:`unmask.generation.prepare`), and its message is passed on naming the options as the
+request's fields (:class:`unmask.errors.OptionError`: ``top_k`` here, ``--top-k`` on the command
+line). On top come the server's :class:`Limits`, which protect its memory, and the JSON itself:
+malformed bodies, unknown fields and values of the wrong type are refused with a message that names
+the fix.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import difflib
 import json
 import math
-import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,7 +20,7 @@ from typing import Any
 
 from torch import Tensor
 
-from unmask.errors import UserError
+from unmask.errors import OptionError, UserError
 from unmask.generation import prepare
 from unmask.pipeline import Pipeline
 from unmask.sampling import SamplerConfig
@@ -39,7 +39,6 @@ GENERATE_FIELDS: dict[str, tuple[type, ...]] = {
 }
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list",
                dict: "an object"}
-_OPTION = re.compile(r"--([a-z][a-z-]*)")
 
 
 class RequestError(UserError):
@@ -115,15 +114,11 @@ def checked_fields(body: Mapping[str, Any], fields: Mapping[str, tuple[type, ...
     return values
 
 
-def in_field_names(message: str, renamed: Mapping[str, str] | None = None) -> str:
-    """A CLI message with its options named as request fields: ``--top-k`` reads ``top_k``."""
+def in_field_names(err: UserError, renamed: Mapping[str, str] | None = None) -> str:
+    """The message of ``err`` with its options named as the request's fields (``renamed`` where a field's
+    name differs from the option's)."""
     renamed = {"remask": "remasking", **(renamed or {})}
-
-    def field(match: re.Match) -> str:
-        option = match.group(1)
-        return renamed.get(option, option.replace("-", "_"))
-
-    return _OPTION.sub(field, message)
+    return err.naming(lambda option: renamed.get(option, option)) if isinstance(err, OptionError) else str(err)
 
 
 def sampler_config(values: Mapping[str, Any], renamed: Mapping[str, str] | None = None) -> SamplerConfig:
@@ -133,7 +128,7 @@ def sampler_config(values: Mapping[str, Any], renamed: Mapping[str, str] | None 
     try:
         return SamplerConfig.from_options(remask=values.get("remasking"), **options)
     except UserError as err:
-        raise RequestError(in_field_names(str(err), renamed)) from None
+        raise RequestError(in_field_names(err, renamed)) from None
 
 
 def build_request(
@@ -149,9 +144,9 @@ def build_request(
     renamed: Mapping[str, str] | None = None,
 ) -> GenerationRequest:
     """Check a request against the server's limits and as ``unmask sample`` would; ``seed`` None draws one."""
-    names = {"num-samples": "num_samples", "length": "length", **(renamed or {})}
+    names = {"num_samples": "num_samples", "length": "length", **(renamed or {})}
     if num_samples > limits.max_num_samples:
-        raise RequestError(f"{names['num-samples']} is at most {limits.max_num_samples} on this server (its memory "
+        raise RequestError(f"{names['num_samples']} is at most {limits.max_num_samples} on this server (its memory "
                            f"limit), got {num_samples}; send several requests instead")
     if sampling.steps > limits.max_steps and sampling.sampler != "first_hitting":  # it calls once per token
         raise RequestError(f"steps is at most {limits.max_steps} on this server, got {sampling.steps}; ask for fewer")
@@ -166,7 +161,7 @@ def build_request(
     try:
         fixed = prepare(pipeline, sampling, num_samples=num_samples, length=length, prompt=prompt, template=template)
     except UserError as err:
-        raise RequestError(in_field_names(str(err), renamed)) from None
+        raise RequestError(in_field_names(err, renamed)) from None
     return GenerationRequest(sampling=sampling, num_samples=num_samples, length=length, prompt=prompt,
                              template=template, seed=seed, fixed=fixed)
 

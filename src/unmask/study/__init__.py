@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from unmask.evaluate.config import EvalConfig
 from unmask.study.plan import (
     ABLATIONS,
     OBJECTIVES,
@@ -19,10 +20,10 @@ from unmask.study.plan import (
     unavailable_objectives,
 )
 from unmask.study.report import format_markdown, orderings, rows, write_report
-from unmask.study.runner import EvalSettings, StudyResult, run_study
+from unmask.study.runner import STUDY_EVALUATION, StudyResult, run_study
 
 __all__ = [
-    "ABLATIONS", "OBJECTIVES", "EvalSettings", "Plan", "StudyError", "StudyResult", "available_objectives",
+    "ABLATIONS", "OBJECTIVES", "STUDY_EVALUATION", "Plan", "StudyError", "StudyResult", "available_objectives",
     "format_markdown", "orderings", "plan_study", "rows", "run_study", "study", "unavailable_objectives",
     "write_report",
 ]
@@ -30,13 +31,12 @@ __all__ = [
 
 def study(preset: str, *, out: str | Path, budget: float, data: str | None = None,
           objectives: list[str] | None = None, ablations: bool = False, overrides: list[str] | None = None,
-          settings: EvalSettings | None = None, progress: bool = True) -> tuple[StudyResult, list[Path]]:
+          evaluation: EvalConfig = STUDY_EVALUATION, progress: bool = True) -> tuple[StudyResult, list[Path]]:
     """Plan, train (or continue), evaluate and report a study in ``out``: the result and the files
     written (none when a Ctrl-C stopped the training; running it again continues)."""
     plan = plan_study(preset, budget=budget, data=data, objectives=objectives, ablations=ablations,
                       overrides=overrides)
-    settings = settings or EvalSettings()
-    result = run_study(plan, out, settings=settings, progress=progress)
+    result = run_study(plan, out, evaluation=evaluation, progress=progress)
     if result.interrupted:
         return result, []
-    return result, write_report(result, plan, Path(out), settings)
+    return result, write_report(result, plan, Path(out), evaluation)

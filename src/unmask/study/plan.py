@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from unmask.config import Config, ConfigError, apply_overrides, load_preset, validate
 from unmask.errors import UserError
+from unmask.kinds import KINDS
 
 # Steps a study's run may take unless the user sets train.max_steps: the budget ends it first.
 UNLIMITED_STEPS = 1_000_000_000
@@ -24,22 +25,20 @@ class StudyError(UserError):
 
 @dataclass(frozen=True)
 class Entry:
-    """One model of the study: its run folder ``name``, its row ``label``, and the keys that define it."""
+    """One model of the study: its run folder ``name``, its row ``label``, and the keys that define it.
+    ``discrete_bounds``: its bound is also taken at T steps when the ablations run (the continuous MDLM's)."""
 
     name: str
     label: str
     overrides: tuple[str, ...] = ()
     ablation: bool = False
+    discrete_bounds: bool = False
 
 
-# The paper's Table 1 rows, in its order; bd3lm runs where its objective exists.
-OBJECTIVES = {
-    "ar": Entry("ar", "AR (same backbone)", ("objective.name=ar",)),
-    "mdlm": Entry("mdlm", "MDLM"),
-    "bd3lm": Entry("bd3lm", "BD3-LM", ("objective.name=bd3lm",)),
-    "sedd": Entry("sedd", "SEDD (absorbing)", ("objective.name=sedd", "model.time_conditioning=true")),
-    "d3pm": Entry("d3pm", "D3PM (absorbing)", ("objective.name=d3pm",)),
-}
+# One row per model kind, in the registry's order (the paper's Table 1 order): each kind with the keys it needs.
+OBJECTIVES = {name: Entry(name, kind.label, (f"objective.name={name}", *kind.study_overrides),
+                          discrete_bounds=kind.discrete_time and not kind.default_time_steps)
+              for name, kind in KINDS.items()}
 
 # The paper's ablations of MDLM: discrete time (its T table), then SUBS taken apart step by step as in
 # its Table 8 (each row also drops what the row above dropped), then time conditioning switched on.

@@ -3,6 +3,7 @@ validation bound against training tokens (PNG; without matplotlib the table stil
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import math
@@ -15,10 +16,11 @@ from typing import Any
 import torch
 
 from unmask.errors import install_hint
+from unmask.evaluate.config import EvalConfig
 from unmask.evaluate.plotting import MARKERS, has_matplotlib, pyplot
 from unmask.runtime import device_name, resolve_device
 from unmask.study.plan import Plan
-from unmask.study.runner import EvalSettings, StudyResult
+from unmask.study.runner import StudyResult
 
 # The paper's orderings (lower is better), each a chain of run names; a pair is judged where both ran.
 ORDERINGS = (
@@ -33,17 +35,17 @@ def rows(result: StudyResult) -> list[dict[str, Any]]:
     """One row per model: its figure (nats per token, standard error, perplexity) and its training."""
     table = []
     for record in result.records:
-        report = record.report
+        report, main = record.report, record.report.likelihood
         table.append({
             "name": record.entry.name, "label": record.entry.label, "ablation": record.entry.ablation,
-            "objective": report["objective"], "exact": report["objective"] == "ar",
-            "nats_per_token": report["nelbo_per_token"], "stderr": report["stderr"],
-            "perplexity": report["perplexity"], "bits_per_token": report["bits_per_token"],
-            "eval_tokens": report["tokens"], "eval_sequences": report["sequences"],
+            "objective": report.objective, "exact": report.exact,
+            "nats_per_token": main.nelbo_per_token, "stderr": main.stderr,
+            "perplexity": main.perplexity, "bits_per_token": main.bits_per_token,
+            "eval_tokens": main.tokens, "eval_sequences": main.sequences,
             "training_tokens": record.tokens, "steps": record.step,
             "train_minutes": record.train_seconds / 60,
-            "discrete": {steps: {"nats_per_token": r["nelbo_per_token"], "stderr": r["stderr"]}
-                         for steps, r in report["discrete"].items()},
+            "discrete": {str(steps): {"nats_per_token": r.nelbo_per_token, "stderr": r.stderr}
+                         for steps, r in report.discrete.items()},
         })
     return table
 
@@ -76,7 +78,7 @@ def _tokens(n: int) -> str:
     return str(n)
 
 
-def format_markdown(table: list[dict[str, Any]], plan: Plan, settings: EvalSettings) -> str:
+def format_markdown(table: list[dict[str, Any]], plan: Plan, evaluation: EvalConfig) -> str:
     """The paper's layout: AR, the diffusion baselines, then the ablations; AR's figure is exact, the
     others are upper bounds (<=)."""
     base = plan.base
@@ -85,7 +87,7 @@ def format_markdown(table: list[dict[str, Any]], plan: Plan, settings: EvalSetti
         f"Validation nats per token (lower is better) of models trained for {plan.budget:g} minutes each on "
         f"`{base.data.source}` (one backbone: {base.model.n_layers} layers of {base.model.hidden}; sequences of "
         f"{base.data.length}; one tokenizer), all scored on the same {sequences:,} validation sequences with "
-        f"K = {settings.num_t} time samples each; +- one standard error. AR's figure is its exact NLL (it scores "
+        f"K = {evaluation.num_t} time samples each; +- one standard error. AR's figure is its exact NLL (it scores "
         "one token fewer per sequence); the others are upper bounds (<=).",
         "",
         "| Model | nats/token | +- s.e. | PPL | training tokens | steps | minutes |",
@@ -141,7 +143,7 @@ def plot(result: StudyResult, plan: Plan, path: Path) -> Path:
         values += [value for _, value in curve]
         if curve:
             xs, ys = zip(*curve)
-            exact = " (exact NLL)" if record.report["objective"] == "ar" else ""
+            exact = " (exact NLL)" if record.report.exact else ""
             # Distinct hollow markers keep models whose curves coincide apart.
             ax.plot(xs, ys, marker=MARKERS[i % len(MARKERS)], markersize=5, markerfacecolor="none",
                     linestyle="--" if record.entry.ablation else "-", label=record.entry.label + exact)
@@ -165,14 +167,15 @@ def machine(device: str) -> dict[str, Any]:
             "torch": torch.__version__}
 
 
-def write_report(result: StudyResult, plan: Plan, out: Path, settings: EvalSettings) -> list[Path]:
+def write_report(result: StudyResult, plan: Plan, out: Path, evaluation: EvalConfig) -> list[Path]:
     """study.md, study.json and (with matplotlib) study.png in ``out``; the paths written."""
     table = rows(result)
-    markdown = format_markdown(table, plan, settings)
+    markdown = format_markdown(table, plan, evaluation)
     record = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": machine(plan.base.train.device), "budget_minutes": plan.budget, "data": plan.base.data.source,
-        "config": plan.base.to_dict(), "evaluation": vars(settings), "rows": table, "orderings": orderings(table),
+        "config": plan.base.to_dict(), "evaluation": dataclasses.asdict(evaluation), "rows": table,
+        "orderings": orderings(table),
     }
     (out / "study.md").write_text(markdown)
     (out / "study.json").write_text(json.dumps(record, indent=2) + "\n")

@@ -5,7 +5,7 @@ with ``unmask eval``, ``sample`` and ``train --resume``), the tokenizer they all
 (``OUT/tokenizer``, trained once and copied into each run as ``unmask demo`` does), and the
 report. Running the same command again continues where it stopped:
 
-- a run whose checkpoint has used its budget (``train_seconds`` in its state.json, the training
+- a run whose checkpoint has used its budget (``train.train_seconds`` in its state.json, the training
   time of every session up to that step) or reached ``train.max_steps`` is done and skipped;
 - a run with a checkpoint short of its budget resumes from it (``train --resume`` semantics: the
   same weights, optimizer and data position) for the minutes it has left;
@@ -15,14 +15,16 @@ report. Running the same command again continues where it stopped:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from unmask.checkpoint import load_config, read_state, resolve_checkpoint
+from unmask.checkpoint.layout import train_seconds
 from unmask.config import Config
+from unmask.evaluate.config import EvalConfig, EvalReport
 from unmask.evaluate.report import evaluate_checkpoint
 from unmask.fileio import write_atomic
 from unmask.study.plan import Entry, Plan, StudyError
@@ -33,15 +35,8 @@ EVALUATION_FILE = "study-eval.json"
 DISCRETE_STEPS = (10, 100, 1000)  # the continuous MDLM model's bound is also taken at these T (with ablations)
 
 
-@dataclass
-class EvalSettings:
-    """How every model is evaluated: ``num_t`` time samples per sequence, the first ``max_batches``
-    validation batches (all when None) of ``batch_size`` sequences, noise seeded by ``seed``."""
-
-    num_t: int = 4
-    max_batches: int | None = None
-    batch_size: int = 32
-    seed: int = 0
+# How every model of a study is evaluated unless the user says otherwise: K = 4 time samples per sequence.
+STUDY_EVALUATION = EvalConfig(num_t=4)
 
 
 @dataclass
@@ -53,7 +48,7 @@ class RunRecord:
     step: int
     train_seconds: float
     tokens: int
-    report: dict[str, Any]
+    report: EvalReport
 
 
 @dataclass
@@ -74,7 +69,7 @@ def _remaining_minutes(run_dir: Path, config: Config, budget: float) -> float | 
     state = read_state(checkpoint)
     if state["step"] >= config.train.max_steps:
         return 0.0
-    return max(0.0, budget - float(state.get("train_seconds", 0.0)) / 60)
+    return max(0.0, budget - train_seconds(state) / 60)
 
 
 def _train(entry: Entry, config: Config, out: Path, budget: float, progress: bool) -> bool:
@@ -93,31 +88,29 @@ def _train(entry: Entry, config: Config, out: Path, budget: float, progress: boo
     return not train(config, run_dir, resume=resume, progress=progress).interrupted
 
 
-def _evaluate(entry: Entry, config: Config, run_dir: Path, settings: EvalSettings, discrete: tuple[int, ...]
-              ) -> RunRecord:
+def _evaluate(entry: Entry, config: Config, run_dir: Path, evaluation: EvalConfig) -> RunRecord:
     checkpoint = resolve_checkpoint(run_dir)
-    key = {"checkpoint": checkpoint.name, "num_t": settings.num_t, "max_batches": settings.max_batches,
-           "batch_size": settings.batch_size, "seed": settings.seed, "discrete_steps": list(discrete)}
+    key = {"checkpoint": checkpoint.name, **dataclasses.asdict(evaluation)}
+    key["discrete_steps"] = list(evaluation.discrete_steps)  # as JSON reads it back
     cache = run_dir / EVALUATION_FILE
     saved = json.loads(cache.read_text()) if cache.is_file() else {}
     if saved.get("key") == key:
-        report = saved["report"]
+        report = EvalReport.from_dict(saved["report"])
     else:
-        print(f"== {entry.name}: evaluating {checkpoint.name} (K = {settings.num_t})", flush=True)
-        report = evaluate_checkpoint(run_dir, num_t=settings.num_t, discrete_steps=discrete,
-                                     batch_size=settings.batch_size, max_batches=settings.max_batches,
-                                     seed=settings.seed, device=config.train.device)
-        write_atomic(cache, json.dumps({"key": key, "report": report}, indent=2) + "\n")
+        print(f"== {entry.name}: evaluating {checkpoint.name} (K = {evaluation.num_t})", flush=True)
+        report = evaluate_checkpoint(run_dir, evaluation, device=config.train.device)
+        write_atomic(cache, json.dumps({"key": key, "report": report.to_dict()}, indent=2) + "\n")
     state = read_state(checkpoint)
     tokens = state["step"] * config.train.global_batch * config.data.length
     return RunRecord(entry=entry, run_dir=run_dir, step=state["step"],
-                     train_seconds=float(state.get("train_seconds", 0.0)), tokens=tokens, report=report)
+                     train_seconds=train_seconds(state), tokens=tokens, report=report)
 
 
-def run_study(plan: Plan, out: str | Path, *, settings: EvalSettings | None = None, progress: bool = True
+def run_study(plan: Plan, out: str | Path, *, evaluation: EvalConfig = STUDY_EVALUATION, progress: bool = True
               ) -> StudyResult:
-    """Train (or continue) every run of ``plan`` in ``out``, then evaluate every model alike."""
-    out, settings = Path(out), settings or EvalSettings()
+    """Train (or continue) every run of ``plan`` in ``out``, then evaluate every model alike as ``evaluation``
+    says (with the ablations, the continuous MDLM's bound also at T = 10, 100, 1000)."""
+    out = Path(out)
     lock = RunLock(out)  # one study per folder at a time
     try:
         prepare_tokenizer(plan.base, out)  # out/tokenizer, once
@@ -129,8 +122,9 @@ def run_study(plan: Plan, out: str | Path, *, settings: EvalSettings | None = No
         ablations = any(entry.ablation for entry, _ in plan.runs)
         records = []
         for entry, config in plan.runs:
-            discrete = DISCRETE_STEPS if ablations and entry.name == "mdlm" else ()
-            records.append(_evaluate(entry, config, out / entry.name, settings, discrete))
+            discrete = DISCRETE_STEPS if ablations and entry.discrete_bounds else ()
+            records.append(_evaluate(entry, config, out / entry.name,
+                                     dataclasses.replace(evaluation, discrete_steps=discrete)))
         return StudyResult(records=records)
     finally:
         lock.release()

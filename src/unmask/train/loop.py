@@ -30,19 +30,53 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from unmask.checkpoint import Checkpointer, read_state
+from unmask.checkpoint import Checkpointer
+from unmask.checkpoint.checkpointer import ModelState, OptimizerState, Stateful
 from unmask.config import Config, ConfigError, validate
 from unmask.data import batch_iterator
 from unmask.data.streaming import StreamingBlocks, stream_batches
 from unmask.distributed.parallelize import gradient_sync, is_sharded, parallelize
-from unmask.distributed.process import setup
+from unmask.distributed.process import Parallel, setup
 from unmask.evaluate.likelihood import evaluate_dataset
+from unmask.kinds import get_kind
 from unmask.models import DiT
-from unmask.objectives import sequence_losses
 from unmask.runtime import autocast, derive_seed, resolve_precision, seeded_generator
 from unmask.train.metrics import MetricsLogger, NoLogger
 from unmask.train.optim import EMA, build_optimizer, lr_factor
 from unmask.train.run_dir import RunLock, open_datasets, prepare_tokenizer, start_or_resume
+
+
+@dataclass
+class TrainState:
+    """The trainer's own part of a checkpoint: the training time of every session up to the step (what a
+    time budget counts, e.g. ``unmask study``'s)."""
+
+    train_seconds: float = 0.0
+
+    def state_dict(self) -> dict[str, float]:
+        return {"train_seconds": round(self.train_seconds, 3)}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.train_seconds = float(state.get("train_seconds", 0.0))
+
+
+class StreamState:
+    """Where every process's stream of a streamed corpus stands after the last completed step."""
+
+    def __init__(self, stream: StreamingBlocks, parallel: Parallel) -> None:
+        self.stream, self.parallel = stream, parallel
+        self.position: dict | None = None  # set once training draws batches
+
+    def state_dict(self) -> dict[str, list]:
+        return {"stream": self.parallel.gather_objects(self.position or self.stream.state_dict())}
+
+    def load_state_dict(self, state: dict[str, list]) -> None:
+        states = state.get("stream")
+        if not isinstance(states, list) or len(states) != self.parallel.world_size:
+            saved = len(states) if isinstance(states, list) else "an unknown number of"
+            raise ConfigError(f"--resume: this streaming run was saved by {saved} processes and resumes only "
+                              f"with as many (now {self.parallel.world_size})")
+        self.stream.load_state_dict(states[self.parallel.rank])
 
 
 @dataclass
@@ -94,24 +128,22 @@ class Trainer:
         self.mask_id = self.tokenizer.mask_id
         self.train_set, self.valid_set = parallel.main_first(lambda: open_datasets(config, self.tokenizer, parallel))
 
+        self.kind = get_kind(config.objective.name)
         torch.manual_seed(config.train.seed)
-        self.model = DiT(config.model_config(self.tokenizer.vocab_size)).to(self.device)
+        model_config = config.model_config(self.tokenizer.vocab_size)
+        self.model = DiT(model_config).to(self.device)
         # What the loop calls: DDP's wrapper, or the model itself (maybe sharded, compiled, checkpointed).
         self.forward = parallelize(self.model, parallel, config.parallel, precision=self.precision,
                                    compile=config.train.compile)
         self.optimizer = build_optimizer(self.model, config.optim, self.device)
         self.ema = EMA(self.model, config.optim.ema) if config.optim.ema > 0 else None
-        self.checkpointer = Checkpointer(self.run_dir, parallel, config=config,
-                                         tokenizer_dir=self.run_dir / "tokenizer", keep=config.train.keep_checkpoints)
+        self.checkpointer = Checkpointer(self.run_dir, parallel, config=config, model_config=model_config,
+                                         tokenizer=self.tokenizer, keep=config.train.keep_checkpoints)
         self.step = 0
-        self.train_seconds = 0.0  # training time of the run up to self.step, over every session
-        self._stream_position: dict | None = None  # with data.streaming: the stream's place after self.step
+        self.state = TrainState()
+        self.stream = StreamState(self.train_set, parallel) if isinstance(self.train_set, StreamingBlocks) else None
         if start is not None:
-            if config.data.streaming:
-                self._restore_stream(start)
-            record = self.checkpointer.restore(start, model=self.model, optimizer=self.optimizer, ema=self.ema)
-            self.step = record["step"]
-            self.train_seconds = float(record.get("train_seconds", 0.0))
+            self.step = self.checkpointer.restore(start, self.parts())["step"]
         elif parallel.is_distributed:
             torch.manual_seed(derive_seed(config.train.seed, "dropout", 0, parallel.rank))
 
@@ -120,14 +152,20 @@ class Trainer:
         if self.lock is not None:
             self.lock.release()
 
-    def _restore_stream(self, checkpoint: Path) -> None:
-        """Put this process's stream where the checkpoint left it."""
-        states = read_state(checkpoint).get("stream")
-        if not isinstance(states, list) or len(states) != self.parallel.world_size:
-            saved = len(states) if isinstance(states, list) else "an unknown number of"
-            raise ConfigError(f"--resume: this streaming run was saved by {saved} processes and resumes only "
-                              f"with as many (now {self.parallel.world_size})")
-        self.train_set.load_state_dict(states[self.parallel.rank])
+    def parts(self) -> dict[str, Stateful]:
+        """The run's state, part by part, as the checkpointer saves and restores it."""
+        parts: dict[str, Stateful] = {"model": ModelState(self.model),
+                                      "optimizer": OptimizerState(self.model, self.optimizer), "train": self.state}
+        if self.ema is not None:
+            parts["ema"] = self.ema
+        if self.stream is not None:
+            parts["data"] = self.stream
+        return parts
+
+    @property
+    def train_seconds(self) -> float:
+        """Training time of the run up to ``step``, over every session."""
+        return self.state.train_seconds
 
     @property
     def accumulation(self) -> int:
@@ -148,8 +186,8 @@ class Trainer:
             generator = seeded_generator(self.device, cfg.train.seed, "noise", self.step, first + i)
             with gradient_sync(self.forward, i == self.accumulation - 1):
                 with autocast(self.precision, self.device):
-                    losses, _ = sequence_losses(self.forward, part, cfg.objective, self.mask_id, generator=generator,
-                                                train=True)
+                    losses, _ = self.kind.losses(self.forward, part, cfg.objective, self.mask_id,
+                                                 generator=generator, step=self.step)
                 # Sum over the micro-batch / tokens of the whole batch: the accumulated gradient is that
                 # of the mean loss per token, whatever the split into micro-batches and processes.
                 loss = losses.sum() / total_tokens
@@ -197,18 +235,13 @@ class Trainer:
                         p.copy_(trained[name])
 
     def save(self, extra: dict | None = None) -> Path:
-        """Checkpoint ``self.step``; its state.json also records ``train_seconds`` (the time a time
-        budget counts, e.g. ``unmask study``'s) and ``extra``."""
-        extra = {**(extra or {}), "train_seconds": round(self.train_seconds, 3)}
-        if self.config.data.streaming:  # every process's stream position at self.step, for an exact resume
-            position = self._stream_position or self.train_set.state_dict()
-            extra = {**(extra or {}), "stream": self.parallel.gather_objects(position)}
-        return self.checkpointer.save(self.step, model=self.model, optimizer=self.optimizer, ema=self.ema, extra=extra)
+        """Checkpoint ``self.step`` (every part of :meth:`parts`); its state.json also records ``extra``."""
+        return self.checkpointer.save(self.step, self.parts(), extra)
 
     def _batches(self) -> Iterator[dict[str, torch.Tensor]]:
         cfg, world = self.config.train, self.parallel.world_size  # each process reads its slice of every batch
-        if isinstance(self.train_set, StreamingBlocks):
-            self._stream_position = self.train_set.state_dict()
+        if self.stream is not None:
+            self.stream.position = self.train_set.state_dict()
             return stream_batches(self.train_set, cfg.global_batch // world)
         return batch_iterator(self.train_set, batch_size=cfg.global_batch // world, seed=cfg.seed,
                               start_step=self.step, rank=self.parallel.rank, world_size=world)
@@ -226,7 +259,7 @@ class Trainer:
         main = self.parallel.is_main
         logger = (MetricsLogger(self.run_dir, tensorboard=cfg.tensorboard, wandb=cfg.wandb,
                                 config=self.config.to_dict()) if main else NoLogger())
-        figure = "ppl bound" if self.config.objective.name != "ar" else "ppl"
+        figure = "ppl" if self.kind.exact else "ppl bound"
         tokens_per_step = cfg.global_batch * self.config.data.length
         progress = _Progress(self.step, end, cfg.max_minutes, enabled=self.progress)
         started, trained_steps, validation = time.perf_counter(), 0, {}
@@ -238,13 +271,13 @@ class Trainer:
             while self.step < end:
                 batch = {k: v.to(self.device, non_blocking=True) for k, v in next(batches).items()}
                 loss = self.train_step(batch)
-                if isinstance(self.train_set, StreamingBlocks):
+                if self.stream is not None:
                     # The stream moves when a batch is drawn, the step when it is trained on: a save (an
                     # interrupt included) takes the position that goes with the last completed step.
-                    self._stream_position = self.train_set.state_dict()
+                    self.stream.position = self.train_set.state_dict()
                 trained_steps += 1
                 elapsed = time.perf_counter() - started
-                self.train_seconds = seconds_before + elapsed
+                self.state.train_seconds = seconds_before + elapsed
                 tokens_per_s = trained_steps * tokens_per_step / max(elapsed, 1e-9)
                 if not math.isfinite(loss):
                     raise FloatingPointError(f"loss became {loss} at step {self.step}; lower optim.lr")

@@ -50,13 +50,15 @@ class EMA:
         shadows = [self.shadow[name] for name in names]
         torch._foreach_lerp_(shadows, [p.detach().float() for p in params], 1 - decay)
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return dict(self.shadow)
+    def state_dict(self) -> dict[str, torch.Tensor | int]:
+        """The averaged weights by parameter name (the live tensors) and the number of updates."""
+        return {**self.shadow, "updates": self.updates}
 
-    def load_state_dict(self, state: dict[str, torch.Tensor], updates: int) -> None:
-        for name, value in state.items():
-            self.shadow[name].copy_(value)
-        self.updates = updates
+    def load_state_dict(self, state: dict[str, torch.Tensor | int]) -> None:
+        for name, shadow in self.shadow.items():
+            if state[name] is not shadow:  # the checkpointer fills the live tensors in place
+                shadow.copy_(state[name])
+        self.updates = int(state.get("updates", 0))
 
     @torch.no_grad()
     def copy_to(self, model: nn.Module) -> None:

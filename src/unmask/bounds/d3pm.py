@@ -5,11 +5,11 @@ Austin et al. (section 2), with L_{t-1} = KL(q(x_s | x_t, x0) || p_theta(x_s | x
 reverse step p_theta(x_s | x_t) = sum_x0' q(x_s | x_t, x0') p_theta(x0' | x_t) built from its x0
 prediction. The MDLM paper's D3PM row is the SUBS ablation taken all the way (docs/math.md §6):
 
-- discrete time, T = ``objective.discrete_steps`` (1000 unless set): :func:`unmask.objective.nelbo_discrete`,
+- discrete time, T = ``objective.discrete_steps`` (1000 unless set): :func:`unmask.bounds.mdlm.nelbo_discrete`,
   whose step i goes from t = i / T to s = (i - 1) / T; its first step (s = 0, alpha_0 = 1, so the
   posterior is the clean token) is L_0. L_T, the prior term, is left out as for MDLM (alpha_1 ~ 0);
 - no zero masking: the softmax includes MASK, and the KL is the D3PM posterior KL with that mass
-  (``zero_masking=False`` in :func:`unmask.objective.nelbo_discrete`);
+  (``zero_masking=False`` in :func:`unmask.bounds.mdlm.nelbo_discrete`);
 - no carry-over: D3PM's reverse step copies an unmasked token by construction (q(x_t | x_s) is 0
   unless x_s = x_t), so its KL is 0 at unmasked positions and the diffusion terms score masked
   positions only. Where carry-over's absence shows is the reconstruction term the reference code
@@ -23,10 +23,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from unmask.config import D3PM_STEPS
+from unmask.bounds.masking import per_row_sum
+from unmask.bounds.mdlm import nelbo_discrete
+from unmask.bounds.nll import masked_nll
 from unmask.denoiser import Denoiser, denoise
-from unmask.objective import masked_nll, nelbo_discrete, per_row_sum
 from unmask.schedules import Schedule
+
+D3PM_STEPS = 1000  # T of the paper's D3PM row
 
 
 def reconstruction_nll(denoiser: Denoiser, x0: Tensor, *, loss_mask: Tensor | None = None) -> Tensor:

@@ -23,7 +23,7 @@ Z = sum_{y != MASK} exp(logits_y) / (V - 1), so that s_y = q Z p_hat_y. Then the
     q Z - q (log p_hat_x0 + log Z + log q) + q log q - q = q [ -log p_hat_x0 + (Z - 1 - log Z) ],
 
 and the weight sigma'(t) q = sigma'(t) / expm1(sigma_t) is the MDLM weight -alpha'_t / (1 - alpha_t)
-(paper eq. 10). So SEDD's bound is the MDLM estimator (:func:`unmask.objective.nelbo`) with the
+(paper eq. 10). So SEDD's bound is the MDLM estimator (:func:`unmask.bounds.mdlm.nelbo`) with the
 per-token loss -log p_hat(x0) + (Z - 1 - log Z), computed in this form: without the two q log q
 terms that cancel (they grow like log(1 / t) near t = 0), from the fused NLL and its normaliser.
 
@@ -45,8 +45,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from unmask.bounds.mdlm import nelbo
+from unmask.bounds.nll import masked_nll_and_logsumexp
 from unmask.denoiser import Denoiser
-from unmask.objective import masked_nll_and_logsumexp, nelbo
 
 
 def sedd_token_loss(logits: Tensor, targets: Tensor, mask_id: int) -> Tensor:
@@ -59,6 +60,6 @@ def sedd_token_loss(logits: Tensor, targets: Tensor, mask_id: int) -> Tensor:
 
 def sedd_nelbo(denoiser: Denoiser, x0: Tensor, **options: Any) -> Tensor:
     """SEDD's bound per sequence in nats (the diffusion-weighted denoising score entropy), averaged over
-    ``num_t`` times: :func:`unmask.objective.nelbo` with SEDD's per-token loss, and the same ``options``
+    ``num_t`` times: :func:`unmask.bounds.mdlm.nelbo` with SEDD's per-token loss, and the same ``options``
     (``schedule``, ``mask_id``, ``num_t``, ``t``, ``antithetic``, ``loss_mask``, ``generator``)."""
     return nelbo(denoiser, x0, token_loss=sedd_token_loss, **options)

@@ -32,8 +32,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from unmask.bounds.masking import MIN_MASK_RATE, mask_tokens, per_row_sum, repeat_rows, sample_times
+from unmask.bounds.nll import masked_nll
 from unmask.denoiser import Denoiser, capabilities, denoise
-from unmask.objective import MIN_MASK_RATE, _mask_tokens, _repeat_rows, masked_nll, per_row_sum, sample_times
 from unmask.schedules import Schedule, get_schedule
 
 FULL_RANGE = (0.0, 1.0)
@@ -45,7 +46,7 @@ CANDIDATE_RANGES = ((0.0, 1.0), (0.2, 0.7), (0.3, 0.8), (0.45, 0.95), (0.5, 1.0)
 def time_range(schedule: Schedule, mask_rate_range: Sequence[float] = FULL_RANGE) -> tuple[float, float]:
     """The times [t_lo, t_hi] at which the masking rate 1 - alpha_t spans ``mask_rate_range``.
 
-    The lower end is floored at MIN_MASK_RATE, as for MDLM (:func:`unmask.objective.min_time`).
+    The lower end is floored at MIN_MASK_RATE, as for MDLM (:func:`unmask.bounds.masking.min_time`).
     """
     low, high = mask_rate_range
     t_lo = schedule.time_of_alpha(torch.tensor(1.0 - max(low, MIN_MASK_RATE), dtype=torch.float64))
@@ -87,9 +88,9 @@ def block_losses(
             raise ValueError(f"t must have shape {(batch, num_blocks)} (a time per block), got {tuple(t.shape)}")
         num_t, times = 1, t.to(x0.device, torch.float32)
     keep = torch.ones_like(x0, dtype=torch.bool) if loss_mask is None else loss_mask.bool()
-    x0_rep, keep_rep = _repeat_rows(x0, num_t), _repeat_rows(keep, num_t)
+    x0_rep, keep_rep = repeat_rows(x0, num_t), repeat_rows(keep, num_t)
     rates = schedule.one_minus_alpha(times).repeat_interleave(block_size, dim=1)
-    x_t, masked = _mask_tokens(x0_rep, rates, mask_id, keep_rep, generator)
+    x_t, masked = mask_tokens(x0_rep, rates, mask_id, keep_rep, generator)
     padding = None if loss_mask is None else keep_rep
 
     if capabilities(denoiser).block_diffusion:

@@ -1,0 +1,5 @@
+"""The math of every bound and loss, one module each: the masking process as the bounds draw it
+(:mod:`.masking`), SUBS per-token losses (:mod:`.nll`), MDLM's continuous and discrete NELBO
+(:mod:`.mdlm`), the AR baseline (:mod:`.ar`), SEDD (:mod:`.sedd`), D3PM (:mod:`.d3pm`) and block
+diffusion (:mod:`.blocks`). Which of them a run trains with is decided by its model kind
+(:mod:`unmask.kinds`), never here."""

@@ -1,0 +1,51 @@
+"""The autoregressive baseline on the same backbone: causal attention, exact NLL, left-to-right sampling."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from unmask.bounds.ar import ar_loss, ar_token_count
+from unmask.denoiser import Denoiser
+from unmask.kinds.base import WITHIN, ModelKind, padding_of
+from unmask.sampling.autoregressive import AutoregressiveRun
+from unmask.sampling.config import SamplerConfig, SamplingError
+from unmask.sampling.process import Process
+from unmask.sampling.run import Run, initial_state
+
+if TYPE_CHECKING:
+    from unmask.config import ObjectiveConfig
+
+
+class ARKind(ModelKind):
+    name = "ar"
+    label = "AR (same backbone)"
+    exact = True
+    autoregressive = True
+    beyond_window = WITHIN
+    static_shapes = False
+
+    def losses(self, model: Denoiser, batch: dict[str, Tensor], objective: ObjectiveConfig, mask_id: int, *,
+               generator: torch.Generator | None = None, num_t: int = 1, discrete_steps: int | None = None,
+               step: int | None = None) -> tuple[Tensor, Tensor]:
+        self.check_discrete_steps(discrete_steps)
+        x0 = batch["input_ids"]
+        return ar_loss(model, x0, mask_id=mask_id, loss_mask=padding_of(batch)), ar_token_count(x0, batch["loss_mask"])
+
+    def check_sampling(self, sampling: SamplerConfig) -> None:
+        if sampling.uses_strategy or sampling.sampler in ("first_hitting", "analytic"):
+            raise SamplingError("an AR model decodes left to right, one token per step: {0}, {1}, {2}, "
+                                "{3} first_hitting and {3} analytic apply to diffusion models only",
+                                "order", "threshold", "remask", "sampler")
+
+    def sampling_run(self, model: Denoiser, sampling: SamplerConfig, fixed: Tensor, *, process: Process,
+                     num_samples: int, window: int, length: int | None = None, overlap: int | None = None,
+                     stop_id: int | None = None, generator: torch.Generator | None = None) -> Run:
+        x = initial_state(batch_size=num_samples, length=len(fixed), mask_id=process.mask_id, template=fixed,
+                          device=fixed.device)
+        return AutoregressiveRun(x, mask_id=process.mask_id, draw=sampling.draw, generator=generator)
+
+
+AR = ARKind()

@@ -1,0 +1,46 @@
+"""SEDD with the absorbing process (Lou et al. 2024): score entropy, its logits a log concrete score."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from unmask.bounds.sedd import sedd_nelbo
+from unmask.denoiser import Denoiser
+from unmask.errors import ConfigError
+from unmask.kinds.base import ModelKind, padding_of, switched_off
+
+if TYPE_CHECKING:
+    from unmask.config import Config, ObjectiveConfig
+
+
+class SEDDKind(ModelKind):
+    name = "sedd"
+    label = "SEDD (absorbing)"
+    parameterization = "sedd"
+    study_overrides = ("model.time_conditioning=true",)
+
+    def validate(self, config: Config) -> None:
+        super().validate(config)
+        objective = config.objective
+        if switched_off(objective):
+            raise ConfigError(f"{switched_off(objective)}: these are MDLM ablations; sedd has its own "
+                              "parameterization: drop them")
+        if self.time_steps(objective):
+            raise ConfigError("sedd's bound is continuous-time: drop objective.discrete_steps")
+        if not config.model.time_conditioning:
+            raise ConfigError("objective.name=sedd reads the output as a score at the noise level t, so the model "
+                              "must see t: add model.time_conditioning=true")
+
+    def losses(self, model: Denoiser, batch: dict[str, Tensor], objective: ObjectiveConfig, mask_id: int, *,
+               generator: torch.Generator | None = None, num_t: int = 1, discrete_steps: int | None = None,
+               step: int | None = None) -> tuple[Tensor, Tensor]:
+        self.check_discrete_steps(discrete_steps)
+        loss = sedd_nelbo(model, batch["input_ids"], schedule=objective.schedule, mask_id=mask_id, num_t=num_t,
+                          antithetic=objective.antithetic, loss_mask=padding_of(batch), generator=generator)
+        return loss, batch["loss_mask"].sum(1)
+
+
+SEDD = SEDDKind()
