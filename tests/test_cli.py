@@ -6,8 +6,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from one_line import one_line_error as _error
 
+from unmask import DrawConfig, Remasking, SamplerConfig, generate_text, load
 from unmask.cli import main
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -134,11 +136,26 @@ def test_console_script_runs():
     assert "train" in out.stdout and "sample" in out.stdout
 
 
+SAMPLING_FLAGS = {  # each set of options on the command line, and the SamplerConfig it must make
+    "margin": (["--order", "margin", "--top-k", "5", "--temperature", "0.8"],
+               SamplerConfig(steps=8, order="margin", draw=DrawConfig(top_k=5, temperature=0.8))),
+    "threshold": (["--threshold", "0.5", "--top-p", "0.9"],
+                  SamplerConfig(steps=8, threshold=0.5, draw=DrawConfig(top_p=0.9))),
+    "remask": (["--remask", "cap", "--eta", "0.1"], SamplerConfig(steps=8, remasking=Remasking("cap", eta=0.1))),
+}
+
+
 def test_sampling_strategies_from_the_cli(trained, tmp_path):
-    common = ["sample", str(trained), "--num-samples", "2", "--steps", "8"]
-    assert main([*common, "--order", "margin", "--top-k", "5", "--temperature", "0.8"]) == 0
-    assert main([*common, "--threshold", "0.5", "--top-p", "0.9"]) == 0
-    assert main([*common, "--remask", "cap", "--eta", "0.1"]) == 0
+    common = ["sample", str(trained), "--num-samples", "2", "--steps", "8", "--seed", "3"]
+    pipeline = load(trained)
+    plain = generate_text(pipeline, SamplerConfig(steps=8), num_samples=2, seed=3).tokens
+    for name, (flags, config) in SAMPLING_FLAGS.items():
+        out = tmp_path / f"{name}.json"
+        assert main([*common, *flags, "--json", str(out)]) == 0
+        tokens = torch.tensor([s["tokens"] for s in json.loads(out.read_text())["samples"]])
+        # The command samples exactly as the SamplerConfig its flags stand for, and that is not the plain sampler.
+        assert torch.equal(tokens, generate_text(pipeline, config, num_samples=2, seed=3).tokens), name
+        assert not torch.equal(tokens, plain), name
     assert main([*common, "--length", "96", "--prompt", "it is", "--stop-at-eos",
                  "--json", str(tmp_path / "long.json")]) == 0
     long = json.loads((tmp_path / "long.json").read_text())["samples"]

@@ -4,9 +4,10 @@ import ast
 from pathlib import Path
 
 import unmask
+from unmask.kinds import KINDS
 
 PACKAGE = Path(unmask.__file__).parent
-MAX_LINES = 450
+MAX_LINES = 400
 
 
 def _modules() -> dict[str, Path]:
@@ -134,3 +135,30 @@ def test_no_unmask_import_inside_a_function():
 def test_modules_stay_small():
     sizes = {name: len(path.read_text().splitlines()) for name, path in _modules().items()}
     assert {name: n for name, n in sizes.items() if n > MAX_LINES} == {}
+
+
+def _kind_comparisons(source: str, where: str = "") -> list[str]:
+    """Every comparison with a model kind's name written as a string (``x == "ar"``, ``name in ("mdlm", "d3pm")``)."""
+    names = set(KINDS)
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Compare):
+            continue
+        operands = [node.left, *node.comparators]
+        literals = [elt for operand in operands
+                    for elt in (operand.elts if isinstance(operand, (ast.Tuple, ast.List, ast.Set)) else [operand])]
+        found += [f"{where}:{node.lineno} compares {elt.value!r}" for elt in literals
+                  if isinstance(elt, ast.Constant) and elt.value in names]
+    return found
+
+
+def test_only_the_kinds_compare_kind_names():
+    outside = {name: path for name, path in _modules().items() if not name.startswith("unmask.kinds")}
+    found = [hit for name, path in outside.items() for hit in _kind_comparisons(path.read_text(), name)]
+    assert found == []
+
+
+def test_a_planted_kind_comparison_is_found():
+    planted = 'if config.objective.name == "sedd" or kind in ("mdlm", "other") or "ar" != x: pass'
+    assert len(_kind_comparisons(planted)) == 3
+    assert _kind_comparisons('if model_type == BD3LM_TYPE or name == "sedd-like": pass') == []

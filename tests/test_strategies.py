@@ -1,5 +1,7 @@
 """The generation toolkit: draw controls, ordered/threshold decoding, remasking, semi-AR."""
 
+import math
+
 import pytest
 import torch
 from sampling_args import split
@@ -8,6 +10,7 @@ from toy import ToyDistribution
 from unmask import DiT, DiTConfig, nelbo
 from unmask.sampling import DrawConfig, Remasking, SamplerConfig, generate, generate_long
 from unmask.sampling.semi_ar import window_plan
+from unmask.sampling.strategies import expected_counts, position_scores, top_per_row
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +58,50 @@ def test_ordered_decoding_completes_and_keeps_fixed_tokens(toy, order):
     out = _gen(toy, n=64, sampler="cached", steps=2, order=order, template=template)
     assert not (out.tokens == toy.mask_id).any() and (out.tokens[:, 1] == 1).all()
     assert out.num_calls <= 2
+
+
+@pytest.mark.parametrize("order", ["confidence", "margin", "entropy"])
+def test_ordered_decoding_unmasks_the_best_scored_position_first(toy, order):
+    # One position per step at temperature 0: the first to unmask is the one whose exact marginal (all masked)
+    # scores highest under the order; random order would pick it only by chance (and not for every seed).
+    marginals = toy.denoiser()(torch.full((1, toy.length), toy.mask_id), torch.ones(1))[0].double().exp()
+    best = int(position_scores(marginals[:, : toy.vocab], order).argmax())
+    firsts = set()
+    for seed in range(6):
+        states = []
+        _gen(toy, seed=seed, n=1, sampler="cached", steps=toy.length, order=order,
+             draw=DrawConfig(temperature=0.0), on_step=lambda x, states=states: states.append(x.clone()))
+        unmasked = (states[0][0] != toy.mask_id).nonzero().flatten().tolist()
+        firsts.add(tuple(unmasked))
+    assert firsts == {(best,)}
+
+
+def test_position_scores_by_hand():
+    probs = torch.tensor([[0.7, 0.2, 0.1], [0.4, 0.4, 0.2], [1.0, 0.0, 0.0]], dtype=torch.float64)
+    assert torch.allclose(position_scores(probs, "confidence"), torch.tensor([0.7, 0.4, 1.0], dtype=torch.float64))
+    assert torch.allclose(position_scores(probs, "margin"), torch.tensor([0.5, 0.0, 1.0], dtype=torch.float64))
+    entropy = torch.tensor([-(0.7 * math.log(0.7) + 0.2 * math.log(0.2) + 0.1 * math.log(0.1)),
+                            -(2 * 0.4 * math.log(0.4) + 0.2 * math.log(0.2)), 0.0], dtype=torch.float64)
+    assert torch.allclose(position_scores(probs, "entropy"), -entropy)  # certain first: minus the entropy
+    with pytest.raises(ValueError, match="unknown order"):
+        position_scores(probs, "random")
+
+
+def test_top_per_row_picks_the_highest_finite_scores():
+    inf = float("-inf")
+    scores = torch.tensor([[0.1, 0.9, 0.5, inf], [inf, inf, 0.3, 0.2], [0.4, 0.6, 0.8, 0.1]], dtype=torch.float64)
+    chosen = top_per_row(scores, torch.tensor([2, 3, 0]))
+    # Row 1 asks for 3 but has only 2 positions with a score; row 2 asks for none.
+    assert chosen.tolist() == [[False, True, True, False], [False, False, True, True], [False] * 4]
+
+
+def test_expected_counts_round_and_unmask_at_least_one():
+    masked = torch.tensor([[True] * 4, [False] * 4, [True, True, True, False], [True, False, False, False]])
+    assert expected_counts(masked, torch.tensor(0.3, dtype=torch.float64)).tolist() == [1, 0, 1, 1]
+    assert expected_counts(masked, torch.tensor(0.6, dtype=torch.float64)).tolist() == [2, 0, 2, 1]
+    assert expected_counts(masked, torch.tensor(0.1, dtype=torch.float64)).tolist() == [1, 0, 1, 1]  # round to 0
+    assert expected_counts(masked, torch.tensor(0.0, dtype=torch.float64)).tolist() == [0, 0, 0, 0]
+    assert expected_counts(masked, torch.tensor(1.0, dtype=torch.float64)).tolist() == [4, 0, 3, 1]
 
 
 def test_remasking_without_budget_is_ancestral_sampling(toy):
