@@ -13,6 +13,7 @@ from toy_uniform import (
     sample_chain,
 )
 
+from unmask.bounds.masking import min_time
 from unmask.bounds.relaxation import (
     GaussianSchedule,
     curriculum_temperature,
@@ -30,7 +31,6 @@ from unmask.bounds.uniform import (
     uniform_posterior,
     uniform_token_loss,
 )
-from unmask.objective import min_time
 from unmask.schedules import SCHEDULES, get_schedule
 
 # Panels of the time quadrature: geometric towards t = 0, where the integrand has a log singularity.

@@ -39,9 +39,9 @@ import math
 import torch
 from torch import Tensor
 
+from unmask.bounds.masking import per_row_sum, sample_times
 from unmask.bounds.uniform import _to_ids, _to_states, num_states, uniform_token_loss
 from unmask.denoiser import Denoiser, denoise
-from unmask.objective import per_row_sum, sample_times
 from unmask.schedules import AlphaSchedule, Schedule, get_schedule
 
 # The reference's defaults (configs/algo/duo.yaml).

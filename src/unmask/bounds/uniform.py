@@ -32,12 +32,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from unmask.bounds.masking import min_time, per_row_sum, repeat_rows, times_for
 from unmask.denoiser import Denoiser, denoise
-from unmask.objective import _repeat_rows, _times_for, min_time, per_row_sum
 from unmask.sampling.draw import draw_categorical
 from unmask.schedules import Schedule, get_schedule
 
-# The NELBO's times start where 1 - alpha_t = MIN_NOISE_RATE, as MDLM's do (unmask.objective.min_time).
+# The NELBO's times start where 1 - alpha_t = MIN_NOISE_RATE, as MDLM's do (unmask.bounds.masking.min_time).
 MIN_NOISE_RATE = 1e-3
 # Floor of 1 - alpha and alpha where they divide: it keeps 0 * inf out of the end points (t = 0 with
 # alpha = 1, the polynomial schedule's alpha_1 = 0, a last step to alpha_s = 1), where the limits are finite.
@@ -292,7 +292,7 @@ def uniform_nelbo(
 
         NELBO(x0) = E_t E_{z_t ~ q(.|x0)} [ sum_i uniform_token_loss ]     (module docstring)
 
-    Same options as :func:`unmask.objective.nelbo`: ``t`` ([B] or [B, num_t]) replaces the draw,
+    Same options as :func:`unmask.bounds.mdlm.nelbo`: ``t`` ([B] or [B, num_t]) replaces the draw,
     ``antithetic`` spreads the times of a batch, ``loss_mask`` [B, L] marks the tokens that count (the
     others are never corrupted, never scored and hidden from attention). ``vocab_size`` (V, the logits'
     last dimension) defaults to ``mask_id + 1``, MASK being the last id; it is needed to corrupt before the
@@ -318,10 +318,10 @@ def uniform_nelbo(
             raise ValueError("vocab_size is needed when there is no mask_id")
         vocab_size = mask_id + 1
     t_min = 0.0 if t is not None else min_time(schedule, min_noise_rate)
-    times = _times_for(x0, t, num_t, antithetic, t_min, generator)
+    times = times_for(x0, t, num_t, antithetic, t_min, generator)
     copies = times.shape[0] // x0.shape[0]
     keep = torch.ones_like(x0, dtype=torch.bool) if loss_mask is None else loss_mask.bool()
-    x0_rep, keep_rep = _repeat_rows(x0, copies), _repeat_rows(keep, copies)
+    x0_rep, keep_rep = repeat_rows(x0, copies), repeat_rows(keep, copies)
 
     alpha = schedule.alpha(times)
     z_t = corrupt_uniform(x0_rep, alpha, vocab_size=vocab_size, mask_id=mask_id, loss_mask=keep_rep,
