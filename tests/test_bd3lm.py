@@ -251,7 +251,7 @@ def test_bad_bd3lm_configs_name_the_fix(overrides, message):
 
 
 def test_mask_rate_range_is_for_bd3lm_only():
-    with pytest.raises(ConfigError, match="block diffusion only"):
+    with pytest.raises(ConfigError, match="bd3lm only"):
         validate(apply_overrides(load_preset("tiny"), ["objective.mask_rate_range=[0.3,0.8]"]))
     config = apply_overrides(load_preset("tiny"), ["objective.name=bd3lm", "objective.mask_rate_range=[0.3, 0.8]"])
     validate(config)

@@ -22,15 +22,8 @@ from unmask.bounds.relaxation import (
     gaussian_alpha_derivative,
     relaxed_latent,
 )
-from unmask.bounds.uniform import (
-    corrupt_uniform,
-    psi_step,
-    remdm_kappa,
-    uniform_ancestral_step,
-    uniform_nelbo,
-    uniform_posterior,
-    uniform_token_loss,
-)
+from unmask.bounds.uniform import corrupt_uniform, uniform_nelbo, uniform_posterior, uniform_token_loss
+from unmask.sampling.uniform import psi_step, remdm_kappa, uniform_ancestral_step
 from unmask.schedules import SCHEDULES, get_schedule
 
 # Panels of the time quadrature: geometric towards t = 0, where the integrand has a log singularity.

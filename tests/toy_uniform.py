@@ -17,7 +17,8 @@ import torch
 from torch import Tensor
 from toy import ToyDistribution
 
-from unmask.bounds.uniform import uniform_ancestral_step, uniform_token_loss
+from unmask.bounds.uniform import uniform_token_loss
+from unmask.sampling.uniform import uniform_ancestral_step
 from unmask.schedules import Schedule, get_schedule
 
 

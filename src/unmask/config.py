@@ -22,11 +22,19 @@ from typing import Any
 
 import yaml
 
+from unmask.bounds.relaxation import (
+    CURRICULUM_END,
+    CURRICULUM_START,
+    GAMMA_MAX,
+    GAMMA_MIN,
+    LOG10_TEMPERATURE_END,
+    LOG10_TEMPERATURE_START,
+)
 from unmask.configs import preset_names
 from unmask.errors import ConfigError
 from unmask.kinds import KINDS, get_kind
 from unmask.models.block_attention import ATTENTIONS
-from unmask.models.dit import GELUS, DiTConfig
+from unmask.models.dit import GELUS, TIME_INPUTS, DiTConfig
 from unmask.schedules import SCHEDULES
 
 
@@ -62,6 +70,16 @@ class ObjectiveConfig:
     block_size: int = 16  # bd3lm: tokens per block, a divisor of data.length (the paper's: 4, 8, 16)
     # bd3lm training draws masking rates from [beta, omega] (clipped schedule); evaluation uses [0, 1].
     mask_rate_range: list[float] = field(default_factory=lambda: [0.0, 1.0])
+    # duo: the curriculum (Duo's Gaussian relaxation) trains until step curriculum_end (0: none), then the
+    # uniform-state NELBO; its softmax temperature anneals log-linearly from temperature_start to
+    # temperature_end between curriculum_start and curriculum_end; gamma is linear in t on [gamma_min,
+    # gamma_max]. Defaults: the reference's configs/algo/duo.yaml.
+    curriculum_start: int = CURRICULUM_START
+    curriculum_end: int = CURRICULUM_END
+    temperature_start: float = 10.0**LOG10_TEMPERATURE_START
+    temperature_end: float = 10.0**LOG10_TEMPERATURE_END
+    gamma_min: float = GAMMA_MIN
+    gamma_max: float = GAMMA_MAX
 
     @property
     def time_steps(self) -> int:
@@ -280,6 +298,8 @@ RANGES: dict[str, tuple[float, float | None, bool, bool]] = {
     "data.vocab_size": (259, None, False, False), "data.length": (3, None, False, False),
     "data.max_documents": (1, None, False, False), "objective.discrete_steps": (0, None, False, False),
     "objective.block_size": (1, None, False, False),
+    "objective.curriculum_start": (0, None, False, False), "objective.curriculum_end": (0, None, False, False),
+    "objective.temperature_start": (0.0, None, True, False), "objective.temperature_end": (0.0, None, True, False),
     "optim.lr": (0.0, None, True, False),
     "optim.beta1": (0.0, 1.0, False, True), "optim.beta2": (0.0, 1.0, False, True),
     "optim.eps": (0.0, None, True, False), "optim.weight_decay": (0.0, None, False, False),
@@ -302,6 +322,7 @@ def validate(config: Config) -> None:
         "train.precision": (config.train.precision, ("auto", "bf16", "fp32")),
         "model.gelu": (config.model.gelu, GELUS),
         "model.attention": (config.model.attention, ATTENTIONS),
+        "model.time_input": (config.model.time_input, TIME_INPUTS),
         "parallel.strategy": (config.parallel.strategy, ("ddp", "fsdp")),
     }
     for key, (value, allowed) in choices.items():
@@ -335,5 +356,18 @@ def validate(config: Config) -> None:
         )
     if config.model.hidden % config.model.n_heads:
         raise ConfigError(f"model.hidden ({config.model.hidden}) must be divisible by model.n_heads")
+    _validate_kind_fields(config)
     get_kind(config.objective.name).validate(config)
+
+
+def _validate_kind_fields(config: Config) -> None:
+    """Objective fields that only some kinds use (``ModelKind.objective_fields``) keep their defaults in a run of
+    another kind: a value there would do nothing, which is never what its author meant."""
+    kind = get_kind(config.objective.name)
+    defaults = ObjectiveConfig()
+    for name, other in KINDS.items():
+        for key in set(other.objective_fields) - set(kind.objective_fields):
+            if getattr(config.objective, key) != getattr(defaults, key):
+                raise ConfigError(f"objective.{key} applies to objective.name={name} only, not to {kind.name}; "
+                                  "drop it")
 

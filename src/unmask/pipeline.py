@@ -61,7 +61,7 @@ class Pipeline:
     @property
     def process(self) -> Process:
         """What its samplers reverse: MASK id, schedule, how its logits read, block size."""
-        return self.kind.process(self.config.objective, self.mask_id)
+        return self.kind.process(self.config.objective, self.mask_id, self.tokenizer.vocab_size)
 
     @property
     def mask_id(self) -> int:

@@ -34,14 +34,13 @@ from torch import Tensor
 
 from unmask.bounds.masking import min_time, per_row_sum, repeat_rows, times_for
 from unmask.denoiser import Denoiser, denoise
-from unmask.sampling.draw import draw_categorical
 from unmask.schedules import Schedule, get_schedule
 
 # The NELBO's times start where 1 - alpha_t = MIN_NOISE_RATE, as MDLM's do (unmask.bounds.masking.min_time).
 MIN_NOISE_RATE = 1e-3
 # Floor of 1 - alpha and alpha where they divide: it keeps 0 * inf out of the end points (t = 0 with
 # alpha = 1, the polynomial schedule's alpha_1 = 0, a last step to alpha_s = 1), where the limits are finite.
-_TINY = 1e-12
+TINY = 1e-12
 
 
 def num_states(vocab_size: int, mask_id: int | None) -> int:
@@ -66,7 +65,7 @@ def _drop_mask_column(values: Tensor, mask_id: int | None) -> Tensor:
     return torch.cat([values[..., :mask_id], values[..., mask_id + 1 :]], dim=-1)
 
 
-def _state_indicator(vocab_size: int, mask_id: int | None, device: torch.device) -> Tensor:
+def state_indicator(vocab_size: int, mask_id: int | None, device: torch.device) -> Tensor:
     """[V] float64: 1 at every state, 0 at MASK."""
     states = torch.ones(vocab_size, dtype=torch.float64, device=device)
     if mask_id is not None:
@@ -119,7 +118,7 @@ def uniform_posterior(
     exact posterior, and at alpha_s = 1 it is the posterior of the clean token given z_t.
     """
     vocab_size = x_theta.shape[-1]
-    states = _state_indicator(vocab_size, mask_id, x_theta.device)
+    states = state_indicator(vocab_size, mask_id, x_theta.device)
     k = num_states(vocab_size, mask_id)
     x_theta = x_theta.to(torch.float64) * states
     alpha_t = torch.as_tensor(alpha_t, dtype=torch.float64, device=x_theta.device).unsqueeze(-1)
@@ -131,80 +130,6 @@ def uniform_posterior(
     joint = reach_z_t * prior
     # The row sum is the evidence alpha_t x_theta_{z_t} + (1 - alpha_t) / K (exactly so when x_theta sums to 1).
     return joint / joint.sum(-1, keepdim=True)
-
-
-def uniform_ancestral_step(
-    probs_x0: Tensor,
-    z_t: Tensor,
-    alpha_t: Tensor | float,
-    alpha_s: Tensor | float,
-    generator: torch.Generator | None = None,
-    *,
-    mask_id: int | None = None,
-    greedy: bool = False,
-) -> Tensor:
-    """One ancestral step t -> s: z_s ~ q(z_s | z_t, x_theta) at every position (:func:`uniform_posterior`),
-    drawn in float64 by inverse CDF. ``probs_x0`` [..., V] is the model's x_theta, ``z_t`` [...].
-
-    ``greedy`` is the reference's "greedy tail" (``sampling.noise_removal=greedy``, Duo §4.2): instead of a
-    draw, every position takes the argmax of x_theta. The reference does this once, after its last step.
-    """
-    if greedy:
-        states = _state_indicator(probs_x0.shape[-1], mask_id, probs_x0.device)
-        return (probs_x0.to(torch.float64) * states).argmax(-1)
-    posterior = uniform_posterior(probs_x0, z_t, alpha_t, alpha_s, mask_id=mask_id)
-    return draw_categorical(posterior.reshape(-1, posterior.shape[-1]), generator).view(z_t.shape)
-
-
-def psi_step(
-    probs_x0: Tensor,
-    z_t: Tensor,
-    alpha_t: Tensor | float,
-    alpha_s: Tensor | float,
-    kappa: Tensor | float,
-    generator: torch.Generator | None = None,
-    *,
-    mask_id: int | None = None,
-) -> Tensor:
-    """One step t -> s of a Psi-sampler (Deschenaux, Gulcehre, Sahoo, "The Diffusion Duality, Chapter II:
-    Psi-Samplers", ICLR 2026, arXiv 2602.21185; the reference's ``_psi_update``).
-
-    The Psi-posterior is a superposition of a predictor and a corrector:
-
-        kappa q(z_s | z_t, x_theta) + (1 - kappa) [alpha_s x0_hat + (1 - alpha_s) / K],
-
-    the first the ancestral posterior, the second the forward process to time s applied to
-    x0_hat = q(z_0 | z_t, x_theta), the posterior of the clean token given z_t (:func:`uniform_posterior`
-    at alpha_s = 1). Given the true x0 both parts map q_t(. | x0) to q_s(. | x0), so every kappa in [0, 1]
-    keeps the marginals; kappa = 1 is ancestral sampling. :func:`remdm_kappa` gives one schedule of kappa.
-    With a per-position x_theta the corrector redraws positions independently of each other, exact only as
-    1 - kappa -> 0: on the toy distribution, with the exact denoiser, a pure corrector step (kappa = 0) over
-    the last 10% of 200 steps leaves a visible error, over the last 1% none (tests/test_uniform.py).
-    """
-    predictor = uniform_posterior(probs_x0, z_t, alpha_t, alpha_s, mask_id=mask_id)
-    clean = uniform_posterior(probs_x0, z_t, alpha_t, 1.0, mask_id=mask_id)
-    states = _state_indicator(probs_x0.shape[-1], mask_id, probs_x0.device)
-    alpha_s = torch.as_tensor(alpha_s, dtype=torch.float64, device=probs_x0.device).unsqueeze(-1)
-    corrector = alpha_s * clean + (1 - alpha_s) * states / states.sum()
-    kappa = torch.as_tensor(kappa, dtype=torch.float64, device=probs_x0.device)
-    kappa = kappa.unsqueeze(-1) if kappa.dim() > 0 else kappa
-    mixture = kappa * predictor + (1 - kappa) * corrector
-    return draw_categorical(mixture.reshape(-1, mixture.shape[-1]), generator).view(z_t.shape)
-
-
-def remdm_kappa(alpha_t: Tensor, alpha_s: Tensor, eta: float) -> Tensor:
-    """kappa of the reference's "max-capped-eta" Psi mode (ReMDM's capped remasking rate, Wang et al. 2025):
-
-        sigma = min(eta, (1 - alpha_s) / alpha_t),    kappa = clip(1 - sigma / (1 - alpha_s), 0, 1),
-
-    with sigma = eta where alpha_t = 0, and kappa = 1 (a pure ancestral step) where alpha_s = 1. The
-    reference's OpenWebText Psi runs use eta = 0.01.
-    """
-    alpha_t, alpha_s = alpha_t.to(torch.float64), alpha_s.to(torch.float64)
-    cap = torch.where(alpha_t > 0, (1 - alpha_s) / alpha_t.clamp_min(_TINY), eta)
-    sigma = cap.clamp(max=eta)
-    room = 1 - alpha_s
-    return torch.where(room > 0, (1 - sigma / room.clamp_min(_TINY)).clamp(0.0, 1.0), 1.0)
 
 
 def _minus_1_minus_log(u: Tensor, u_minus_1: Tensor) -> Tensor:
@@ -257,7 +182,7 @@ def uniform_token_loss(
     k = x_theta.shape[-1]
     x0, z_t = _to_states(x0, mask_id).unsqueeze(-1), _to_states(z_t, mask_id).unsqueeze(-1)
     a = (k * alpha).to(dtype).unsqueeze(-1)
-    c = one_minus_alpha.to(dtype).clamp_min(_TINY).unsqueeze(-1)
+    c = one_minus_alpha.to(dtype).clamp_min(TINY).unsqueeze(-1)
     e_z = (x0 == z_t).to(dtype)
     theta_z, theta_0 = x_theta.gather(-1, z_t), x_theta.gather(-1, x0)
     x_bar_z, x_bar_theta_z = a * e_z + c, a * theta_z + c
@@ -270,7 +195,7 @@ def uniform_token_loss(
     at_x0 = (a * theta_0 + c) * x_bar_z / ((a + c) * x_bar_theta_z)
     at_x0_minus_1 = a * (c * (theta_0 - theta_z + e_z - 1) + a * (theta_0 * e_z - theta_z)) / ((a + c) * x_bar_theta_z)
     bregman = (c * others + (a + c) * _minus_1_minus_log(at_x0, at_x0_minus_1)) / x_bar_z
-    weight = -alpha_derivative.to(dtype) / (k * alpha.to(dtype).clamp_min(_TINY))
+    weight = -alpha_derivative.to(dtype) / (k * alpha.to(dtype).clamp_min(TINY))
     return weight * bregman.squeeze(-1)
 
 

@@ -37,7 +37,7 @@ def sampler_config(args: argparse.Namespace) -> SamplerConfig:
     """The SamplerConfig of a command's sampling options."""
     return SamplerConfig.from_options(
         sampler=args.sampler, steps=args.steps, order=args.order, threshold=args.threshold, remask=args.remask,
-        eta=args.eta, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+        eta=args.eta, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, final_step=args.final_step)
 
 
 def train_command(args: argparse.Namespace) -> int:

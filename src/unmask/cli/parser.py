@@ -22,6 +22,7 @@ from unmask.evaluate.frontier import sweep
 from unmask.generation import generate_text
 from unmask.kinds import KINDS
 from unmask.sampling import ORDERS, REMASKING, SAMPLERS, DrawConfig, Remasking, SamplerConfig
+from unmask.sampling.config import FINAL_STEPS
 from unmask.serve import serve
 from unmask.study import STUDY_EVALUATION
 
@@ -67,7 +68,8 @@ def _sampling_arguments(p: argparse.ArgumentParser) -> None:
                    help="sampling steps T (per window; per block for bd3lm)" + default(SamplerConfig, "steps"))
     p.add_argument("--sampler", choices=SAMPLERS,
                    help="cached: exact, skips idle steps; ancestral: calls at every step; first_hitting: exact, "
-                        "one token per call; analytic: SEDD's Tweedie tau-leaping (any diffusion model)"
+                        "one token per call; analytic: SEDD's Tweedie tau-leaping (any masked diffusion model); psi: "
+                        "a Psi-sampler (uniform-state models)"
                         + default(SamplerConfig, "sampler"))
     p.add_argument("--temperature", type=float_in(0.0, None),
                    help="divide the logits by this (0: always the most likely token)"
@@ -81,7 +83,11 @@ def _sampling_arguments(p: argparse.ArgumentParser) -> None:
                    help="parallel decoding: also unmask every position whose confidence exceeds this (e.g. 0.9)")
     p.add_argument("--remask", choices=REMASKING, help="ReMDM remasking strategy")
     p.add_argument("--eta", type=float_in(0.0, 1.0),
-                   help="ReMDM remasking rate (with --remask)" + default(Remasking, "eta"))
+                   help="ReMDM remasking rate (with --remask; with --sampler psi: its corrector's rate)"
+                        + default(Remasking, "eta"))
+    p.add_argument("--final-step", choices=FINAL_STEPS,
+                   help="the last step: sample, or argmax (the reference's noise removal; for a uniform-state model "
+                        "Duo's greedy tail)" + default(SamplerConfig, "final_step"))
 
 
 def _train(sub) -> None:

@@ -1,6 +1,7 @@
 """Model kinds: one object per kind of model a run can train (``objective.name``), found in one registry.
 
-Each kind is one module (:mod:`.mdlm`, :mod:`.ar`, :mod:`.sedd`, :mod:`.d3pm`, :mod:`.bd3lm`) holding a
+Each kind is one module (:mod:`.mdlm`, :mod:`.ar`, :mod:`.sedd`, :mod:`.d3pm`, :mod:`.bd3lm`, :mod:`.duo`)
+holding a
 :class:`unmask.kinds.base.ModelKind`: its loss, how its logits read, which bounds are exact for it,
 what it checks in a configuration and how it samples. A new kind is a new module added to ``KINDS``
 below; nothing else in unmask compares kind names (``tests/test_layout.py`` checks it).
@@ -20,6 +21,7 @@ from unmask.kinds.ar import AR
 from unmask.kinds.base import ModelKind
 from unmask.kinds.bd3lm import BD3LM
 from unmask.kinds.d3pm import D3PM
+from unmask.kinds.duo import DUO
 from unmask.kinds.mdlm import MDLM
 from unmask.kinds.sedd import SEDD
 
@@ -27,7 +29,7 @@ if TYPE_CHECKING:
     from unmask.config import ObjectiveConfig
 
 # The registry, in the order of the paper's tables.
-KINDS: dict[str, ModelKind] = {kind.name: kind for kind in (AR, MDLM, BD3LM, SEDD, D3PM)}
+KINDS: dict[str, ModelKind] = {kind.name: kind for kind in (AR, MDLM, BD3LM, SEDD, D3PM, DUO)}
 
 
 def get_kind(name: str) -> ModelKind:

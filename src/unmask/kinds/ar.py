@@ -35,9 +35,9 @@ class ARKind(ModelKind):
         return ar_loss(model, x0, mask_id=mask_id, loss_mask=padding_of(batch)), ar_token_count(x0, batch["loss_mask"])
 
     def check_sampling(self, sampling: SamplerConfig) -> None:
-        if sampling.uses_strategy or sampling.sampler in ("first_hitting", "analytic"):
+        if sampling.uses_strategy or sampling.sampler in ("first_hitting", "analytic", "psi"):
             raise SamplingError("an AR model decodes left to right, one token per step: {0}, {1}, {2}, "
-                                "{3} first_hitting and {3} analytic apply to diffusion models only",
+                                "{3} first_hitting, {3} analytic and {3} psi apply to diffusion models only",
                                 "order", "threshold", "remask", "sampler")
 
     def sampling_run(self, model: Denoiser, sampling: SamplerConfig, fixed: Tensor, *, process: Process,

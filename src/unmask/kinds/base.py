@@ -16,7 +16,7 @@ from torch import Tensor
 
 from unmask.denoiser import Denoiser
 from unmask.errors import ConfigError
-from unmask.sampling.config import SamplerConfig
+from unmask.sampling.config import SamplerConfig, SamplingError
 from unmask.sampling.loop import SamplingRun
 from unmask.sampling.process import Process
 from unmask.sampling.run import Run, initial_state
@@ -24,8 +24,6 @@ from unmask.sampling.semi_ar import WindowedRun, prefix_rows
 
 if TYPE_CHECKING:
     from unmask.config import Config, ObjectiveConfig
-
-FULL_RANGE = (0.0, 1.0)
 
 # How a kind generates past its model's length: in windows (semi-autoregressively), by sliding a block
 # cache, or not at all.
@@ -44,6 +42,9 @@ class ModelKind:
     - ``beyond_window``: how it generates past the model's length (``WINDOWS``, ``SLIDING``, ``WITHIN``).
     - ``static_shapes``: its sampling calls can all run at one shape (``--static-shapes``).
     - ``study_overrides``: the config keys a run of this kind needs besides ``objective.name`` (``unmask study``).
+    - ``samplers``: the samplers (``SamplerConfig.sampler``) it can sample with.
+    - ``objective_fields``: the ``objective`` keys only this kind (and others that list them) reads; a run of
+      any other kind must leave them at their defaults (checked by :func:`unmask.config.validate`).
     """
 
     name: str = ""
@@ -56,6 +57,8 @@ class ModelKind:
     beyond_window: str = WINDOWS
     static_shapes: bool = True
     study_overrides: tuple[str, ...] = ()
+    samplers: tuple[str, ...] = ("ancestral", "cached", "first_hitting", "analytic")
+    objective_fields: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
         return f"<model kind {self.name}>"
@@ -75,9 +78,6 @@ class ModelKind:
         if len(rates) != 2 or not 0 <= rates[0] < rates[1] <= 1:
             raise ConfigError(f"objective.mask_rate_range must be [beta, omega] with 0 <= beta < omega <= 1 "
                               f"(e.g. [0.3, 0.8]), got {rates}")
-        if self.block_size(objective) is None and list(rates) != list(FULL_RANGE):
-            raise ConfigError(f"objective.mask_rate_range applies to block diffusion only, not to {self.name}; "
-                              "drop it")
 
     def losses(self, model: Denoiser, batch: dict[str, Tensor], objective: ObjectiveConfig, mask_id: int, *,
                generator: torch.Generator | None = None, num_t: int = 1, discrete_steps: int | None = None,
@@ -91,13 +91,16 @@ class ModelKind:
         if discrete_steps is not None and not self.discrete_time:
             raise ValueError(f"objective {self.name!r} has no discrete-time bound")
 
-    def process(self, objective: ObjectiveConfig, mask_id: int) -> Process:
-        """What this kind's samplers reverse, for a run trained with ``objective``."""
+    def process(self, objective: ObjectiveConfig, mask_id: int, vocab_size: int | None = None) -> Process:
+        """What this kind's samplers reverse, for a run trained with ``objective`` (``vocab_size`` ids)."""
         return Process(mask_id=mask_id, schedule=objective.schedule, parameterization=self.parameterization,
-                       block_size=self.block_size(objective))
+                       block_size=self.block_size(objective), vocab_size=vocab_size)
 
     def check_sampling(self, sampling: SamplerConfig) -> None:
         """Refuse sampler options this kind cannot honour (one line naming the fix)."""
+        if sampling.sampler not in self.samplers:
+            raise SamplingError(f"a {self.label} model samples with {{0}} {', '.join(self.samplers)}; "
+                                f"{sampling.sampler} is for another kind of model", "sampler")
 
     def sampling_run(self, model: Denoiser, sampling: SamplerConfig, fixed: Tensor, *, process: Process,
                      num_samples: int, window: int, length: int | None = None, overlap: int | None = None,
@@ -109,9 +112,14 @@ class ModelKind:
             prefix = prefix_rows(fixed, num_samples, fixed.device)
             return WindowedRun(sampling, prefix, total_length=length, window=window,
                                overlap=window // 2 if overlap is None else overlap, process=process,
-                               stop_id=stop_id, generator=generator)
+                               stop_id=stop_id, generator=generator, window_run=self.window_run)
         x = initial_state(batch_size=num_samples, length=len(fixed), mask_id=process.mask_id, template=fixed,
                           device=fixed.device)
+        return self.window_run(sampling, x, process=process, generator=generator)
+
+    def window_run(self, sampling: SamplerConfig, x: Tensor, *, process: Process,
+                   generator: torch.Generator | None = None) -> Run:
+        """The run that samples one window ``x`` [B, L] (MASK where to generate): the absorbing samplers'."""
         return SamplingRun(sampling, x, process=process, generator=generator)
 
 

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from unmask.bounds.blocks import bd3lm_nelbo
+from unmask.bounds.blocks import FULL_RANGE, bd3lm_nelbo
 from unmask.denoiser import Denoiser
 from unmask.errors import ConfigError
-from unmask.kinds.base import FULL_RANGE, SLIDING, ModelKind, padding_of
+from unmask.kinds.base import SLIDING, ModelKind, padding_of
 from unmask.sampling.blocks import BlockRun, CachedContext, block_template
 from unmask.sampling.config import SamplerConfig
 from unmask.sampling.process import Process
@@ -26,6 +26,7 @@ class BD3LMKind(ModelKind):
     label = "BD3-LM"
     beyond_window = SLIDING
     static_shapes = False
+    objective_fields = ("mask_rate_range",)
 
     def block_size(self, objective: ObjectiveConfig) -> int | None:
         return objective.block_size

@@ -68,29 +68,38 @@ class DiTConfig:
     rope_base: float = 10000.0
     gelu: str = "erf"  # "erf" (exact, faster on CPU) or "tanh" (the reference DiT's approximation)
     attention: str = "sdpa"  # block diffusion's masks: "sdpa" (everywhere) or "flex" (FlexAttention kernels)
+    # What the time embedding sees: "t" (1000 t, DDPM/DiT's scale) or "sigma" (-log alpha_t of the log-linear
+    # schedule, unscaled: the reference Duo's conditioning, for its released checkpoints).
+    time_input: str = "t"
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
-    """Sinusoidal features of the time t in [0, 1], scaled to [0, 1000] as in DDPM/DiT."""
+TIME_INPUTS = ("t", "sigma")
+LOGLINEAR_EPS = 1e-3  # the log-linear schedule's alpha_1 (unmask.schedules.LogLinear), for time_input "sigma"
+
+
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0, *, time_input: str = "t") -> Tensor:
+    """Sinusoidal features (cos | sin) of the time t in [0, 1]: of 1000 t as in DDPM/DiT, or with ``time_input``
+    "sigma" of sigma_t = -log(1 - (1 - eps) t), the log-linear schedule's total noise, as the reference Duo."""
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    angles = 1000.0 * t.float()[:, None] * freqs[None]
+    level = -torch.log1p(-(1 - LOGLINEAR_EPS) * t.double()).float() if time_input == "sigma" else 1000.0 * t.float()
+    angles = level[:, None] * freqs[None]
     return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
 
 
 class TimeEmbedding(nn.Module):
     """t -> conditioning vector c of size cond_dim (sinusoidal features, then a 2-layer MLP)."""
 
-    def __init__(self, cond_dim: int, frequency_dim: int = 256) -> None:
+    def __init__(self, cond_dim: int, frequency_dim: int = 256, time_input: str = "t") -> None:
         super().__init__()
-        self.frequency_dim = frequency_dim
+        self.frequency_dim, self.time_input = frequency_dim, time_input
         self.mlp = nn.Sequential(nn.Linear(frequency_dim, cond_dim), nn.SiLU(), nn.Linear(cond_dim, cond_dim))
 
     def forward(self, t: Tensor) -> Tensor:
-        return self.mlp(timestep_embedding(t, self.frequency_dim))
+        return self.mlp(timestep_embedding(t, self.frequency_dim, time_input=self.time_input))
 
 
 class Rotary(nn.Module):
@@ -190,11 +199,13 @@ class DiT(nn.Module):
             raise ValueError(f"hidden size {config.hidden} is not divisible by n_heads {config.n_heads}")
         if config.gelu not in GELUS:
             raise ValueError(f"DiTConfig.gelu must be one of {', '.join(GELUS)}, got {config.gelu!r}")
+        if config.time_input not in TIME_INPUTS:
+            raise ValueError(f"DiTConfig.time_input must be one of {', '.join(TIME_INPUTS)}, got {config.time_input!r}")
         if config.attention not in ATTENTIONS:
             raise ValueError(f"DiTConfig.attention must be one of {', '.join(ATTENTIONS)}, got {config.attention!r}")
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.hidden)
-        self.time_embed = TimeEmbedding(config.cond_dim)
+        self.time_embed = TimeEmbedding(config.cond_dim, time_input=config.time_input)
         self.rotary = Rotary(config.hidden // config.n_heads, config.rope_base, config.length)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.norm_final = nn.LayerNorm(config.hidden, bias=False)
@@ -263,7 +274,7 @@ class DiT(nn.Module):
     def _hidden(self, x_t: Tensor, t: Tensor | None, attention_mask: Tensor | None, block_size: int | None,
                 x0: Tensor | None, cache: KVCache | None) -> tuple[Tensor, Tensor]:
         """The last block's output [B, L (or 2L), hidden] and the conditioning vector c [B, cond]."""
-        b, length = x_t.shape
+        b, length = x_t.shape[:2]
         # A cached block-causal pass limits what each token sees to the model's length itself (its window).
         context = 0 if cache is None or block_size is not None else cache.length
         if length + context > self.config.length:
@@ -285,7 +296,7 @@ class DiT(nn.Module):
                 attn_mask = padding[:, None, None, :].bool()
                 if self.config.causal:
                     attn_mask = attn_mask & torch.ones(length, length, dtype=torch.bool, device=x_t.device).tril()
-            x = self.embed(x_t)
+            x = self._embed(x_t)
         else:
             x, rotary, attn_mask = self._block_inputs(x_t, dtype, padding, block_size, x0, cache)
 
@@ -293,6 +304,13 @@ class DiT(nn.Module):
         for block, layer in zip(self.blocks, layers):
             x = block(x, c, rotary, attn_mask, layer)
         return x, c
+
+    def _embed(self, x_t: Tensor) -> Tensor:
+        """Input embeddings of ids [B, L], or of probability vectors [B, L, V] as the mixture of the embeddings
+        with those weights (Duo's relaxed inputs during its curriculum)."""
+        if x_t.is_floating_point():
+            return x_t.to(self.embed.weight.dtype) @ self.embed.weight
+        return self.embed(x_t)
 
     def _block_inputs(self, x_t: Tensor, dtype: torch.dtype, padding: Tensor | None, block_size: int | None,
                       x0: Tensor | None, cache: KVCache | None):
@@ -305,14 +323,14 @@ class DiT(nn.Module):
                 raise ValueError("a cached pass takes new tokens only (no x0 or padding)")
             mask = None if block_size is None else cached_block_mask(cache.length, length, block_size,
                                                                      cache.capacity, x_t.device)
-            return self.embed(x_t), self.rotary(length, dtype, start=cache.end), mask
+            return self._embed(x_t), self.rotary(length, dtype, start=cache.end), mask
         if block_size is None:
             raise ValueError("the vectorised pass (x0=) needs block_size")
         cos, sin = self.rotary(length, dtype)
         mask = block_attention_mask(length, block_size, vectorised=x0 is not None, attention_mask=padding,
                                     attention=self.config.attention, device=x_t.device)
         if x0 is None:
-            return self.embed(x_t), (cos, sin), mask
+            return self._embed(x_t), (cos, sin), mask
         if x0.shape != x_t.shape:
             raise ValueError(f"x0 {tuple(x0.shape)} and x_t {tuple(x_t.shape)} must have the same shape")
         # The clean copy of each position has the noisy copy's rotary position.

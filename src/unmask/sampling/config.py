@@ -11,7 +11,7 @@ from typing import Any
 
 from unmask.sampling.strategies import ORDERS, Remasking, SamplingError
 
-SAMPLERS = ("ancestral", "cached", "first_hitting", "analytic")
+SAMPLERS = ("ancestral", "cached", "first_hitting", "analytic", "psi")
 FINAL_STEPS = ("sample", "argmax")
 
 
@@ -41,14 +41,17 @@ class SamplerConfig:
     - ``sampler``: "ancestral" (the network called at every step), "cached" (the same samples,
       no call where nothing unmasks), "first_hitting" (exact, one position per call; ``steps``
       does not apply) or "analytic" (SEDD's Tweedie tau-leaping: how many positions unmask
-      follows the model's score; for an x0 prediction it draws as "ancestral" does).
+      follows the model's score; for an x0 prediction it draws as "ancestral" does); for uniform-state
+      (Duo) models "ancestral" and "cached" are the ancestral sampler and "psi" a Psi-sampler (its
+      corrector's rate is ``remasking.eta``, strategy "cap").
     - ``steps``: T, the steps of the time grid (grid samplers).
     - ``order``: "random" (exact) or most certain first ("confidence", "margin", "entropy").
     - ``threshold``: parallel decoding: also unmask every position whose confidence exceeds it.
     - ``remasking``: ReMDM remasking (:class:`unmask.sampling.Remasking`), or None.
     - ``draw``: temperature, top-k, top-p.
     - ``final_step``: what fills a position still masked after the last step: "sample" or
-      "argmax" (the reference code's "noise removal").
+      "argmax" (the reference code's "noise removal"); for uniform-state models, "argmax" takes the
+      last step's tokens as the argmax of the model's prediction (Duo's greedy tail).
     """
 
     sampler: str = "cached"
@@ -74,6 +77,12 @@ class SamplerConfig:
             what = "the exact random-order sampler" if self.sampler == "first_hitting" else "SEDD's Tweedie tau-leaping"
             raise SamplingError(f"{{0}} {self.sampler} is {what}: drop {{1}}, {{2}} and {{3}}, or use {{0}} cached",
                                 "sampler", "order", "threshold", "remask")
+        if self.sampler == "psi" and (self.order != "random" or self.threshold is not None):
+            raise SamplingError("{0} psi moves every position at every step: drop {1} and {2}", "sampler", "order",
+                                "threshold")
+        if self.sampler == "psi" and self.remasking is not None and self.remasking.strategy != "cap":
+            raise SamplingError("{0} psi sets its corrector's rate as ReMDM's cap does: use {1} cap with {2}",
+                                "sampler", "remask", "eta")
 
     @classmethod
     def from_options(cls, *, remask: str | None = None, eta: float | None = None, temperature: float | None = None,

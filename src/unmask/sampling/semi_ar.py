@@ -18,7 +18,7 @@ from unmask.denoiser import Denoiser
 from unmask.sampling.config import SamplerConfig, SamplingError
 from unmask.sampling.loop import SamplingRun
 from unmask.sampling.process import Process
-from unmask.sampling.run import DenoiserCall, Events, SampleOutput, StepDone, model_device, run_to_end
+from unmask.sampling.run import DenoiserCall, Events, Run, SampleOutput, StepDone, model_device, run_to_end
 from unmask.schedules import Schedule
 
 
@@ -39,16 +39,24 @@ def window_plan(total_length: int, window: int, overlap: int, prefix_length: int
     return plan
 
 
+# A sampler of one window: (config, the window's template [B, L] with MASK where to generate, process, generator).
+WindowSampler = Callable[..., Run]
+
+
 class WindowedRun:
     """``total_length`` tokens after ``prefix`` [B, P], window by window (see the module docstring).
 
     ``overlap`` generated tokens of a window start the next one; with ``stop_id`` the run ends after
-    the first window in which every row has produced it. Steps report the whole sequence so far.
+    the first window in which every row has produced it. Steps report the whole sequence so far. Each
+    window is a ``window_run(config, template, process=, generator=)``: a :class:`SamplingRun` unless a
+    model kind samples its windows otherwise.
     """
 
     def __init__(self, config: SamplerConfig, prefix: Tensor, *, total_length: int, window: int, overlap: int,
-                 process: Process, stop_id: int | None = None, generator: torch.Generator | None = None) -> None:
+                 process: Process, stop_id: int | None = None, generator: torch.Generator | None = None,
+                 window_run: WindowSampler = SamplingRun) -> None:
         self.plan = window_plan(total_length, window, overlap, prefix.shape[1])
+        self.window_run = window_run
         self.config, self.prefix, self.overlap, self.process = config, prefix, overlap, process
         self.stop_id, self.generator = stop_id, generator
         self.tokens = prefix.clone()
@@ -63,8 +71,8 @@ class WindowedRun:
             tokens = self.tokens
             context = self.prefix if i == 0 else tokens[:, tokens.shape[1] - self.overlap:]
             masks = torch.full((batch, new), mask_id, dtype=torch.long, device=tokens.device)
-            run = SamplingRun(self.config, torch.cat([context, masks], dim=1), process=self.process,
-                              generator=self.generator)
+            run = self.window_run(self.config, torch.cat([context, masks], dim=1), process=self.process,
+                                  generator=self.generator)
             done = tokens[:, : tokens.shape[1] - context.shape[1]]
             events, reply = run.events(), None
             while True:
@@ -76,8 +84,9 @@ class WindowedRun:
                     reply = yield event
                 else:
                     reply = yield StepDone(self.steps + event.step, torch.cat([done, event.x], dim=1))
-            self.tokens = torch.cat([tokens, run.x[:, context.shape[1]:]], dim=1)
-            self.calls, self.steps = self.calls + run.num_calls, self.steps + run.num_steps
+            out = run.output()
+            self.tokens = torch.cat([tokens, out.tokens[:, context.shape[1]:]], dim=1)
+            self.calls, self.steps = self.calls + out.num_calls, self.steps + out.num_steps
             generated = self.tokens[:, self.prefix.shape[1]:]
             if self.stop_id is not None and bool((generated == self.stop_id).any(1).all()):
                 return

@@ -31,7 +31,8 @@ SEED_RANGE = (-(1 << 63), (1 << 64) - 1)  # what torch.Generator.manual_seed tak
 # The sampling fields every generating endpoint takes, with their JSON types.
 SAMPLING_FIELDS: dict[str, tuple[type, ...]] = {
     "steps": (int,), "sampler": (str,), "order": (str,), "threshold": (float, int), "temperature": (float, int),
-    "top_p": (float, int), "top_k": (int,), "remasking": (str,), "eta": (float, int), "seed": (int,),
+    "top_p": (float, int), "top_k": (int,), "remasking": (str,), "eta": (float, int), "final_step": (str,),
+    "seed": (int,),
 }
 GENERATE_FIELDS: dict[str, tuple[type, ...]] = {
     "prompt": (str,), "template": (str,), "length": (int,), "num_samples": (int,), "stream": (bool,),
@@ -124,7 +125,7 @@ def in_field_names(err: UserError, renamed: Mapping[str, str] | None = None) -> 
 def sampler_config(values: Mapping[str, Any], renamed: Mapping[str, str] | None = None) -> SamplerConfig:
     """The SamplerConfig of the sampling fields, checked as ``unmask sample`` checks its options."""
     options = {name: values.get(name) for name in ("sampler", "steps", "order", "threshold", "eta", "temperature",
-                                                   "top_k", "top_p")}
+                                                   "top_k", "top_p", "final_step")}
     try:
         return SamplerConfig.from_options(remask=values.get("remasking"), **options)
     except UserError as err:

@@ -1,0 +1,80 @@
+"""Uniform-state diffusion (Duo, Sahoo et al., ICML 2025, "The Diffusion Duality"): tokens are corrupted
+toward the uniform distribution over the vocabulary (no MASK), the model predicts x0 (mean
+parameterization, time-conditioned), its bound is the uniform-state NELBO (:mod:`unmask.bounds.uniform`),
+and training starts with Duo's curriculum through the Gaussian relaxation (:mod:`unmask.bounds.relaxation`).
+Every step of its samplers moves every position (:mod:`unmask.sampling.uniform`), which is what makes it
+sample well in few steps and distil (:mod:`unmask.distill`)."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from unmask.bounds.relaxation import curriculum_temperature, duo_curriculum_loss
+from unmask.bounds.uniform import uniform_nelbo
+from unmask.denoiser import Denoiser, unwrap
+from unmask.errors import ConfigError
+from unmask.kinds.base import ModelKind, padding_of, switched_off
+from unmask.sampling.config import SamplerConfig
+from unmask.sampling.process import UNIFORM, Process
+from unmask.sampling.run import Run
+from unmask.sampling.uniform import UniformRun
+
+if TYPE_CHECKING:
+    from unmask.config import Config, ObjectiveConfig
+
+
+class DuoKind(ModelKind):
+    name = "duo"
+    label = "Duo (uniform-state)"
+    parameterization = UNIFORM
+    study_overrides = ("model.time_conditioning=true",)
+    samplers = ("ancestral", "cached", "psi")
+    objective_fields = ("curriculum_start", "curriculum_end", "temperature_start", "temperature_end", "gamma_min",
+                        "gamma_max")
+
+    def validate(self, config: Config) -> None:
+        super().validate(config)
+        objective = config.objective
+        if switched_off(objective):
+            raise ConfigError(f"{switched_off(objective)}: these are MDLM ablations; duo has no MASK to carry over "
+                              "or to zero: drop them")
+        if self.time_steps(objective):
+            raise ConfigError("duo's bound is continuous-time: drop objective.discrete_steps")
+        if not config.model.time_conditioning:
+            raise ConfigError("objective.name=duo predicts x0 from a latent whose noise level only t tells: add "
+                              "model.time_conditioning=true")
+        if objective.curriculum_start > objective.curriculum_end:
+            raise ConfigError(f"objective.curriculum_start ({objective.curriculum_start}) must not come after "
+                              f"objective.curriculum_end ({objective.curriculum_end})")
+        if not objective.gamma_min < objective.gamma_max:
+            raise ConfigError(f"objective.gamma_min ({objective.gamma_min}) must be below objective.gamma_max "
+                              f"({objective.gamma_max})")
+
+    def losses(self, model: Denoiser, batch: dict[str, Tensor], objective: ObjectiveConfig, mask_id: int, *,
+               generator: torch.Generator | None = None, num_t: int = 1, discrete_steps: int | None = None,
+               step: int | None = None) -> tuple[Tensor, Tensor]:
+        self.check_discrete_steps(discrete_steps)
+        x0, loss_mask = batch["input_ids"], batch["loss_mask"]
+        vocab_size = getattr(getattr(unwrap(model), "config", None), "vocab_size", None) or mask_id + 1
+        common = dict(schedule=objective.schedule, mask_id=mask_id, vocab_size=vocab_size,
+                      antithetic=objective.antithetic, loss_mask=padding_of(batch), generator=generator)
+        if step is not None and step < objective.curriculum_end:
+            temperature = curriculum_temperature(
+                step, objective.curriculum_start, objective.curriculum_end,
+                math.log10(objective.temperature_start), math.log10(objective.temperature_end))
+            loss = duo_curriculum_loss(model, x0, temperature=temperature, gamma_min=objective.gamma_min,
+                                       gamma_max=objective.gamma_max, **common)
+        else:
+            loss = uniform_nelbo(model, x0, num_t=num_t, **common)
+        return loss, loss_mask.sum(1)
+
+    def window_run(self, sampling: SamplerConfig, x: Tensor, *, process: Process,
+                   generator: torch.Generator | None = None) -> Run:
+        return UniformRun(sampling, x, process=process, generator=generator)
+
+
+DUO = DuoKind()
