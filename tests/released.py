@@ -79,17 +79,20 @@ def _linear(x: torch.Tensor, tensors: dict, name: str) -> torch.Tensor:
     return out + tensors[f"{name}.bias"] if f"{name}.bias" in tensors else out
 
 
-def reference_logits(tensors: dict[str, torch.Tensor], config: dict, ids: torch.Tensor) -> torch.Tensor:
-    """Logits [B, L, V] of the released architecture on ``ids`` (float64 throughout), sigma = 0."""
+def reference_logits(tensors: dict[str, torch.Tensor], config: dict, ids: torch.Tensor,
+                     sigma: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits [B, L, V] of the released architecture on ``ids`` (float64 throughout), conditioned on the noise
+    level ``sigma`` [B] (the reference feeds it unscaled; sigma = 0 without time conditioning, as MDLM)."""
     t = {name: value.double() for name, value in tensors.items()}
     b, length = ids.shape
     h, heads = config["hidden_dim"], config["n_heads"]
     head_dim = h // heads
     x = t["vocab_embed.embedding"][ids]
-    # Conditioning: cos|sin features of sigma = 0 (time conditioning off), MLP with SiLU, then SiLU.
+    # Conditioning: cos|sin features of sigma, MLP with SiLU, then SiLU.
     half = FREQUENCIES // 2
     freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float64) / half)
-    angles = torch.zeros(b, dtype=torch.float64)[:, None] * freqs[None]
+    sigma = torch.zeros(b, dtype=torch.float64) if sigma is None else sigma.double()
+    angles = sigma[:, None] * freqs[None]
     features = torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
     c = F.silu(_linear(F.silu(_linear(features, t, "sigma_map.mlp.0")), t, "sigma_map.mlp.2"))
     # Rotary (non-interleaved, rotate-half) tables.

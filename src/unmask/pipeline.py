@@ -28,13 +28,22 @@ from unmask.checkpoint import (
 from unmask.checkpoint.layout import TOKENIZER_DIR, load_model_config, write_checkpoint
 from unmask.config import Config, validate
 from unmask.data import Tokenizer, load_tokenizer
-from unmask.interop import MASKED_LM, RELEASED_MDLM, folder_format, load_masked_lm, load_released, locate
+from unmask.interop import (
+    MASKED_LM,
+    RELEASED_DUO,
+    RELEASED_MDLM,
+    folder_format,
+    load_masked_lm,
+    load_released,
+    load_released_duo,
+    locate,
+)
 from unmask.kinds import ModelKind, get_kind
 from unmask.models import DiT
 from unmask.runtime import resolve_device
 from unmask.sampling import Process
 
-READERS = {RELEASED_MDLM: load_released, MASKED_LM: load_masked_lm}
+READERS = {RELEASED_MDLM: load_released, RELEASED_DUO: load_released_duo, MASKED_LM: load_masked_lm}
 
 
 @dataclass
@@ -115,7 +124,7 @@ class Pipeline:
 
 def load(path: str | Path, *, weights: str = "ema", device: str = "auto", step: int | None = None) -> Pipeline:
     """Load a model for inference: an unmask run directory (its latest checkpoint, or ``step``) or
-    checkpoint folder, a released MDLM folder, a Hugging Face masked-LM folder, or a hub name of either.
+    checkpoint folder, a released MDLM or Duo folder, a Hugging Face masked-LM folder, or a hub name of any.
 
     ``weights="ema"`` (default, as the paper evaluates) uses the EMA weights of an unmask
     checkpoint when saved, ``"model"`` the raw trained weights. The model is returned in eval mode.

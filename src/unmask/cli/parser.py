@@ -193,8 +193,8 @@ def _export(sub) -> None:
     p.add_argument("--out", required=True, help="new folder for the exported model")
     p.add_argument("--format", choices=("unmask", "hf"), default="unmask",
                    help="unmask: model/ema safetensors, config, tokenizer, state (resumes training); hf: the released "
-                        "MDLM layout (config.json, model.safetensors, tokenizer files) for the reference code and "
-                        "transformers")
+                        "MDLM or Duo layout (config.json, model.safetensors, tokenizer files) for the reference code "
+                        "and transformers")
     p.add_argument("--allow-approximate-gelu", action="store_true",
                    help="with --format hf: export a model trained with the exact (erf) GELU although the reference "
                         "computes the tanh approximation (its logits then differ slightly there)")

@@ -10,14 +10,16 @@
 - :mod:`.export_hf` and :mod:`.hf_tokenizer`: ``unmask export --format hf``.
 """
 
+from unmask.interop.duo import load_released_duo
 from unmask.interop.export_hf import Export, export_hf
-from unmask.interop.folders import MASKED_LM, RELEASED_MDLM, UNMASK, folder_format, is_hub_name, locate
+from unmask.interop.folders import MASKED_LM, RELEASED_DUO, RELEASED_MDLM, UNMASK, folder_format, is_hub_name, locate
 from unmask.interop.lightning import Conversion, PickleRefused, convert_lightning
 from unmask.interop.masked_lm import MaskedLMDenoiser, load_masked_lm
 from unmask.interop.released import load_released
 
 __all__ = [
     "MASKED_LM",
+    "RELEASED_DUO",
     "RELEASED_MDLM",
     "UNMASK",
     "Conversion",
@@ -30,5 +32,6 @@ __all__ = [
     "is_hub_name",
     "load_masked_lm",
     "load_released",
+    "load_released_duo",
     "locate",
 ]

@@ -16,12 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from unmask.checkpoint import load_config, load_weights, model_weights, resolve_checkpoint, write_new_folder
-from unmask.checkpoint.layout import TOKENIZER_DIR
+from unmask.checkpoint.layout import TOKENIZER_DIR, load_model_config
 from unmask.data import load_tokenizer
 from unmask.fileio import write_tensors
+from unmask.interop.duo import duo_config_json
 from unmask.interop.folders import CONFIG_JSON, SAFETENSORS
 from unmask.interop.hf_tokenizer import write_tokenizer_files
-from unmask.interop.reference import check_expressible, config_to_json, to_reference
+from unmask.interop.reference import PREFIX, check_expressible, config_to_json, to_reference
+from unmask.kinds import get_kind
+from unmask.kinds.duo import DUO
 from unmask.models import DiT
 
 
@@ -36,17 +39,22 @@ def export_hf(source: str | Path, out: str | Path, *, step: int | None = None, w
     """Write the run or checkpoint ``source`` (its EMA weights by default) to ``out`` in the released layout."""
     checkpoint = resolve_checkpoint(source, step=step)
     config = load_config(checkpoint)
-    check_expressible(config, allow_erf=allow_approximate_gelu)
     tokenizer = load_tokenizer(checkpoint / TOKENIZER_DIR)
-    model_config = config.model_config(tokenizer.vocab_size)
+    model_config = load_model_config(checkpoint, config, tokenizer.vocab_size)
+    check_expressible(config, model_config, allow_erf=allow_approximate_gelu)
     model = DiT(model_config)
     load_weights(model, model_weights(checkpoint, weights), checkpoint)  # every name and shape checked
     tensors = to_reference(model.state_dict(), model_config)
+    if get_kind(config.objective.name) is DUO:  # the PyTorchModelHubMixin's layout: no prefix
+        tensors = {name.removeprefix(PREFIX): value for name, value in tensors.items()}
+        described = duo_config_json(config, model_config)
+    else:
+        described = config_to_json(config, tokenizer.vocab_size)
     written = {}
 
     def build(tmp: Path) -> None:
         write_tensors(tensors, tmp / SAFETENSORS)
-        (tmp / CONFIG_JSON).write_text(json.dumps(config_to_json(config, tokenizer.vocab_size), indent=2) + "\n")
+        (tmp / CONFIG_JSON).write_text(json.dumps(described, indent=2) + "\n")
         written["transformers"] = write_tokenizer_files(tokenizer, tmp, model_length=config.data.length)
 
     return Export(out=write_new_folder(out, build), transformers_tokenizer=written["transformers"])

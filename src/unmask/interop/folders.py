@@ -32,7 +32,8 @@ HUB_FILES = [CONFIG_JSON, "*.safetensors", SAFETENSORS_INDEX, "tokenizer.json", 
 _HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 _FILE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".safetensors", ".yaml", ".yml", ".json", ".txt")
 
-UNMASK, RELEASED_MDLM, MASKED_LM = "unmask", "mdlm", "masked_lm"
+UNMASK, RELEASED_MDLM, RELEASED_DUO, MASKED_LM = "unmask", "mdlm", "duo", "masked_lm"
+DUO_MODEL_TYPES = ("duo", "DUO")  # config.json's model_type of a released Duo in the transformers form
 RELEASED_TYPES = ("mdlm", "bd3lm")  # config.json model types of the released layout (MDLM's backbone)
 
 
@@ -79,10 +80,16 @@ def read_config_json(folder: Path) -> dict[str, Any]:
 def folder_format(folder: Path) -> str:
     """``UNMASK`` (a run or checkpoint folder, or anything else: its reader names what is missing),
     ``RELEASED_MDLM`` (config.json of model_type "mdlm", or "bd3lm": released block diffusion models
-    share the layout) or ``MASKED_LM`` (any other config.json)."""
+    share the layout), ``RELEASED_DUO`` (a Duo config: the PyTorchModelHubMixin's constructor arguments, or
+    model_type "duo") or ``MASKED_LM`` (any other config.json)."""
     if not (folder / CONFIG_JSON).is_file() or (folder / "config.yaml").is_file():
         return UNMASK
-    model_type = read_config_json(folder).get("model_type")
+    values = read_config_json(folder)
+    nested = values.get("config")
+    if values.get("model_type") in DUO_MODEL_TYPES or (isinstance(nested, dict) and "model" in nested
+                                                       and "algo" in nested and "vocab_size" in values):
+        return RELEASED_DUO
+    model_type = values.get("model_type")
     if not isinstance(model_type, str) or not model_type:
         raise CheckpointError(f"{folder / CONFIG_JSON} has no model_type; it is not a model folder unmask can load")
     return RELEASED_MDLM if model_type in RELEASED_TYPES else MASKED_LM

@@ -28,6 +28,7 @@ import torch
 from unmask.checkpoint import CheckpointError
 from unmask.config import Config
 from unmask.kinds import get_kind
+from unmask.kinds.duo import DUO
 from unmask.kinds.mdlm import MDLM
 from unmask.models import DiT, DiTConfig
 
@@ -162,14 +163,19 @@ def run_config(model: DiTConfig, *, tokenizer: str, schedule: str = "loglinear",
     return config
 
 
-def check_expressible(config: Config, *, allow_erf: bool = False) -> None:
-    """Refuse (one line) a model the released layout cannot express: it would load silently wrong."""
-    model = config.model
+def check_expressible(config: Config, model: DiTConfig, *, allow_erf: bool = False) -> None:
+    """Refuse (one line) a model the released layout of its kind (MDLM's, or Duo's: :mod:`unmask.interop.duo`)
+    cannot express: it would load silently wrong."""
+    kind = get_kind(config.objective.name)
+    duo = kind is DUO
     reasons = [
-        (get_kind(config.objective.name) is not MDLM, f"it is an {config.objective.name.upper()} model; "
-                                                      "the layout holds MDLM denoisers only"),
-        (model.time_conditioning, "it is time-conditioned; the reference conditions on sigma(t), unmask on 1000 t, "
-                                  "so the layout cannot express it"),
+        (kind not in (MDLM, DUO), f"it is an {config.objective.name.upper()} model; the released layouts hold MDLM "
+                                  "and Duo denoisers only"),
+        (not duo and model.time_conditioning, "it is time-conditioned; the reference conditions on sigma(t), unmask "
+                                              "on 1000 t, so the layout cannot express it"),
+        (duo and (model.time_input != "sigma" or config.objective.schedule != "loglinear"),
+         "the reference Duo conditions on sigma_t of the log-linear schedule; train with model.time_input=sigma "
+         "(and objective.schedule=loglinear) to export a duo run"),
         (model.rope_base != ROPE_BASE, f"its rotary base is {model.rope_base:g}; the reference's is fixed at "
                                        f"{ROPE_BASE:g}"),
         (model.mlp_ratio != MLP_RATIO, f"its MLP ratio is {model.mlp_ratio}; the reference's is fixed at {MLP_RATIO}"),
@@ -180,7 +186,7 @@ def check_expressible(config: Config, *, allow_erf: bool = False) -> None:
     ]
     reason = next((text for failed, text in reasons if failed), None)
     if reason is not None:
-        raise CheckpointError(f"cannot export to the released MDLM layout: {reason}")
+        raise CheckpointError(f"cannot export to the released {'Duo' if duo else 'MDLM'} layout: {reason}")
 
 
 def config_to_json(config: Config, vocab_size: int) -> dict[str, Any]:

@@ -47,7 +47,7 @@ class DuoKind(ModelKind):
         if not config.model.time_conditioning:
             raise ConfigError("objective.name=duo predicts x0 from a latent whose noise level only t tells: add "
                               "model.time_conditioning=true")
-        if objective.curriculum_start > objective.curriculum_end:
+        if objective.curriculum_end and objective.curriculum_start > objective.curriculum_end:
             raise ConfigError(f"objective.curriculum_start ({objective.curriculum_start}) must not come after "
                               f"objective.curriculum_end ({objective.curriculum_end})")
         if not objective.gamma_min < objective.gamma_max:
