@@ -11,7 +11,7 @@ from unmask.checkpoint.checkpointer import ModelState, OptimizerState
 from unmask.config import Config
 from unmask.data import get_tokenizer
 from unmask.distributed import Parallel
-from unmask.models import DiT
+from unmask.models import DiT, describe
 
 
 def untrained_run(root: Path, objective: str, *, length: int = 32, seed: int = 0,
@@ -40,7 +40,7 @@ def untrained_run(root: Path, objective: str, *, length: int = 32, seed: int = 0
 
 def save_checkpoint(run: Path, config: Config, model: DiT, step: int) -> Path:
     """Checkpoint ``step`` of ``model`` (with a fresh AdamW, no EMA) in the run directory ``run``."""
-    checkpointer = Checkpointer(run, Parallel(device=torch.device("cpu")), config=config, model_config=model.config,
+    checkpointer = Checkpointer(run, Parallel(device=torch.device("cpu")), config=config, model=describe(model),
                                 tokenizer=get_tokenizer(config.data.tokenizer))
     parts = {"model": ModelState(model), "optimizer": OptimizerState(model, torch.optim.AdamW(model.parameters()))}
     return checkpointer.save(step, parts)

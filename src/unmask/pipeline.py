@@ -25,7 +25,7 @@ from unmask.checkpoint import (
     resolve_checkpoint,
     write_new_folder,
 )
-from unmask.checkpoint.layout import TOKENIZER_DIR, load_model_config, write_checkpoint
+from unmask.checkpoint.layout import TOKENIZER_DIR, load_model_description, write_checkpoint
 from unmask.config import Config, validate
 from unmask.data import Tokenizer, load_tokenizer
 from unmask.interop import (
@@ -39,7 +39,7 @@ from unmask.interop import (
     locate,
 )
 from unmask.kinds import ModelKind, get_kind
-from unmask.models import DiT
+from unmask.models import DiT, build_model, describe
 from unmask.runtime import resolve_device
 from unmask.sampling import Process
 
@@ -116,7 +116,7 @@ class Pipeline:
         record = {"step": self.step, "saved_from": str(self.checkpoint)}
 
         def build(tmp: Path) -> None:
-            write_checkpoint(tmp, tensors={"model": weights}, record=record, config=config, model_config=model_config,
+            write_checkpoint(tmp, tensors={"model": weights}, record=record, config=config, model=describe(self.model),
                              tokenizer=self.tokenizer)
 
         return write_new_folder(folder, build)
@@ -146,7 +146,7 @@ def load(path: str | Path, *, weights: str = "ema", device: str = "auto", step: 
         if not (checkpoint / TOKENIZER_DIR).is_dir():
             raise CheckpointError(f"{checkpoint} has no tokenizer folder; the checkpoint is incomplete")
         tokenizer = load_tokenizer(checkpoint / TOKENIZER_DIR)
-        model = DiT(load_model_config(checkpoint, config, tokenizer.vocab_size))
+        model = build_model(load_model_description(checkpoint, config, tokenizer.vocab_size))
         load_weights(model, model_weights(checkpoint, weights), checkpoint)
         trained_step = read_state(checkpoint)["step"]
     model.to(target).eval()

@@ -52,7 +52,6 @@ from unmask.config import Config
 from unmask.data import Tokenizer
 from unmask.distributed.process import Parallel
 from unmask.fileio import discard_folder, publish_folder, remove_leftovers, staging_folder, write_atomic, write_tensors
-from unmask.models import DiTConfig
 from unmask.runtime import derive_seed
 
 
@@ -107,14 +106,15 @@ def _flat(optimizer_state: dict[str, Any]) -> dict[str, torch.Tensor]:
 class Checkpointer:
     """Saves checkpoints of the run in ``run_dir`` and restores them, for this process's part of the job.
 
-    ``config``, ``model_config`` and ``tokenizer`` describe the run and its model in every checkpoint.
+    ``config``, ``model`` (the model's description: :func:`unmask.models.describe`) and ``tokenizer`` describe
+    the run and its model in every checkpoint.
     """
 
-    def __init__(self, run_dir: str | Path, parallel: Parallel, *, config: Config, model_config: DiTConfig,
+    def __init__(self, run_dir: str | Path, parallel: Parallel, *, config: Config, model: dict[str, Any],
                  tokenizer: Tokenizer, keep: int = 2) -> None:
         self.root = Path(run_dir) / CHECKPOINTS_DIR
         self.parallel = parallel
-        self.config, self.model_config, self.tokenizer = config, model_config, tokenizer
+        self.config, self.model, self.tokenizer = config, model, tokenizer
         self.keep = keep
         if parallel.is_main:
             remove_leftovers(self.root)  # staging folders of a killed save, folders set aside mid-prune
@@ -144,8 +144,7 @@ class Checkpointer:
             def publish() -> None:
                 record = {"step": step, "world_size": parallel.world_size,
                           "strategy": self.config.parallel.strategy, **values, **extra}
-                described = dict(record=record, config=self.config, model_config=self.model_config,
-                                 tokenizer=self.tokenizer)
+                described = dict(record=record, config=self.config, model=self.model, tokenizer=self.tokenizer)
                 if parallel.is_distributed:
                     write_small_files(tmp, **described)
                 else:

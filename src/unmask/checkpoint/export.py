@@ -20,7 +20,7 @@ from unmask.checkpoint.layout import (
     CheckpointError,
     is_sharded,
     load_config,
-    load_model_config,
+    load_model_description,
     read_state,
     read_tensors,
     resolve_checkpoint,
@@ -85,7 +85,7 @@ def _consolidate(checkpoint: Path, out: Path) -> None:
         raise CheckpointError(f"{checkpoint} has no tokenizer folder; the checkpoint is incomplete")
     tokenizer = load_tokenizer(checkpoint / TOKENIZER_DIR)
     write_checkpoint(out, tensors=tensors, record={**state, "world_size": 1}, config=config,
-                     model_config=load_model_config(checkpoint, config, tokenizer.vocab_size), tokenizer=tokenizer)
+                     model=load_model_description(checkpoint, config, tokenizer.vocab_size), tokenizer=tokenizer)
     if rng_file(checkpoint, 0).is_file():
         (out / RNG_DIR).mkdir()
         shutil.copyfile(rng_file(checkpoint, 0), rng_file(out, 0))

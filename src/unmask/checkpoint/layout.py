@@ -32,7 +32,7 @@ from unmask.config import Config, ConfigError
 from unmask.data import Tokenizer
 from unmask.errors import UserError
 from unmask.fileio import write_tensors
-from unmask.models import DiTConfig
+from unmask.models import DiTConfig, model_config
 
 LATEST = "latest"
 CHECKPOINTS_DIR = "checkpoints"
@@ -158,34 +158,41 @@ def load_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor], sourc
         ) from None
 
 
-def load_model_config(checkpoint: Path, config: Config, vocab_size: int) -> DiTConfig:
-    """The model's whole configuration as saved with its weights (``model.json``); a checkpoint written
-    before unmask saved it describes its model through the run's config and the tokenizer."""
+def load_model_description(checkpoint: Path, config: Config, vocab_size: int) -> dict[str, Any]:
+    """The model's architecture and whole configuration as saved with its weights (``model.json``,
+    :func:`unmask.models.describe`), checked to describe a model unmask builds; a checkpoint written before
+    unmask saved it describes a DiT through the run's config and the tokenizer."""
     path = checkpoint / MODEL_CONFIG_FILE
     if not path.is_file():
-        return config.model_config(vocab_size)
+        return {"architecture": "dit", **config.model_config(vocab_size).to_dict()}
     try:
         values = json.loads(path.read_text())
-        return DiTConfig(**values)
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError, TypeError) as err:
-        raise CheckpointError(f"{path} is unreadable or not a model configuration ({err}); "
+        model_config(values)
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, ValueError, AttributeError) as err:
+        raise CheckpointError(f"{path} is unreadable or not a model description ({err}); "
                               "pick an earlier checkpoint with --step") from None
+    return values
 
 
-def write_small_files(folder: Path, *, record: dict[str, Any], config: Config, model_config: DiTConfig,
+def load_model_config(checkpoint: Path, config: Config, vocab_size: int) -> DiTConfig:
+    """The configuration dataclass of the checkpoint's model (:func:`load_model_description`)."""
+    return model_config(load_model_description(checkpoint, config, vocab_size))
+
+
+def write_small_files(folder: Path, *, record: dict[str, Any], config: Config, model: dict[str, Any],
                       tokenizer: Tokenizer) -> None:
     """Everything of a checkpoint but its tensors: state.json (``record``, with its ``step``), the run's
-    config, the model's own configuration and the tokenizer."""
+    config, the model's description (``model``: :func:`unmask.models.describe`) and the tokenizer."""
     (folder / STATE_FILE).write_text(json.dumps(record, indent=2))
     config.save(folder / CONFIG_FILE)
-    (folder / MODEL_CONFIG_FILE).write_text(json.dumps(model_config.to_dict(), indent=2) + "\n")
+    (folder / MODEL_CONFIG_FILE).write_text(json.dumps(model, indent=2) + "\n")
     tokenizer.save(folder / TOKENIZER_DIR)
 
 
 def write_checkpoint(folder: Path, *, tensors: dict[str, dict[str, torch.Tensor]], record: dict[str, Any],
-                     config: Config, model_config: DiTConfig, tokenizer: Tokenizer) -> None:
+                     config: Config, model: dict[str, Any], tokenizer: Tokenizer) -> None:
     """A single-process checkpoint in ``folder`` (a staging folder): each part's tensors in its file
     (``TENSOR_FILES``), then the small files (:func:`write_small_files`)."""
     for part, values in tensors.items():
         write_tensors(values, folder / TENSOR_FILES[part])
-    write_small_files(folder, record=record, config=config, model_config=model_config, tokenizer=tokenizer)
+    write_small_files(folder, record=record, config=config, model=model, tokenizer=tokenizer)

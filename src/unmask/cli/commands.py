@@ -154,8 +154,8 @@ def export_command(args: argparse.Namespace) -> int:
         print(f"wrote {export_checkpoint(args.checkpoint, args.out, step=args.step)}")
         return 0
     exported = export_hf(args.checkpoint, args.out, step=args.step, allow_approximate_gelu=args.allow_approximate_gelu)
-    print(f"wrote {exported.out} in the released layout of its kind (config.json, model.safetensors, tokenizer): "
-          "unmask loads it, and so does the reference code")
+    print(f"wrote {exported.out} in the released {exported.layout} layout (config.json, model.safetensors, "
+          "tokenizer): unmask loads it, and so does the reference code")
     if not exported.transformers_tokenizer:
         print("note: transformers has no equivalent of this model's character tokenizer; only unmask reads the "
               "tokenizer files", file=sys.stderr)

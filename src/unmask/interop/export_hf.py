@@ -32,6 +32,7 @@ from unmask.models import DiT
 class Export:
     out: Path
     transformers_tokenizer: bool  # False: transformers has no equivalent of the model's tokenizer
+    layout: str  # "MDLM" or "Duo": whose released layout
 
 
 def export_hf(source: str | Path, out: str | Path, *, step: int | None = None, weights: str = "ema",
@@ -45,7 +46,8 @@ def export_hf(source: str | Path, out: str | Path, *, step: int | None = None, w
     model = DiT(model_config)
     load_weights(model, model_weights(checkpoint, weights), checkpoint)  # every name and shape checked
     tensors = to_reference(model.state_dict(), model_config)
-    if get_kind(config.objective.name) is DUO:  # the PyTorchModelHubMixin's layout: no prefix
+    layout = "Duo" if get_kind(config.objective.name) is DUO else "MDLM"
+    if layout == "Duo":  # the PyTorchModelHubMixin's layout: no prefix
         tensors = {name.removeprefix(PREFIX): value for name, value in tensors.items()}
         described = duo_config_json(config, model_config)
     else:
@@ -57,4 +59,4 @@ def export_hf(source: str | Path, out: str | Path, *, step: int | None = None, w
         (tmp / CONFIG_JSON).write_text(json.dumps(described, indent=2) + "\n")
         written["transformers"] = write_tokenizer_files(tokenizer, tmp, model_length=config.data.length)
 
-    return Export(out=write_new_folder(out, build), transformers_tokenizer=written["transformers"])
+    return Export(out=write_new_folder(out, build), transformers_tokenizer=written["transformers"], layout=layout)

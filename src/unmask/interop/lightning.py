@@ -184,7 +184,8 @@ def convert_lightning(path: str | Path, out: str | Path, *, ema: bool = True, tr
     def build(tmp: Path) -> None:
         record = {"step": step, "converted_from": str(path.resolve()), "weights": weights}
         write_checkpoint(tmp, tensors={"model": {name: value.float() for name, value in state.items()}},
-                         record=record, config=config, model_config=model_config, tokenizer=tokenizer)
+                         record=record, config=config, model={"architecture": "dit", **model_config.to_dict()},
+                         tokenizer=tokenizer)
 
     return Conversion(out=write_new_folder(out, build), step=step, weights=weights, config=model_config,
                       tokenizer=spec, assumed=assumed)

@@ -39,7 +39,7 @@ from unmask.distributed.parallelize import gradient_sync, is_sharded, paralleliz
 from unmask.distributed.process import Parallel, setup
 from unmask.evaluate.likelihood import evaluate_dataset
 from unmask.kinds import get_kind
-from unmask.models import DiT
+from unmask.models import DiT, describe
 from unmask.runtime import autocast, derive_seed, resolve_precision, seeded_generator
 from unmask.train.metrics import MetricsLogger, NoLogger
 from unmask.train.optim import EMA, build_optimizer, lr_factor
@@ -137,7 +137,7 @@ class Trainer:
                                    compile=config.train.compile)
         self.optimizer = build_optimizer(self.model, config.optim, self.device)
         self.ema = EMA(self.model, config.optim.ema) if config.optim.ema > 0 else None
-        self.checkpointer = Checkpointer(self.run_dir, parallel, config=config, model_config=model_config,
+        self.checkpointer = Checkpointer(self.run_dir, parallel, config=config, model=describe(self.model),
                                          tokenizer=self.tokenizer, keep=config.train.keep_checkpoints)
         self.step = 0
         self.state = TrainState()
