@@ -7,10 +7,11 @@ from toy import ToyDistribution
 
 from unmask import DiT, DiTConfig, nelbo
 from unmask.bounds.blocks import bd3lm_nelbo, block_losses, time_range
-from unmask.config import ConfigError, apply_overrides, load_preset, validate
+from unmask.config import ConfigError, apply_overrides, load_preset
 from unmask.kinds import sequence_losses
 from unmask.models.block_attention import block_causal_mask, block_diffusion_mask, flex_available
 from unmask.schedules import get_schedule
+from unmask.validation import validate
 
 SCHEDULES = ["loglinear", "linear", "cosine", "cosine_squared", "geometric", "polynomial"]
 

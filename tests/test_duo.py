@@ -9,11 +9,12 @@ from toy_uniform import UniformExactDenoiser, sample_chain
 
 from unmask import DiT, DiTConfig, SamplerConfig, generate_text, load
 from unmask.cli import main
-from unmask.config import ConfigError, apply_overrides, load_preset, validate
+from unmask.config import ConfigError, apply_overrides, load_preset
 from unmask.sampling import DrawConfig, Process, Remasking
 from unmask.sampling.run import initial_state, run_to_end
 from unmask.sampling.uniform import UniformRun
 from unmask.schedules import get_schedule
+from unmask.validation import validate
 
 LINEAR_ALPHA = get_schedule("polynomial", k=1.0)  # alpha_t = 1 - t: z_1 is exactly uniform
 

@@ -14,11 +14,12 @@ import torch
 from safetensors.torch import load_file
 
 from unmask.checkpoint import resolve_checkpoint
-from unmask.config import ConfigError, apply_overrides, load_preset, validate
+from unmask.config import ConfigError, apply_overrides, load_preset
 from unmask.data import DataError, TokenBlocks, get_tokenizer
 from unmask.data.streaming import BlockList, StreamingBlocks, stream_batches
 from unmask.evaluate import EvalConfig, evaluate_checkpoint
 from unmask.train import Trainer
+from unmask.validation import validate
 
 pytest.importorskip("datasets")
 

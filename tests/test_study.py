@@ -7,10 +7,11 @@ import pytest
 from unmask.checkpoint import read_state, resolve_checkpoint
 from unmask.checkpoint.layout import train_seconds
 from unmask.cli import main
-from unmask.config import ConfigError, validate
+from unmask.config import ConfigError
 from unmask.evaluate import EvalConfig, plotting
 from unmask.study import OBJECTIVES, StudyError, available_objectives, orderings, plan_study, study
 from unmask.train import Trainer
+from unmask.validation import validate
 
 BASELINES = ["ar", "mdlm", "sedd", "d3pm"]
 

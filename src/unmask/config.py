@@ -31,11 +31,10 @@ from unmask.bounds.relaxation import (
     LOG10_TEMPERATURE_START,
 )
 from unmask.configs import preset_names
+from unmask.distill.losses import DCD_GAMMA_MAX, DCD_GAMMA_MIN
 from unmask.errors import ConfigError
-from unmask.kinds import KINDS, get_kind
-from unmask.models.block_attention import ATTENTIONS
-from unmask.models.dit import GELUS, TIME_INPUTS, DiTConfig
-from unmask.schedules import SCHEDULES
+from unmask.kinds import get_kind
+from unmask.models.dit import DiTConfig
 
 
 @dataclass
@@ -126,6 +125,20 @@ class ParallelConfig:
 
 
 @dataclass
+class DistillConfig:
+    """A distillation run (``unmask distill``): the student starts as ``teacher`` (a run or checkpoint folder)
+    and learns, round after round, to sample in half its teacher's steps."""
+
+    method: str | None = None  # "sdtt" (MDLM: self-distillation through time) or "dcd" (Duo: consistency); None: off
+    teacher: str | None = None
+    steps_from: int | None = None  # the teacher's steps T in the first round (null: the method's own: 1024 / 512)
+    round_steps: int = 10_000  # optimizer steps per round; then the teacher takes the student's weights
+    divergence: str = "kl-bwd"  # "kl-bwd" (KL(student || teacher)), "kl-fwd" or "mse" (of log-probabilities)
+    gamma_min: float = DCD_GAMMA_MIN  # dcd: the Gaussian trajectories' range
+    gamma_max: float = DCD_GAMMA_MAX
+
+
+@dataclass
 class Config:
     model: DiTConfig = field(default_factory=DiTConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -133,6 +146,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Every settable key by section (the model's derived fields are left out)."""
@@ -228,6 +242,7 @@ def _coerce(value: Any, key: str) -> Any:
 
 
 _FIELD_OWNERS = {
+    "distill": DistillConfig,
     "model": DiTConfig,
     "data": DataConfig,
     "objective": ObjectiveConfig,
@@ -287,87 +302,3 @@ def load_preset(name: str) -> Config:
         raise ConfigError(f"unknown preset {name!r}; {hint}presets: {', '.join(names)} (or a path to a .yaml file)")
     with resources.as_file(resources.files("unmask.configs") / f"{name}.yaml") as path:
         return Config.load(path)
-
-
-# Numeric keys and their ranges: (low, high or None, low excluded, high excluded).
-RANGES: dict[str, tuple[float, float | None, bool, bool]] = {
-    "model.n_layers": (1, None, False, False), "model.hidden": (1, None, False, False),
-    "model.n_heads": (1, None, False, False), "model.cond_dim": (1, None, False, False),
-    "model.mlp_ratio": (1, None, False, False), "model.dropout": (0.0, 1.0, False, True),
-    "model.rope_base": (0.0, None, True, False),
-    "data.vocab_size": (259, None, False, False), "data.length": (3, None, False, False),
-    "data.max_documents": (1, None, False, False), "objective.discrete_steps": (0, None, False, False),
-    "objective.block_size": (1, None, False, False),
-    "objective.curriculum_start": (0, None, False, False), "objective.curriculum_end": (0, None, False, False),
-    "objective.temperature_start": (0.0, None, True, False), "objective.temperature_end": (0.0, None, True, False),
-    "optim.lr": (0.0, None, True, False),
-    "optim.beta1": (0.0, 1.0, False, True), "optim.beta2": (0.0, 1.0, False, True),
-    "optim.eps": (0.0, None, True, False), "optim.weight_decay": (0.0, None, False, False),
-    "optim.warmup_steps": (0, None, False, False), "optim.grad_clip": (0.0, None, False, False),
-    "optim.ema": (0.0, 1.0, False, True),
-    "train.global_batch": (1, None, False, False), "train.micro_batch": (1, None, False, False),
-    "train.max_steps": (1, None, False, False), "train.max_minutes": (0.0, None, True, False),
-    "train.eval_every": (1, None, False, False), "train.eval_batches": (1, None, False, False),
-    "train.save_every": (1, None, False, False), "train.keep_checkpoints": (1, None, False, False),
-    "train.log_every": (1, None, False, False),
-}
-
-
-def validate(config: Config) -> None:
-    """Reject combinations that cannot run, with the fix in the message."""
-    choices = {
-        "objective.name": (config.objective.name, tuple(KINDS)),
-        "data.layout": (config.data.layout, ("wrapped", "padded")),
-        "optim.decay": (config.optim.decay, ("constant", "cosine")),
-        "train.precision": (config.train.precision, ("auto", "bf16", "fp32")),
-        "model.gelu": (config.model.gelu, GELUS),
-        "model.attention": (config.model.attention, ATTENTIONS),
-        "model.time_input": (config.model.time_input, TIME_INPUTS),
-        "parallel.strategy": (config.parallel.strategy, ("ddp", "fsdp")),
-    }
-    for key, (value, allowed) in choices.items():
-        if value not in allowed:
-            raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
-    for key, (low, high, low_open, high_open) in RANGES.items():
-        section, name = key.split(".")
-        value = getattr(getattr(config, section), name)
-        if value is None:
-            continue
-        below = value <= low if low_open else value < low
-        above = high is not None and (value >= high if high_open else value > high)
-        if below or above or value != value:  # value != value: nan
-            if high is None:
-                wanted = f"{'>' if low_open else '>='} {low}"
-            else:
-                wanted = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-            raise ConfigError(f"{key} must be {wanted}, got {value!r}")
-    if config.objective.schedule not in SCHEDULES:
-        names = ", ".join(SCHEDULES)
-        raise ConfigError(f"objective.schedule must be one of {names}, got {config.objective.schedule!r}")
-    if config.data.streaming and config.data.tokenizer == "bpe":
-        raise ConfigError(
-            "data.streaming needs a fixed tokenizer (data.tokenizer=gpt2, bert-base-uncased, char or a folder): "
-            "training a BPE on the corpus would need the corpus on disk"
-        )
-    if config.train.global_batch % config.train.micro_batch:
-        raise ConfigError(
-            f"train.global_batch ({config.train.global_batch}) must be a multiple of train.micro_batch "
-            f"({config.train.micro_batch})"
-        )
-    if config.model.hidden % config.model.n_heads:
-        raise ConfigError(f"model.hidden ({config.model.hidden}) must be divisible by model.n_heads")
-    _validate_kind_fields(config)
-    get_kind(config.objective.name).validate(config)
-
-
-def _validate_kind_fields(config: Config) -> None:
-    """Objective fields that only some kinds use (``ModelKind.objective_fields``) keep their defaults in a run of
-    another kind: a value there would do nothing, which is never what its author meant."""
-    kind = get_kind(config.objective.name)
-    defaults = ObjectiveConfig()
-    for name, other in KINDS.items():
-        for key in set(other.objective_fields) - set(kind.objective_fields):
-            if getattr(config.objective, key) != getattr(defaults, key):
-                raise ConfigError(f"objective.{key} applies to objective.name={name} only, not to {kind.name}; "
-                                  "drop it")
-

@@ -26,7 +26,7 @@ from unmask.checkpoint import (
     write_new_folder,
 )
 from unmask.checkpoint.layout import TOKENIZER_DIR, load_model_description, write_checkpoint
-from unmask.config import Config, validate
+from unmask.config import Config
 from unmask.data import Tokenizer, load_tokenizer
 from unmask.interop import (
     MASKED_LM,
@@ -42,6 +42,7 @@ from unmask.kinds import ModelKind, get_kind
 from unmask.models import DiT, build_model, describe
 from unmask.runtime import resolve_device
 from unmask.sampling import Process
+from unmask.validation import validate
 
 READERS = {RELEASED_MDLM: load_released, RELEASED_DUO: load_released_duo, MASKED_LM: load_masked_lm}
 

@@ -161,6 +161,31 @@ def relaxed_latent(
     return z_t, torch.where(keep.unsqueeze(-1), soft, clean)
 
 
+def argmax_trajectory(
+    x0: Tensor,
+    gammas: list[Tensor],
+    *,
+    vocab_size: int,
+    mask_id: int | None,
+    loss_mask: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> list[Tensor]:
+    """The uniform-state latents z = argmax(w) of x0 [B, L] at each of ``gammas`` (each [B]) along ONE Gaussian
+    path: w = a(gamma) onehot(x0) + s(gamma) eps with the same eps for every gamma (the deterministic trajectory
+    of Duo's consistency distillation, its PF-ODE path under the optimal denoiser; the reference's
+    ``Distillation._sample_trajectory``). Positions outside ``loss_mask`` stay x0."""
+    k = num_states(vocab_size, mask_id)
+    onehot = torch.nn.functional.one_hot(_to_states(x0, mask_id), k).to(torch.float32)
+    eps = torch.randn(*x0.shape, k, generator=generator, device=x0.device, dtype=torch.float32)
+    keep = torch.ones_like(x0, dtype=torch.bool) if loss_mask is None else loss_mask.bool()
+    latents = []
+    for gamma in gammas:
+        gamma = gamma.to(torch.float32).view(-1, 1, 1)
+        latent = torch.sigmoid(-gamma).sqrt() * onehot + torch.sigmoid(gamma).sqrt() * eps
+        latents.append(torch.where(keep, _to_ids(latent.argmax(-1), mask_id), x0))
+    return latents
+
+
 def curriculum_temperature(
     step: int,
     start_step: int = CURRICULUM_START,

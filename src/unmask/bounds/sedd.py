@@ -34,7 +34,7 @@ exact denoiser, i.e. -log p(x0).
 
 The denoiser sees the time t (the DiT's conditioning input), not sigma_t as in the reference: sigma
 is a fixed function of t, so the two carry the same information. SEDD runs need
-``model.time_conditioning=true`` (checked by :func:`unmask.config.validate`).
+``model.time_conditioning=true`` (checked by :func:`unmask.validation.validate`).
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ each complete in itself:
     model.safetensors      the trained weights              } a single-process checkpoint; a
     ema.safetensors        their EMA (sampling's default)   } multi-process one holds dcp/ (the
     optimizer.safetensors  the AdamW moments                } same tensors, sharded) instead
+    teacher.safetensors    a distillation run's teacher of the current round (unmask distill)
     rng/                   each process's RNG state (safetensors), for an exact resume
     model.json             the model's whole configuration (what to build before loading the weights)
     state.json             step, the other parts' state (EMA updates, training time, data position), metrics
@@ -43,7 +44,8 @@ CONFIG_FILE = "config.yaml"
 MODEL_CONFIG_FILE = "model.json"
 TOKENIZER_DIR = "tokenizer"
 # The tensor file of each part of a run's state that holds tensors (one process; DCP shards otherwise).
-TENSOR_FILES = {"model": "model.safetensors", "ema": "ema.safetensors", "optimizer": "optimizer.safetensors"}
+TENSOR_FILES = {"model": "model.safetensors", "ema": "ema.safetensors", "optimizer": "optimizer.safetensors",
+                "teacher": "teacher.safetensors"}
 MODEL_FILE, EMA_FILE, OPTIMIZER_FILE = TENSOR_FILES["model"], TENSOR_FILES["ema"], TENSOR_FILES["optimizer"]
 
 

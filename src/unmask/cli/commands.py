@@ -15,6 +15,7 @@ from unmask.checkpoint import export_checkpoint
 from unmask.cli.parser import DEFAULT_PRESET, GEN_PPL_SAMPLES
 from unmask.config import apply_overrides, load_preset
 from unmask.demo import run_demo
+from unmask.distill.trainer import distill
 from unmask.distributed.process import is_main_process
 from unmask.errors import UserError
 from unmask.evaluate import EvalConfig, EvalReport, evaluate_checkpoint, generative_perplexity, load_evaluator
@@ -211,6 +212,20 @@ def study_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def distill_command(args: argparse.Namespace) -> int:
+    if not args.resume and (args.method is None or args.rounds is None):
+        raise UserError("give --method (sdtt or dcd) and --rounds K for a new student (or --resume to continue one)")
+    overrides = [*([f"data.source={args.data}"] if args.data is not None else []), *args.overrides]
+    result = distill(args.teacher, args.out, method=args.method, rounds=args.rounds, steps_from=args.steps_from,
+                     round_steps=args.round_steps, overrides=overrides, resume=args.resume, progress=not args.quiet)
+    if result.interrupted:
+        print(f"interrupted at step {result.step}; continue with: unmask distill {shlex.quote(str(args.teacher))} "
+              f"--out {shlex.quote(str(args.out))} --resume", file=sys.stderr)
+        return 130
+    print(json.dumps({"step": result.step, "checkpoint": str(result.checkpoint), **result.validation}))
+    return 0
+
+
 COMMANDS = {"train": train_command, "eval": eval_command, "sample": sample_command, "serve": serve_command,
             "frontier": frontier_command, "export": export_command, "convert": convert_command, "demo": demo_command,
-            "study": study_command}
+            "study": study_command, "distill": distill_command}

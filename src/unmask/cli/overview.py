@@ -21,6 +21,7 @@ COMMANDS = {
     "convert": "convert a reference MDLM Lightning checkpoint (.ckpt) to an unmask checkpoint",
     "demo": "train MDLM and the AR baseline on the embedded corpus, compare, sample",
     "study": "train every model kind (and the ablations) alike, evaluate, tabulate, plot",
+    "distill": "distil a run into a few-step student: SDTT (MDLM) or DCD (Duo), round by round",
 }
 DESCRIPTION = "Masked diffusion language models (MDLM)."
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from unmask.cli.options import at_least, float_in, names_from, output_file, port, rate_range, step_counts
 from unmask.cli.overview import COMMANDS, DESCRIPTION, Parser
+from unmask.config import DistillConfig
 from unmask.configs import preset_names
 from unmask.data import DETOKENIZERS
 from unmask.demo import run_demo
@@ -248,9 +249,28 @@ def _study(sub) -> None:
                    help="config overrides for every model, e.g. train.device=cuda model.n_layers=8")
 
 
+def _distill(sub) -> None:
+    p = sub.add_parser("distill", help=COMMANDS["distill"], formatter_class=_Help)
+    p.add_argument("teacher", help="the teacher: a run directory or checkpoint folder (an MDLM run for sdtt, a Duo run "
+                                   "for dcd), or a released model")
+    p.add_argument("--out", required=True, help="new run directory for the student (an ordinary run)")
+    p.add_argument("--method", choices=("sdtt", "dcd"),
+                   help="sdtt: self-distillation through time (MDLM); dcd: discrete consistency distillation (Duo)")
+    p.add_argument("--rounds", type=at_least(1), help="rounds K: each halves the student's steps")
+    p.add_argument("--steps-from", type=at_least(2), metavar="T",
+                   help="the teacher's steps in the first round (default: 1024 for sdtt, 512 for dcd)")
+    p.add_argument("--round-steps", type=at_least(1), help="optimizer steps per round" + default(DistillConfig,
+                                                                                                  "round_steps"))
+    p.add_argument("--data", help="corpus the student trains on (default: the teacher's)")
+    p.add_argument("--resume", action="store_true", help="continue the student in --out from its latest checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config overrides, e.g. train.global_batch=64 distill.divergence=kl-fwd")
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="unmask", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for add in (_train, _eval, _sample, _serve, _frontier, _export, _convert, _demo, _study):
+    for add in (_train, _eval, _sample, _serve, _frontier, _export, _convert, _demo, _study, _distill):
         add(sub)
     return parser

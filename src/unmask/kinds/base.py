@@ -43,8 +43,9 @@ class ModelKind:
     - ``static_shapes``: its sampling calls can all run at one shape (``--static-shapes``).
     - ``study_overrides``: the config keys a run of this kind needs besides ``objective.name`` (``unmask study``).
     - ``samplers``: the samplers (``SamplerConfig.sampler``) it can sample with.
+    - ``distillation``: the method that distils it into a few-step student (``unmask distill``), or None.
     - ``objective_fields``: the ``objective`` keys only this kind (and others that list them) reads; a run of
-      any other kind must leave them at their defaults (checked by :func:`unmask.config.validate`).
+      any other kind must leave them at their defaults (checked by :func:`unmask.validation.validate`).
     """
 
     name: str = ""
@@ -59,6 +60,7 @@ class ModelKind:
     study_overrides: tuple[str, ...] = ()
     samplers: tuple[str, ...] = ("ancestral", "cached", "first_hitting", "analytic")
     objective_fields: tuple[str, ...] = ()
+    distillation: str | None = None
 
     def __repr__(self) -> str:
         return f"<model kind {self.name}>"

@@ -33,6 +33,7 @@ class DuoKind(ModelKind):
     parameterization = UNIFORM
     study_overrides = ("model.time_conditioning=true",)
     samplers = ("ancestral", "cached", "psi")
+    distillation = "dcd"
     objective_fields = ("curriculum_start", "curriculum_end", "temperature_start", "temperature_end", "gamma_min",
                         "gamma_max")
 

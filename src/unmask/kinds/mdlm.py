@@ -20,6 +20,7 @@ class MDLMKind(ModelKind):
     name = "mdlm"
     label = "MDLM"
     discrete_time = True
+    distillation = "sdtt"
 
     def validate(self, config: Config) -> None:
         super().validate(config)

@@ -11,9 +11,10 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
-from unmask.config import Config, ConfigError, apply_overrides, load_preset, validate
+from unmask.config import Config, ConfigError, apply_overrides, load_preset
 from unmask.errors import UserError
 from unmask.kinds import KINDS
+from unmask.validation import validate
 
 # Steps a study's run may take unless the user sets train.max_steps: the budget ends it first.
 UNLIMITED_STEPS = 1_000_000_000

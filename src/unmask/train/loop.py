@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from unmask.checkpoint import Checkpointer
 from unmask.checkpoint.checkpointer import ModelState, OptimizerState, Stateful
-from unmask.config import Config, ConfigError, validate
+from unmask.config import Config, ConfigError
 from unmask.data import batch_iterator
 from unmask.data.streaming import StreamingBlocks, stream_batches
 from unmask.distributed.parallelize import gradient_sync, is_sharded, parallelize
@@ -44,6 +44,7 @@ from unmask.runtime import autocast, derive_seed, resolve_precision, seeded_gene
 from unmask.train.metrics import MetricsLogger, NoLogger
 from unmask.train.optim import EMA, build_optimizer, lr_factor
 from unmask.train.run_dir import RunLock, open_datasets, prepare_tokenizer, start_or_resume
+from unmask.validation import validate
 
 
 @dataclass
@@ -130,8 +131,8 @@ class Trainer:
 
         self.kind = get_kind(config.objective.name)
         torch.manual_seed(config.train.seed)
-        model_config = config.model_config(self.tokenizer.vocab_size)
-        self.model = DiT(model_config).to(self.device)
+        self.model = DiT(config.model_config(self.tokenizer.vocab_size)).to(self.device)
+        self.init_model()
         # What the loop calls: DDP's wrapper, or the model itself (maybe sharded, compiled, checkpointed).
         self.forward = parallelize(self.model, parallel, config.parallel, precision=self.precision,
                                    compile=config.train.compile)
@@ -146,6 +147,15 @@ class Trainer:
             self.step = self.checkpointer.restore(start, self.parts())["step"]
         elif parallel.is_distributed:
             torch.manual_seed(derive_seed(config.train.seed, "dropout", 0, parallel.rank))
+
+    def init_model(self) -> None:
+        """Called once the model is built (at its initialisation) and before anything is made of its weights:
+        a subclass that starts from other weights (distillation) loads them here."""
+
+    def batch_losses(self, part: dict[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
+        """The training loss per sequence of one micro-batch: the kind's loss at this step."""
+        return self.kind.losses(self.forward, part, self.config.objective, self.mask_id, generator=generator,
+                                step=self.step)[0]
 
     def close(self) -> None:
         """Release the run directory."""
@@ -186,8 +196,7 @@ class Trainer:
             generator = seeded_generator(self.device, cfg.train.seed, "noise", self.step, first + i)
             with gradient_sync(self.forward, i == self.accumulation - 1):
                 with autocast(self.precision, self.device):
-                    losses, _ = self.kind.losses(self.forward, part, cfg.objective, self.mask_id,
-                                                 generator=generator, step=self.step)
+                    losses = self.batch_losses(part, generator)
                 # Sum over the micro-batch / tokens of the whole batch: the accumulated gradient is that
                 # of the mean loss per token, whatever the split into micro-batches and processes.
                 loss = losses.sum() / total_tokens
