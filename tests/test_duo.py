@@ -8,11 +8,12 @@ import torch
 from toy_uniform import UniformExactDenoiser, sample_chain
 
 from unmask import DiT, DiTConfig, SamplerConfig, generate_text, load
+from unmask.bounds.uniform import uniform_posterior
 from unmask.cli import main
 from unmask.config import ConfigError, apply_overrides, load_preset
 from unmask.sampling import DrawConfig, Process, Remasking
 from unmask.sampling.run import initial_state, run_to_end
-from unmask.sampling.uniform import UniformRun
+from unmask.sampling.uniform import UniformRun, psi_step
 from unmask.schedules import get_schedule
 from unmask.validation import validate
 
@@ -139,3 +140,19 @@ def test_a_duo_run_through_every_command(tmp_path, corpus_file, tiny_overrides, 
     capsys.readouterr()
     assert main(["sample", str(run), "--sampler", "first_hitting"]) == 2
     assert "samples with --sampler ancestral, cached, psi" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kappa", [1.0, 0.3])
+def test_the_mixture_draw_is_the_posterior(kappa):
+    """Stay / model / uniform (sampling/uniform.py) draws what the (Psi-)posterior over the vocabulary says."""
+    n, z = 200_000, 2
+    x_theta = torch.tensor([0.1, 0.05, 0.25, 0.6, 0.0], dtype=torch.float64)  # id 4 is MASK
+    alpha_t, alpha_s = torch.tensor(0.3, dtype=torch.float64), torch.tensor(0.7, dtype=torch.float64)
+    draws = psi_step(x_theta.expand(n, 5), torch.full((n,), z), alpha_t, alpha_s, kappa,
+                     torch.Generator().manual_seed(0), mask_id=4)
+    predictor = uniform_posterior(x_theta, torch.tensor(z), alpha_t, alpha_s, mask_id=4)
+    corrector = alpha_s * uniform_posterior(x_theta, torch.tensor(z), alpha_t, 1.0, mask_id=4)
+    corrector[:4] += (1 - alpha_s) / 4
+    expected = kappa * predictor + (1 - kappa) * corrector
+    empirical = torch.bincount(draws, minlength=5).double() / n
+    assert empirical[4] == 0 and (empirical - expected).abs().max() < 4e-3

@@ -178,7 +178,8 @@ def _frontier(sub) -> None:
                    help="AR scorer: an unmask AR run, 'smollm2', a Hugging Face folder or .gguf file")
     p.add_argument("--samplers", type=lambda text: [item for item in text.split(",") if item.strip()],
                    help="comma-separated: ancestral, cached, first_hitting, analytic, confidence, margin, entropy, "
-                        "threshold-TAU, remdm-STRATEGY[-ETA] (cap, rescale, conf, loop)" + default(sweep, "samplers"))
+                        "threshold-TAU, remdm-STRATEGY[-ETA] (cap, rescale, conf, loop), psi, psi-ETA, greedy "
+                        "(default: the model kind's own)")
     p.add_argument("--steps", type=step_counts, help="comma-separated step counts" + default(sweep, "steps"))
     p.add_argument("--num-samples", type=at_least(1), help="samples per point" + default(sweep, "num_samples"))
     p.add_argument("--batch-size", type=at_least(1), help="samples per generation call" + default(sweep, "batch_size"))

@@ -42,11 +42,10 @@ from unmask.pipeline import load
 from unmask.runtime import autocast
 from unmask.sampling import ORDERS, REMASKING, SAMPLERS, Remasking, SamplerConfig, SamplingError
 
-DEFAULT_SAMPLERS = ("cached", "first_hitting", "confidence", "threshold-0.9", "remdm-cap")
 DEFAULT_STEPS = (16, 32, 64, 128)
 LABEL_FORMS = (
     *SAMPLERS, *[o for o in ORDERS if o != "random"], "threshold-TAU (0 < TAU < 1)",
-    *[f"remdm-{s}[-ETA]" for s in REMASKING],
+    *[f"remdm-{s}[-ETA]" for s in REMASKING], "psi-ETA", "greedy",
 )
 
 
@@ -86,6 +85,13 @@ def parse_sampler(label: str) -> SamplerConfig:
         if not 0 < tau < 1:
             raise _bad_label(label, "TAU must be in (0, 1)")
         return SamplerConfig(order="confidence", threshold=tau)
+    if name == "greedy":
+        return SamplerConfig(sampler="ancestral", final_step="argmax")
+    if name.startswith("psi-"):
+        try:
+            return SamplerConfig(sampler="psi", remasking=Remasking("cap", eta=float(name.removeprefix("psi-"))))
+        except ValueError as err:
+            raise _bad_label(label, str(err).splitlines()[0]) from None
     if name.startswith("remdm-"):
         strategy, _, eta_text = name.removeprefix("remdm-").partition("-")
         if strategy not in REMASKING:
@@ -120,7 +126,7 @@ def sweep(
     *,
     step: int | None = None,
     evaluator: str | Evaluator,
-    samplers: Sequence[str] = DEFAULT_SAMPLERS,
+    samplers: Sequence[str] | None = None,
     steps: Sequence[int] = DEFAULT_STEPS,
     num_samples: int = 16,
     batch_size: int = 16,
@@ -138,7 +144,11 @@ def sweep(
     :func:`load_evaluator`, loaded once. ``first_hitting`` gives one point, whatever ``steps``;
     its ``steps`` is the number of unmasking steps it took. ``on_point`` sees each point as it is done.
     """
+    pipeline = load(checkpoint, step=step, device=device)
+    samplers = pipeline.kind.frontier_samplers if samplers is None else samplers
     options = {label.strip(): parse_sampler(label) for label in samplers}  # in order, once each
+    for option in options.values():  # a sampler the model's kind cannot use is refused before any sampling
+        pipeline.kind.check_sampling(option)
     step_counts = _unique(int(s) for s in steps)
     if not options:
         raise SamplingError("give at least one sampler with {0}", "samplers")
@@ -150,7 +160,6 @@ def sweep(
         raise SamplingError(f"{{0}} and {{1}} must be >= 1, got {num_samples} and {batch_size}", "num_samples",
                             "batch_size")
 
-    pipeline = load(checkpoint, step=step, device=device)
     if pipeline.is_autoregressive:
         raise SamplingError(f"{checkpoint} is an AR checkpoint; the frontier sweeps the samplers of an MDLM checkpoint")
     tokenizer = pipeline.tokenizer

@@ -43,6 +43,7 @@ class ModelKind:
     - ``static_shapes``: its sampling calls can all run at one shape (``--static-shapes``).
     - ``study_overrides``: the config keys a run of this kind needs besides ``objective.name`` (``unmask study``).
     - ``samplers``: the samplers (``SamplerConfig.sampler``) it can sample with.
+    - ``frontier_samplers``: the sampler labels ``unmask frontier`` sweeps by default.
     - ``distillation``: the method that distils it into a few-step student (``unmask distill``), or None.
     - ``objective_fields``: the ``objective`` keys only this kind (and others that list them) reads; a run of
       any other kind must leave them at their defaults (checked by :func:`unmask.validation.validate`).
@@ -61,6 +62,7 @@ class ModelKind:
     samplers: tuple[str, ...] = ("ancestral", "cached", "first_hitting", "analytic")
     objective_fields: tuple[str, ...] = ()
     distillation: str | None = None
+    frontier_samplers: tuple[str, ...] = ("cached", "first_hitting", "confidence", "threshold-0.9", "remdm-cap")
 
     def __repr__(self) -> str:
         return f"<model kind {self.name}>"

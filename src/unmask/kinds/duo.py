@@ -34,6 +34,7 @@ class DuoKind(ModelKind):
     study_overrides = ("model.time_conditioning=true",)
     samplers = ("ancestral", "cached", "psi")
     distillation = "dcd"
+    frontier_samplers = ("ancestral", "greedy", "psi")
     objective_fields = ("curriculum_start", "curriculum_end", "temperature_start", "temperature_end", "gamma_min",
                         "gamma_max")
 
