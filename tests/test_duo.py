@@ -15,6 +15,7 @@ from unmask.sampling import DrawConfig, Process, Remasking
 from unmask.sampling.run import initial_state, run_to_end
 from unmask.sampling.uniform import UniformRun, psi_step
 from unmask.schedules import get_schedule
+from unmask.serve import create_app
 from unmask.validation import validate
 
 LINEAR_ALPHA = get_schedule("polynomial", k=1.0)  # alpha_t = 1 - t: z_1 is exactly uniform
@@ -137,6 +138,13 @@ def test_a_duo_run_through_every_command(tmp_path, corpus_file, tiny_overrides, 
         assert all(text.startswith("it is") for text in expected.texts)
     long = generate_text(pipeline, SamplerConfig(steps=2), num_samples=1, length=80, prompt="it is")
     assert long.tokens.shape == (1, 80) and long.num_calls == 2 * 4  # four windows of 32, two steps each
+    fastapi = pytest.importorskip("fastapi.testclient")
+    with fastapi.TestClient(create_app(pipeline)) as client:  # the server samples a duo run as unmask sample does
+        body = {"prompt": "it is", "steps": 4, "seed": 3, "num_samples": 2, "sampler": "psi", "top_k": 5}
+        served = client.post("/v1/generate", json=body).json()
+    expected = generate_text(pipeline, SamplerConfig(sampler="psi", steps=4, draw=DrawConfig(top_k=5)), num_samples=2,
+                             seed=3, prompt="it is")
+    assert [s["tokens"] for s in served["samples"]] == expected.tokens.tolist()
     capsys.readouterr()
     assert main(["sample", str(run), "--sampler", "first_hitting"]) == 2
     assert "samples with --sampler ancestral, cached, psi" in capsys.readouterr().err
