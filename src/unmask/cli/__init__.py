@@ -3,7 +3,9 @@ the one place where errors become one line on stderr.
 
     unmask train --preset tiny --data PATH_OR_NAME --out RUN_DIR [--max-steps N] [--resume] [--nproc N] [key=value ...]
     unmask eval MODEL [--data PATH_OR_NAME] [--detokenizer NAME] [--num-t K] [--discrete-steps T ...]
-              [--mask-rate-ranges LO:HI ...]
+              [--mask-rate-ranges LO:HI ...] [--prompt-file PAIRS.jsonl]
+    unmask lm-eval MODEL --tasks T1,T2 [--include-path DIR] [--num-fewshot N] [--limit N] [--batch-size B]
+              [--output-path DIR] [--num-t K] [sampling options]
     unmask sample MODEL [--num-samples N] [--steps T] [--sampler NAME] [--prompt TEXT]
     unmask serve MODEL [--host 127.0.0.1] [--port 8000] [--max-batch N]
     unmask frontier MODEL --evaluator SPEC [--samplers a,b] [--steps 16,32] [--out DIR]
