@@ -12,7 +12,8 @@ the one place where errors become one line on stderr.
     unmask export RUN_DIR_OR_CHECKPOINT --out FOLDER [--format unmask|hf] [--allow-approximate-gelu]
     unmask convert CHECKPOINT.ckpt --out FOLDER [--no-ema] [--trust-pickle]
     unmask demo [--out DIR] [--minutes M]
-    unmask study PRESET --out DIR --budget MINUTES [--data D] [--objectives ar,mdlm,sedd,d3pm] [--ablations]
+    unmask study PRESET --out DIR (--budget MINUTES | --budget-tokens N) [--seeds N] [--data D]
+              [--objectives ar,mdlm,sedd,d3pm] [--ablations]
 
 MODEL is an unmask run directory or checkpoint folder, a released MDLM folder (Hugging Face layout),
 a Hugging Face masked-LM folder, or the hub name of either (online, or in the hub cache).

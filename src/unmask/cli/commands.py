@@ -224,9 +224,10 @@ def frontier_command(args: argparse.Namespace) -> int:
 def study_command(args: argparse.Namespace) -> int:
     evaluation = dataclasses.replace(STUDY_EVALUATION, **given(
         num_t=args.num_t, max_batches=args.eval_batches, batch_size=args.eval_batch_size, seed=args.seed))
-    result, written = study(args.preset, out=args.out, budget=args.budget, data=args.data,
-                            objectives=args.objectives, ablations=args.ablations, overrides=args.overrides,
-                            evaluation=evaluation, progress=not args.quiet)
+    result, written = study(args.preset, out=args.out, budget=args.budget, budget_tokens=args.budget_tokens,
+                            data=args.data, objectives=args.objectives, ablations=args.ablations,
+                            overrides=args.overrides, evaluation=evaluation, progress=not args.quiet,
+                            **given(seeds=args.seeds))
     if result.interrupted:
         print(f"interrupted while training {result.interrupted} (its progress is saved); run the same command "
               "again to continue", file=sys.stderr)

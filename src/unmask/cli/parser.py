@@ -34,7 +34,7 @@ from unmask.kinds import KINDS
 from unmask.runtime import PRECISIONS
 from unmask.sampling import ORDERS, REMASKING, SAMPLERS, DrawConfig, Remasking, SamplerConfig
 from unmask.serve import serve
-from unmask.study import STUDY_EVALUATION
+from unmask.study import STUDY_EVALUATION, plan_study
 
 DEFAULT_PRESET = "tiny"
 GEN_PPL_SAMPLES = 8  # samples `unmask eval --gen-ppl` scores unless --num-samples says otherwise
@@ -274,8 +274,15 @@ def _study(sub) -> None:
     p.add_argument("--out", required=True,
                    help="study folder: one run per model, the shared tokenizer, study.md/json/png; run the same "
                         "command again to continue an interrupted study")
-    p.add_argument("--budget", type=float_in(0.0, None, low_open=True), required=True, metavar="MINUTES",
-                   help="training time per model (train.max_minutes)")
+    p.add_argument("--budget", type=float_in(0.0, None, low_open=True), metavar="MINUTES",
+                   help="training time per model (train.max_minutes); or give --budget-tokens")
+    p.add_argument("--budget-tokens", type=at_least(1), metavar="N",
+                   help="training tokens per model instead (train.max_steps = N / (global batch x length), no "
+                        "time limit): the paper's comparison")
+    p.add_argument("--seeds", type=at_least(1),
+                   help="train every model this many times (train.seed = the base seed + 0, 1, ...) and report "
+                        "the mean, the spread between seeds and z-scores that include it"
+                        + default(plan_study, "seeds"))
     p.add_argument("--objectives", type=names_from(tuple(KINDS)),
                    help=f"comma-separated, from {','.join(KINDS)} (default: every one this unmask can train)")
     p.add_argument("--ablations", action="store_true",
