@@ -1,6 +1,7 @@
 """``unmask study``: what it plans, a tiny study interrupted and resumed, its report, its errors."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -8,8 +9,9 @@ from unmask.checkpoint import read_state, resolve_checkpoint
 from unmask.checkpoint.layout import train_seconds
 from unmask.cli import main
 from unmask.config import ConfigError
-from unmask.evaluate import EvalConfig, plotting
-from unmask.study import OBJECTIVES, StudyError, available_objectives, orderings, plan_study, study
+from unmask.evaluate import EvalConfig, EvalReport, LikelihoodResult, plotting
+from unmask.study import OBJECTIVES, StudyError, StudyResult, available_objectives, orderings, plan_study, rows, study
+from unmask.study.runner import RunRecord
 from unmask.train import Trainer
 from unmask.validation import validate
 
@@ -59,12 +61,13 @@ def test_the_plan_is_one_ordinary_run_per_model(corpus_file, tiny_overrides):
 
 
 def test_orderings_judge_each_neighbouring_pair_by_its_standard_error():
-    table = [{"name": name, "nats_per_token": value, "stderr": 0.01}
+    table = [{"name": name, "nats_per_token": value, "combined_se": 0.01}
              for name, value in (("ar", 2.0), ("mdlm", 2.2), ("sedd", 2.15), ("mdlm-T10", 2.5))]
     pairs = {(p["better"], p["worse"]): p for p in orderings(table)}
     assert set(pairs) == {("ar", "mdlm"), ("mdlm", "sedd"), ("mdlm", "mdlm-T10")}  # d3pm and T = 1000/100 absent
     assert pairs[("ar", "mdlm")]["holds"] and pairs[("ar", "mdlm")]["z"] == pytest.approx(0.2 / 0.01414, rel=1e-3)
-    assert not pairs[("mdlm", "sedd")]["holds"]
+    assert pairs[("ar", "mdlm")]["verdict"] == "held"
+    assert not pairs[("mdlm", "sedd")]["holds"] and pairs[("mdlm", "sedd")]["verdict"] == "reversed"  # z = -3.5
 
 
 def _trained_steps(run_dir):
@@ -153,7 +156,9 @@ def test_study_errors_are_one_line(tmp_path, corpus_file, tiny_overrides, capsys
     base = ["study", "tiny", "--data", str(corpus_file), "--out", str(tmp_path / "s"), "--budget", "1"]
     for argv, message in (([*base, "--objectives", "ar,gpt"], "expected comma-separated names from"),
                           ([*base, "objective.discrete_steps=10"], "the study sets each run's objective itself"),
-                          ([*base[:-2], "--budget", "0"], "must be in (0.0, inf)")):
+                          ([*base[:-2], "--budget", "0"], "must be in (0.0, inf)"),
+                          ([*base, "--budget-tokens", "100"], "give one budget: --budget MINUTES"),
+                          ([*base, "--seeds", "0"], "must be at least 1")):
         try:
             code = main(argv)
         except SystemExit as stop:  # refused while parsing
@@ -162,3 +167,74 @@ def test_study_errors_are_one_line(tmp_path, corpus_file, tiny_overrides, capsys
         assert code == 2, err
         assert message in err and len(err.splitlines()) == 1, err
     assert set(OBJECTIVES) >= set(BASELINES)
+
+
+def test_a_token_budget_and_seeds_plan_every_run(corpus_file, tiny_overrides):
+    plan = plan_study("tiny", budget_tokens=10_000, seeds=3, data=str(corpus_file), objectives=["mdlm", "ar"],
+                      overrides=tiny_overrides)
+    assert plan.base.train.max_steps == 40 and plan.base.train.max_minutes is None  # ceil(10,000 / (8 x 32))
+    runs = plan.seed_runs()
+    assert [(run.name, run.seed) for run in runs] == [("ar", 0), ("mdlm", 0), ("ar-seed1", 1), ("mdlm-seed1", 1),
+                                                      ("ar-seed2", 2), ("mdlm-seed2", 2)]
+    assert all(run.config.train.max_steps == 40 for run in runs)
+    shifted = plan_study("tiny", budget=1, seeds=2, objectives=["mdlm"], overrides=[*tiny_overrides, "train.seed=5"])
+    assert [(run.name, run.seed) for run in shifted.seed_runs()] == [("mdlm", 5), ("mdlm-seed6", 6)]
+    for kwargs, message in ((dict(budget=1, budget_tokens=100), "give one budget"), ({}, "give one budget"),
+                            (dict(budget_tokens=100, overrides=["train.max_steps=3"]), "drop train.max_steps=3"),
+                            (dict(budget=1, seeds=0), "at least 1")):
+        with pytest.raises(StudyError, match=message):
+            plan_study("tiny", **kwargs)
+
+
+def _record(name, seed, value, stderr):
+    likelihood = LikelihoodResult(value, stderr, 1000, 10, 1, 0)
+    report = EvalReport(checkpoint="c", objective=name, exact=name == "ar", data="d", split="validation",
+                        detokenizer=None, length=32, tokenizer="char", likelihood=likelihood)
+    return RunRecord(entry=OBJECTIVES[name], seed=seed, run_dir=Path(f"{name}-seed{seed}"), step=4,
+                     train_seconds=60.0, tokens=1024, report=report)
+
+
+def test_seeds_give_a_mean_a_spread_and_orderings_that_count_it():
+    records = [_record("mdlm", 0, 5.0, 0.02), _record("mdlm", 1, 5.3, 0.02), _record("mdlm", 2, 5.6, 0.02),
+               _record("sedd", 0, 5.4, 0.02), _record("sedd", 1, 5.5, 0.02), _record("sedd", 2, 5.6, 0.02),
+               _record("ar", 0, 4.0, 0.01), _record("ar", 1, 4.1, 0.01), _record("ar", 2, 4.0, 0.01)]
+    table = {row["name"]: row for row in rows(StudyResult(records=records))}
+    mdlm = table["mdlm"]
+    assert mdlm["nats_per_token"] == pytest.approx(5.3) and mdlm["seed_sd"] == pytest.approx(0.3)
+    assert mdlm["stderr"] == pytest.approx(0.02 / 3**0.5) and mdlm["seeds"] == 3
+    assert mdlm["combined_se"] == pytest.approx((0.3**2 / 3 + 0.02**2 / 3) ** 0.5)
+    assert [r["seed"] for r in mdlm["per_seed"]] == [0, 1, 2]
+    pairs = {(p["better"], p["worse"]): p for p in orderings(list(table.values()))}
+    # MDLM is 0.2 below SEDD on average, but its seeds spread 0.3: undecided (the evaluation alone would say z = 7).
+    assert pairs[("mdlm", "sedd")]["verdict"] == "undecided" and abs(pairs[("mdlm", "sedd")]["z"]) < 2
+    assert pairs[("ar", "mdlm")]["verdict"] == "held"
+    one = rows(StudyResult(records=[_record("mdlm", 0, 5.0, 0.02)]))[0]
+    assert one["seed_sd"] is None and one["combined_se"] == pytest.approx(0.02)  # one seed: the evaluation's alone
+
+
+@pytest.mark.slow
+def test_a_study_with_seeds_and_a_token_budget_trains_each_run_to_the_same_tokens(tmp_path, corpus_file,
+                                                                                  tiny_overrides, capsys):
+    out = tmp_path / "study"
+    kwargs = dict(out=out, data=str(corpus_file), objectives=["ar", "mdlm"], overrides=tiny_overrides,
+                  evaluation=EvalConfig(num_t=1, max_batches=1), progress=False, budget_tokens=3 * 8 * 32)
+    result, written = study("tiny", seeds=2, **kwargs)
+    assert sorted(path.name for path in out.iterdir() if (path / "checkpoints").is_dir()) == [
+        "ar", "ar-seed1", "mdlm", "mdlm-seed1"]
+    assert all(_trained_steps(out / name) == 3 for name in ("ar", "ar-seed1", "mdlm", "mdlm-seed1"))
+    record = json.loads((out / "study.json").read_text())
+    assert record["seeds"] == 2 and record["budget_tokens"] == 768 and record["budget_minutes"] is None
+    mdlm = record["rows"][1]
+    assert mdlm["seeds"] == 2 and mdlm["seed_sd"] > 0 and mdlm["training_tokens"] == 768
+    assert mdlm["per_seed"][0]["nats_per_token"] != mdlm["per_seed"][1]["nats_per_token"]  # other seeds, other runs
+    table = (out / "study.md").read_text()
+    assert "on 768 training tokens each (3 steps of 8 x 32), 2 times each with train.seed = 0 to 1" in table
+    assert "| seed s.d. | seeds |" in table and "- ar < mdlm: " in table
+    assert record["orderings"][0]["verdict"] in ("held", "reversed", "undecided")
+
+    capsys.readouterr()
+    study("tiny", seeds=3, **kwargs)  # one more seed: only its runs train
+    printed = capsys.readouterr().out
+    assert "== ar: trained" in printed and "== mdlm-seed1: trained" in printed
+    assert "== ar-seed2: training to step 3" in printed and "== mdlm-seed2: training to step 3" in printed
+    assert json.loads((out / "study.json").read_text())["rows"][0]["seeds"] == 3

@@ -38,6 +38,8 @@ _EXPORTS = {
     "generate_text": "unmask.generation",
     "EvalConfig": "unmask.evaluate",
     "evaluate_checkpoint": "unmask.evaluate",
+    "conditional_nelbo": "unmask.evaluate.conditional",
+    "UnmaskLM": "unmask.evaluate.harness",
 }
 
 __all__ = sorted(_EXPORTS)

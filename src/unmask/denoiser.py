@@ -25,6 +25,11 @@ them from the model inside):
   the new tokens attend to (block-by-block sampling). A denoiser without it is run block by block
   on whole sequences instead.
 
+One more attribute says how a model uses its input: ``reads_time = False`` announces that its output
+does not depend on ``t`` (a DiT without time conditioning, a masked LM). The conditional bounds then
+use an estimator that needs no time (:mod:`unmask.bounds.conditional`); a model that does not say
+is taken to read ``t``.
+
 A Hugging Face masked LM fits with a few lines::
 
     class HFDenoiser:
@@ -67,6 +72,7 @@ class Capabilities:
     positions: bool
     attention_mask: bool
     block_diffusion: bool = False
+    reads_time: bool = True
 
 
 def capabilities(denoiser: Denoiser) -> Capabilities:
@@ -74,7 +80,8 @@ def capabilities(denoiser: Denoiser) -> Capabilities:
     model = unwrap(denoiser)
     return Capabilities(positions=bool(getattr(model, "supports_positions", False)),
                         attention_mask=bool(getattr(model, "supports_attention_mask", False)),
-                        block_diffusion=bool(getattr(model, "supports_block_diffusion", False)))
+                        block_diffusion=bool(getattr(model, "supports_block_diffusion", False)),
+                        reads_time=bool(getattr(model, "reads_time", True)))
 
 
 def denoise(

@@ -48,6 +48,7 @@ class ConfigError(UserError):
 EXTRAS = {
     "transformers": "hf", "datasets": "hf", "pyarrow": "hf", "gguf": "hf", "accelerate": "hf",
     "huggingface_hub": "hf", "matplotlib": "plot", "tensorboard": "logging", "fastapi": "serve", "uvicorn": "serve",
+    "lm_eval": "eval",
 }
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -61,10 +61,11 @@ def build_template(
     *,
     model_length: int,
     length: int | None = None,
-    prompt: str | None = None,
+    prompt: str | Sequence[int] | None = None,
     template: str | None = None,
 ) -> Tensor:
-    """The sampler's template [L]: BOS, then the prompt or the parsed template, then MASK up to ``length``.
+    """The sampler's template [L]: BOS, then the prompt (text, or its token ids) or the parsed template, then
+    MASK up to ``length``.
 
     Without a template the length defaults to the model's; with one, to the template's own.
     """
@@ -75,7 +76,7 @@ def build_template(
     if template is not None:
         fixed += parse_template(template, tokenizer)
     elif prompt:
-        fixed += tokenizer.encode(prompt)
+        fixed += tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
     target = length or (len(fixed) if template is not None else model_length)
     if target > model_length:
         raise PromptError(f"length {target} exceeds the model's length {model_length}; shorten the prompt or {{0}}",
@@ -112,7 +113,7 @@ def prepare(
     *,
     num_samples: int,
     length: int | None = None,
-    prompt: str | None = None,
+    prompt: str | Sequence[int] | None = None,
     template: str | None = None,
 ) -> Tensor:
     """Check a request as :func:`generate_text` runs it (PromptError naming the fix) and return its

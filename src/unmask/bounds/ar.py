@@ -16,21 +16,44 @@ def ar_loss(
     *,
     mask_id: int | None = None,
     loss_mask: Tensor | None = None,
+    scored: Tensor | None = None,
 ) -> Tensor:
     """Autoregressive next-token NLL per sequence in nats, for the AR baseline on the same backbone.
 
     ``model`` must be causal (a :class:`unmask.models.DiT` with ``causal=True``). Position i
-    predicts token i + 1; ``loss_mask`` marks the tokens that count as targets.
+    predicts token i + 1; ``loss_mask`` marks the tokens that count (the others, padding, are
+    hidden from attention). ``scored`` [B, L] marks the tokens whose -log p is summed (default:
+    every counted token but the first); a continuation's tokens give the exact
+    -log p(continuation | the tokens before it) (``docs/math.md`` §9). The first token is never
+    scored: nothing precedes it.
     """
     keep = torch.ones_like(x0, dtype=torch.bool) if loss_mask is None else loss_mask.bool()
-    scored = torch.zeros_like(keep)
-    scored[:, :-1] = keep[:, 1:]
+    targets_mask = keep[:, 1:] if scored is None else scored[:, 1:].bool()
+    predicting = torch.zeros_like(keep)
+    predicting[:, :-1] = targets_mask
     t = torch.zeros(x0.shape[0], device=x0.device)
     attention_mask = None if loss_mask is None else keep
-    logits = denoise(model, x0, t, where=scored, attention_mask=attention_mask)
-    targets = x0[:, 1:][scored[:, :-1]]
+    logits = denoise(model, x0, t, where=predicting, attention_mask=attention_mask)
+    targets = x0[:, 1:][predicting[:, :-1]]
     token_nll = masked_nll(logits, targets, mask_id)
-    return per_row_sum(token_nll, scored)
+    return per_row_sum(token_nll, predicting)
+
+
+def ar_greedy_matches(model: Denoiser, x0: Tensor, scored: Tensor, *, mask_id: int | None = None) -> Tensor:
+    """Per row [B]: whether greedy decoding after the tokens before ``scored`` gives exactly x0's tokens there.
+
+    Greedy decoding takes the most likely next token at every step; as long as it has matched x0 its
+    prefix is x0's, so one teacher-forced pass tells: x0 at every scored position is the argmax of the
+    prediction from the position before it (MASK never predicted).
+    """
+    predicting = torch.zeros_like(scored, dtype=torch.bool)
+    predicting[:, :-1] = scored[:, 1:].bool()
+    logits = denoise(model, x0, torch.zeros(x0.shape[0], device=x0.device), where=predicting)
+    logits = logits.float()
+    if mask_id is not None:
+        logits[:, mask_id] = float("-inf")
+    wrong = (logits.argmax(-1) != x0[:, 1:][predicting[:, :-1]]).long()
+    return per_row_sum(wrong, predicting) == 0
 
 
 def ar_token_count(x0: Tensor, loss_mask: Tensor | None = None) -> Tensor:

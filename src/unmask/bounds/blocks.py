@@ -16,7 +16,8 @@ position's times cover [0, 1] evenly across the batch, and each sequence's acros
 
 A denoiser with block diffusion attention (the DiT) scores every block in one forward pass over
 [x_t, x0] (:mod:`unmask.models.block_attention`); any other denoiser is run once per block on
-[x^{<b}, x_t^b, MASK...], the same conditional when later blocks cannot be seen or are all MASK.
+[x^{<b}, x_t^b, MASK...], the same conditional when later blocks cannot be seen or are all MASK
+(:func:`block_logits`).
 
 Clipped schedules (the paper's lower-variance training): ``mask_rate_range`` = [beta, omega]
 draws the masking rates 1 - alpha_t of training from [beta, omega] instead of [0, 1]; the weight
@@ -93,32 +94,35 @@ def block_losses(
     x_t, masked = mask_tokens(x0_rep, rates, mask_id, keep_rep, generator)
     padding = None if loss_mask is None else keep_rep
 
-    if capabilities(denoiser).block_diffusion:
-        # One vectorised pass; it takes no time (each block has its own; block diffusion has no time conditioning).
-        logits = denoise(denoiser, x_t, torch.zeros_like(times[:, 0]), where=masked, attention_mask=padding,
-                         block_size=block_size, x0=x0_rep)
-        scored = masked.view(-1, block_size)  # row-major over [R, L] is row-major over [R * blocks, block]
-    else:
-        logits, scored = _block_by_block(denoiser, x0_rep, x_t, masked, times, padding, block_size, mask_id)
+    logits = block_logits(denoiser, x_t, x0_rep, masked, times, block_size, mask_id, padding=padding)
     token_nll = masked_nll(logits, x0_rep[masked], mask_id)
-    per_block = per_row_sum(token_nll, scored).view(-1, num_blocks)
+    # Logits come row-major over [R, L], which is row-major over [R * blocks, block]: sums per block.
+    per_block = per_row_sum(token_nll, masked.view(-1, block_size)).view(-1, num_blocks)
     # Times are uniform on [t_min, 1] for the NELBO: the interval's length turns the mean into the integral.
     return ((1 - t_min) * schedule.loss_weight(times) * per_block).view(num_t, batch, num_blocks)
 
 
-def _block_by_block(denoiser: Denoiser, x0: Tensor, x_t: Tensor, masked: Tensor, times: Tensor,
-                    padding: Tensor | None, block_size: int, mask_id: int) -> tuple[Tensor, Tensor]:
-    """Logits of every block from its own call on [x^{<b}, x_t^b, MASK...], and the positions scored
-    ([R * blocks, L], row-major in the order of the logits)."""
-    rows, length = x0.shape
+def block_logits(denoiser: Denoiser, x_t: Tensor, x0: Tensor, where: Tensor, times: Tensor, block_size: int,
+                 mask_id: int, *, padding: Tensor | None = None) -> Tensor:
+    """Logits [N, V] at the ``where`` [R, L] positions (row-major) of the noisy rows ``x_t``, each block seeing
+    itself and the clean blocks of ``x0`` before it (``times`` [R, blocks]: a time per block).
+
+    A denoiser with block diffusion attention (the DiT) computes every block in one pass over [x_t, x0];
+    it takes no time (block diffusion has no time conditioning). Any other denoiser is run once per block on
+    [x0^{<b}, x_t^b, MASK...], the same conditional when later blocks cannot be seen or are all MASK.
+    """
+    if capabilities(denoiser).block_diffusion:
+        return denoise(denoiser, x_t, torch.zeros_like(times[:, 0]), where=where, attention_mask=padding,
+                       block_size=block_size, x0=x0)
+    length = x0.shape[1]
     block = torch.arange(length, device=x0.device) // block_size
     which = torch.arange(length // block_size, device=x0.device)[:, None]
     before, current = block < which, block == which  # [blocks, L]
     inputs = torch.where(before, x0[:, None], torch.where(current, x_t[:, None], mask_id)).flatten(0, 1)
-    scored = (masked[:, None] & current).flatten(0, 1)
+    # Block b's positions in row r's call come in the order of [R, L]: the logits keep that order.
+    scored = (where[:, None] & current).flatten(0, 1)
     attention_mask = None if padding is None else padding.repeat_interleave(len(which), dim=0)
-    logits = denoise(denoiser, inputs, times.reshape(-1), where=scored, attention_mask=attention_mask)
-    return logits, scored
+    return denoise(denoiser, inputs, times.reshape(-1), where=scored, attention_mask=attention_mask)
 
 
 def bd3lm_nelbo(denoiser: Denoiser, x0: Tensor, **kwargs) -> Tensor:

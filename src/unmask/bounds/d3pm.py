@@ -32,13 +32,16 @@ from unmask.schedules import Schedule
 D3PM_STEPS = 1000  # T of the paper's D3PM row
 
 
-def reconstruction_nll(denoiser: Denoiser, x0: Tensor, *, loss_mask: Tensor | None = None) -> Tensor:
+def reconstruction_nll(denoiser: Denoiser, x0: Tensor, *, loss_mask: Tensor | None = None,
+                       scored: Tensor | None = None) -> Tensor:
     """-sum_i log p_theta(x0^i | x0) per sequence: the denoiser at t = 0 on the clean sequence, every
-    counted position scored, every id (MASK included) in the softmax."""
+    counted position scored (or those of ``scored``: a continuation's), every id (MASK included) in the
+    softmax."""
     keep = torch.ones_like(x0, dtype=torch.bool) if loss_mask is None else loss_mask.bool()
+    where = keep if scored is None else scored.bool()
     t = torch.zeros(x0.shape[0], device=x0.device)
-    logits = denoise(denoiser, x0, t, where=keep, attention_mask=None if loss_mask is None else keep)
-    return per_row_sum(masked_nll(logits, x0[keep], None), keep)
+    logits = denoise(denoiser, x0, t, where=where, attention_mask=None if loss_mask is None else keep)
+    return per_row_sum(masked_nll(logits, x0[where], None), where)
 
 
 def d3pm_nelbo(

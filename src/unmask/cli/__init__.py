@@ -3,14 +3,17 @@ the one place where errors become one line on stderr.
 
     unmask train --preset tiny --data PATH_OR_NAME --out RUN_DIR [--max-steps N] [--resume] [--nproc N] [key=value ...]
     unmask eval MODEL [--data PATH_OR_NAME] [--detokenizer NAME] [--num-t K] [--discrete-steps T ...]
-              [--mask-rate-ranges LO:HI ...]
+              [--mask-rate-ranges LO:HI ...] [--prompt-file PAIRS.jsonl]
+    unmask lm-eval MODEL --tasks T1,T2 [--include-path DIR] [--num-fewshot N] [--limit N] [--batch-size B]
+              [--output-path DIR] [--num-t K] [sampling options]
     unmask sample MODEL [--num-samples N] [--steps T] [--sampler NAME] [--prompt TEXT]
     unmask serve MODEL [--host 127.0.0.1] [--port 8000] [--max-batch N]
     unmask frontier MODEL --evaluator SPEC [--samplers a,b] [--steps 16,32] [--out DIR]
     unmask export RUN_DIR_OR_CHECKPOINT --out FOLDER [--format unmask|hf] [--allow-approximate-gelu]
     unmask convert CHECKPOINT.ckpt --out FOLDER [--no-ema] [--trust-pickle]
     unmask demo [--out DIR] [--minutes M]
-    unmask study PRESET --out DIR --budget MINUTES [--data D] [--objectives ar,mdlm,sedd,d3pm] [--ablations]
+    unmask study PRESET --out DIR (--budget MINUTES | --budget-tokens N) [--seeds N] [--data D]
+              [--objectives ar,mdlm,sedd,d3pm] [--ablations]
 
 MODEL is an unmask run directory or checkpoint folder, a released MDLM folder (Hugging Face layout),
 a Hugging Face masked-LM folder, or the hub name of either (online, or in the hub cache).

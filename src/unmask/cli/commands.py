@@ -20,6 +20,7 @@ from unmask.distributed.process import is_main_process
 from unmask.errors import UserError
 from unmask.evaluate import EvalConfig, EvalReport, evaluate_checkpoint, generative_perplexity, load_evaluator
 from unmask.evaluate.frontier import format_table, run_frontier
+from unmask.evaluate.harness import lm_class, results_table, run_tasks
 from unmask.generation import generate_text
 from unmask.interop import convert_lightning, export_hf
 from unmask.pipeline import load
@@ -73,12 +74,17 @@ def _format_report(report: EvalReport) -> str:
     main = report.likelihood
     unit = "BPC" if report.character_level else "PPL" if report.exact else "PPL bound"
     figure = main.bits_per_token if report.character_level else main.perplexity
+    figure_name = "NLL / token" if report.exact else "NELBO / token"
+    if report.continuations is not None:
+        data = (f"{report.data}: {main.sequences} continuations given their contexts, {main.tokens:,} continuation "
+                "tokens")
+        figure_name = figure_name.replace("token", "continuation token")
+    else:
+        data = f"{report.data} ({report.split}), {main.tokens:,} tokens, {main.sequences} sequences of {report.length}"
     rows = [
         ("checkpoint", report.checkpoint),
-        ("data", f"{report.data} ({report.split}), {main.tokens:,} tokens, {main.sequences} sequences"
-                 f" of {report.length}"),
-        ("NLL / token" if report.exact else "NELBO / token",
-         f"{main.nelbo_per_token:.4f} nats +- {main.stderr:.4f} (K={main.num_t})"),
+        ("data", data),
+        (figure_name, f"{main.nelbo_per_token:.4f} nats +- {main.stderr:.4f} (K={main.num_t})"),
         (unit, f"{figure:.3f}"),
     ]
     if report.detokenizer is not None:
@@ -106,7 +112,7 @@ def eval_command(args: argparse.Namespace) -> int:
     config = EvalConfig(**given(
         data=args.data, split=args.split, text_field=args.text_field, detokenizer=args.detokenizer, num_t=args.num_t,
         discrete_steps=args.discrete_steps, batch_size=args.batch_size, max_batches=args.max_batches, seed=args.seed,
-        mask_rate_ranges=args.mask_rate_ranges))
+        mask_rate_ranges=args.mask_rate_ranges, prompt_file=args.prompt_file))
     sampling = SamplerConfig.from_options(steps=args.steps)
     # The evaluator is loaded first: a bad one is refused before the evaluation, not after it.
     evaluator = load_evaluator(args.gen_ppl, device="cpu") if args.gen_ppl and is_main_process() else None
@@ -120,6 +126,26 @@ def eval_command(args: argparse.Namespace) -> int:
     print(_format_report(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report.to_dict(), indent=2))
+    return 0
+
+
+def lm_eval_command(args: argparse.Namespace) -> int:
+    sampler_options = given(sampler=args.sampler, steps=args.steps, order=args.order, threshold=args.threshold,
+                            remask=args.remask, eta=args.eta, temperature=args.temperature, top_k=args.top_k,
+                            top_p=args.top_p)
+    model = lm_class()(args.checkpoint, step=args.step, device=args.device, greedy=not args.no_greedy,
+                       progress=not args.quiet, **given(num_t=args.num_t, rolling_num_t=args.rolling_num_t,
+                                                        seed=args.seed, batch_size=args.batch_size,
+                                                        precision=args.precision), **sampler_options)
+    if args.log_samples and args.output_path is None:
+        raise UserError("--log-samples writes into --output-path: give --output-path DIR")
+    limit = args.limit if args.limit is None or args.limit < 1 else int(args.limit)
+    results = run_tasks(model, args.tasks, include_path=args.include_path, num_fewshot=args.num_fewshot, limit=limit,
+                        output_path=args.output_path, log_samples=args.log_samples,
+                        **given(bootstrap_iters=args.bootstrap_iters, seed=args.seed))
+    print(results_table(results))
+    if args.output_path is not None:
+        print(f"wrote {Path(args.output_path) / 'results.json'}")
     return 0
 
 
@@ -199,9 +225,10 @@ def frontier_command(args: argparse.Namespace) -> int:
 def study_command(args: argparse.Namespace) -> int:
     evaluation = dataclasses.replace(STUDY_EVALUATION, **given(
         num_t=args.num_t, max_batches=args.eval_batches, batch_size=args.eval_batch_size, seed=args.seed))
-    result, written = study(args.preset, out=args.out, budget=args.budget, data=args.data,
-                            objectives=args.objectives, ablations=args.ablations, overrides=args.overrides,
-                            evaluation=evaluation, progress=not args.quiet)
+    result, written = study(args.preset, out=args.out, budget=args.budget, budget_tokens=args.budget_tokens,
+                            data=args.data, objectives=args.objectives, ablations=args.ablations,
+                            overrides=args.overrides, evaluation=evaluation, progress=not args.quiet,
+                            **given(seeds=args.seeds))
     if result.interrupted:
         print(f"interrupted while training {result.interrupted} (its progress is saved); run the same command "
               "again to continue", file=sys.stderr)
@@ -226,6 +253,7 @@ def distill_command(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": train_command, "eval": eval_command, "sample": sample_command, "serve": serve_command,
+COMMANDS = {"train": train_command, "eval": eval_command, "lm-eval": lm_eval_command, "sample": sample_command,
+            "serve": serve_command,
             "frontier": frontier_command, "export": export_command, "convert": convert_command, "demo": demo_command,
             "study": study_command, "distill": distill_command}

@@ -79,6 +79,14 @@ def step_counts(text: str) -> list[int]:
     return [parse(item) for item in text.split(",") if item.strip()]
 
 
+def comma_list(text: str) -> list[str]:
+    """Comma-separated names (at least one)."""
+    names = [item.strip() for item in text.split(",") if item.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
+    return names
+
+
 def names_from(choices: tuple[str, ...] | list[str]):
     """Comma-separated names, each one of ``choices`` (in the order given, once each)."""
 

@@ -12,7 +12,8 @@ from typing import NoReturn
 
 COMMANDS = {
     "train": "train a model (MDLM, block diffusion, SEDD, D3PM or the AR baseline)",
-    "eval": "likelihood bound (and generative perplexity) of a checkpoint",
+    "eval": "likelihood bound (and generative perplexity) of a checkpoint, or of continuations given prompts",
+    "lm-eval": "score a model on lm-evaluation-harness tasks (pip install \"unmask[eval]\")",
     "sample": "generate, continue a prompt, or fill in a template",
     "serve": "serve a model over HTTP, with a page that shows the text unmasking live",
     "frontier": "sweep samplers and step counts: gen. PPL, entropy, calls, time",

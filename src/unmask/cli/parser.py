@@ -12,7 +12,16 @@ import dataclasses
 import inspect
 from typing import Any
 
-from unmask.cli.options import at_least, float_in, names_from, output_file, port, rate_range, step_counts
+from unmask.cli.options import (
+    at_least,
+    comma_list,
+    float_in,
+    names_from,
+    output_file,
+    port,
+    rate_range,
+    step_counts,
+)
 from unmask.cli.overview import COMMANDS, DESCRIPTION, Parser
 from unmask.config import DistillConfig
 from unmask.configs import preset_names
@@ -20,12 +29,14 @@ from unmask.data import DETOKENIZERS
 from unmask.demo import run_demo
 from unmask.evaluate.config import SPLITS, EvalConfig
 from unmask.evaluate.frontier import sweep
+from unmask.evaluate.harness import HarnessModel, run_tasks
 from unmask.generation import generate_text
 from unmask.kinds import KINDS
+from unmask.runtime import PRECISIONS
 from unmask.sampling import ORDERS, REMASKING, SAMPLERS, DrawConfig, Remasking, SamplerConfig
 from unmask.sampling.config import FINAL_STEPS
 from unmask.serve import serve
-from unmask.study import STUDY_EVALUATION
+from unmask.study import STUDY_EVALUATION, plan_study
 
 DEFAULT_PRESET = "tiny"
 GEN_PPL_SAMPLES = 8  # samples `unmask eval --gen-ppl` scores unless --num-samples says otherwise
@@ -63,8 +74,8 @@ def _checkpoint_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--step", type=at_least(0), help="use this step's checkpoint of the run instead of the latest")
 
 
-def _sampling_arguments(p: argparse.ArgumentParser) -> None:
-    """The options of a :class:`SamplerConfig`."""
+def _sampling_arguments(p: argparse.ArgumentParser, temperature: str = default(DrawConfig, "temperature")) -> None:
+    """The options of a :class:`SamplerConfig` (``temperature``: how the help names its default)."""
     p.add_argument("--steps", type=at_least(1),
                    help="sampling steps T (per window; per block for bd3lm)" + default(SamplerConfig, "steps"))
     p.add_argument("--sampler", choices=SAMPLERS,
@@ -73,8 +84,7 @@ def _sampling_arguments(p: argparse.ArgumentParser) -> None:
                         "a Psi-sampler (uniform-state models)"
                         + default(SamplerConfig, "sampler"))
     p.add_argument("--temperature", type=float_in(0.0, None),
-                   help="divide the logits by this (0: always the most likely token)"
-                        + default(DrawConfig, "temperature"))
+                   help="divide the logits by this (0: always the most likely token)" + temperature)
     p.add_argument("--top-k", type=at_least(1), help="draw only among the k most likely tokens")
     p.add_argument("--top-p", type=float_in(0.0, 1.0, low_open=True), help="nucleus: the smallest set with this mass")
     p.add_argument("--order", choices=ORDERS,
@@ -132,9 +142,49 @@ def _eval(sub) -> None:
                    help="also sample and score under a causal LM (HF path/name, 'smollm2', or an unmask AR run)")
     p.add_argument("--num-samples", type=at_least(1), help=f"samples for --gen-ppl (default: {GEN_PPL_SAMPLES})")
     p.add_argument("--steps", type=at_least(1), help="sampling steps for --gen-ppl" + default(SamplerConfig, "steps"))
+    p.add_argument("--prompt-file", metavar="PAIRS.jsonl",
+                   help='prompted evaluation instead: one {"context": ..., "continuation": ...} per line, each '
+                        "continuation bounded given its context (per continuation token)")
     p.add_argument("--seed", type=int, help="seed of the noise and the samples" + default(EvalConfig, "seed"))
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--json", type=output_file, help="also write the results to this JSON file")
+
+
+def _lm_eval(sub) -> None:
+    p = sub.add_parser("lm-eval", help=COMMANDS["lm-eval"], formatter_class=_Help)
+    _checkpoint_arguments(p)
+    p.add_argument("--tasks", required=True, type=comma_list,
+                   help="comma-separated lm-eval tasks: lm-eval's own (lambada_openai, hellaswag, wikitext, ...) or "
+                        "those of --include-path")
+    p.add_argument("--include-path", metavar="DIR", help="a folder of lm-eval task YAML files (local tasks)")
+    p.add_argument("--num-fewshot", type=at_least(0), help="examples before each question (default: the task's)")
+    p.add_argument("--limit", type=float_in(0.0, None, low_open=True),
+                   help="only the first N documents of each task (below 1: that fraction of them)")
+    p.add_argument("--batch-size", type=at_least(1),
+                   help="rows per denoiser call (Monte Carlo samples for likelihoods, requests for generation)"
+                        + default(HarnessModel, "batch_size"))
+    p.add_argument("--num-t", type=at_least(1),
+                   help="Monte Carlo samples per continuation (K; one where one is exact)"
+                        + default(HarnessModel, "num_t"))
+    p.add_argument("--rolling-num-t", type=at_least(1),
+                   help="time samples per window of a rolling-likelihood text" + default(HarnessModel, "rolling_num_t"))
+    p.add_argument("--no-greedy", action="store_true",
+                   help="skip is_greedy (greedy decoding of every continuation): always False, which only "
+                        "lambada-style acc reads")
+    _sampling_arguments(p, temperature=" (default: the task's, 0 unless it samples)")
+    p.add_argument("--output-path", metavar="DIR", help="write results.json there (and samples_TASK.jsonl with "
+                                                        "--log-samples)")
+    p.add_argument("--log-samples", action="store_true", help="with --output-path: every document's requests and "
+                                                              "answers")
+    p.add_argument("--bootstrap-iters", type=at_least(0),
+                   help="bootstrap resamples for the standard errors of non-mean metrics (0: none)"
+                        + default(run_tasks, "bootstrap_iters"))
+    p.add_argument("--seed", type=int, help="seed of every answer's noise and of lm-eval's few-shot draws"
+                                            + default(HarnessModel, "seed"))
+    p.add_argument("--precision", choices=PRECISIONS, help="auto: bf16 where the CPU or GPU has it natively"
+                                                           + default(HarnessModel, "precision"))
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _sample(sub) -> None:
@@ -232,8 +282,15 @@ def _study(sub) -> None:
     p.add_argument("--out", required=True,
                    help="study folder: one run per model, the shared tokenizer, study.md/json/png; run the same "
                         "command again to continue an interrupted study")
-    p.add_argument("--budget", type=float_in(0.0, None, low_open=True), required=True, metavar="MINUTES",
-                   help="training time per model (train.max_minutes)")
+    p.add_argument("--budget", type=float_in(0.0, None, low_open=True), metavar="MINUTES",
+                   help="training time per model (train.max_minutes); or give --budget-tokens")
+    p.add_argument("--budget-tokens", type=at_least(1), metavar="N",
+                   help="training tokens per model instead (train.max_steps = N / (global batch x length), no "
+                        "time limit): the paper's comparison")
+    p.add_argument("--seeds", type=at_least(1),
+                   help="train every model this many times (train.seed = the base seed + 0, 1, ...) and report "
+                        "the mean, the spread between seeds and z-scores that include it"
+                        + default(plan_study, "seeds"))
     p.add_argument("--objectives", type=names_from(tuple(KINDS)),
                    help=f"comma-separated, from {','.join(KINDS)} (default: every one this unmask can train)")
     p.add_argument("--ablations", action="store_true",
@@ -272,6 +329,6 @@ def _distill(sub) -> None:
 def build_parser() -> Parser:
     parser = Parser(prog="unmask", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for add in (_train, _eval, _sample, _serve, _frontier, _export, _convert, _demo, _study, _distill):
+    for add in (_train, _eval, _lm_eval, _sample, _serve, _frontier, _export, _convert, _demo, _study, _distill):
         add(sub)
     return parser

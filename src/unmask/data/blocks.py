@@ -14,6 +14,7 @@ lengths, not by comparing with ``pad_id``, because GPT-2's PAD is the same id as
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from itertools import islice
 from pathlib import Path
 
@@ -50,6 +51,14 @@ def frame_block(body: torch.Tensor, length: int, tokenizer: Tokenizer) -> dict[s
     loss_mask = torch.zeros(length, dtype=torch.bool)
     loss_mask[:size + 2] = True
     return {"input_ids": input_ids, "loss_mask": loss_mask}
+
+
+def wrapped_blocks(stream: Sequence[int], length: int, tokenizer: Tokenizer) -> list[dict[str, torch.Tensor]]:
+    """The "wrapped" blocks of a token ``stream`` (documents each followed by EOS): ``[BOS] L-2 tokens [EOS]``,
+    the last partial piece right-padded; what :class:`TokenBlocks` gives for a file holding that stream."""
+    interior = length - 2
+    return [frame_block(torch.tensor(stream[start:start + interior], dtype=torch.long), length, tokenizer)
+            for start in range(0, len(stream), interior)]
 
 
 class TokenBlocks(Dataset):

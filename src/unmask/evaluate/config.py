@@ -33,6 +33,9 @@ class EvalConfig:
       by ``seed``, in ``precision``.
     - ``mask_rate_ranges``: block diffusion only: also the variance of the per-block loss with masking
       rates drawn from each [LO, HI] (empty: a few candidates; None: not computed).
+    - ``prompt_file``: prompted evaluation instead: a JSON-lines file of {"context", "continuation"} pairs,
+      each continuation bounded given its context (:mod:`unmask.evaluate.conditional`, ``num_t`` samples,
+      ``batch_size`` rows per pass); the figure is per continuation token.
     """
 
     data: str | None = None
@@ -46,6 +49,7 @@ class EvalConfig:
     seed: int = 0
     precision: str = "auto"
     mask_rate_ranges: tuple[tuple[float, float], ...] | None = None
+    prompt_file: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "discrete_steps", tuple(self.discrete_steps))
@@ -67,13 +71,21 @@ class EvalConfig:
         for low, high in self.mask_rate_ranges or ():
             if not 0 <= low < high <= 1:
                 raise EvalError(f"a masking-rate range needs 0 <= LO < HI <= 1, got {low}:{high}")
+        if self.prompt_file is not None:
+            data_options = {"data": self.data, "split": self.split, "text_field": self.text_field,
+                            "detokenizer": self.detokenizer, "max_batches": self.max_batches,
+                            "discrete_steps": self.discrete_steps or None, "mask_rate_ranges": self.mask_rate_ranges}
+            given = [name for name, value in data_options.items() if value is not None]
+            if given:
+                raise EvalError(f"prompt_file scores its own pairs: drop {', '.join(given)}")
 
 
 @dataclass
 class EvalReport:
     """What an evaluation of ``checkpoint`` found: the main figure (``likelihood``: the NELBO per token, or
     the exact NLL for a kind whose figure is ``exact``), the discrete-time bounds by T, the per-block loss
-    variances (block diffusion) and, when asked, generative perplexity."""
+    variances (block diffusion) and, when asked, generative perplexity. A prompted evaluation
+    (``continuations`` set) counts continuation tokens given their contexts."""
 
     checkpoint: str
     objective: str
@@ -87,6 +99,7 @@ class EvalReport:
     discrete: dict[int, LikelihoodResult] = field(default_factory=dict)
     block_variance: list[dict[str, Any]] | None = None
     generative: GenerativeResult | None = None
+    continuations: list[dict[str, float]] | None = None  # prompted evaluation: each pair's figures
 
     @property
     def character_level(self) -> bool:
@@ -107,13 +120,15 @@ class EvalReport:
     def to_dict(self) -> dict[str, Any]:
         """As JSON data (``unmask eval --json``): the main figure's fields at the top level."""
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                  if f.name not in ("likelihood", "discrete", "block_variance", "generative")}
+                  if f.name not in ("likelihood", "discrete", "block_variance", "generative", "continuations")}
         values.update(character_level=self.character_level, **self.likelihood.to_dict(),
                       discrete={str(steps): result.to_dict() for steps, result in self.discrete.items()})
         if self.block_variance is not None:
             values["block_variance"] = self.block_variance
         if self.generative is not None:
             values["generative"] = self.generative.to_dict()
+        if self.continuations is not None:
+            values["continuations"] = self.continuations
         return values
 
     @classmethod
@@ -126,5 +141,6 @@ class EvalReport:
                    likelihood=LikelihoodResult.from_dict(values),
                    discrete={int(steps): LikelihoodResult.from_dict(r) for steps, r in values["discrete"].items()},
                    block_variance=values.get("block_variance"),
-                   generative=GenerativeResult(**generative) if generative else None)
+                   generative=GenerativeResult(**generative) if generative else None,
+                   continuations=values.get("continuations"))
 

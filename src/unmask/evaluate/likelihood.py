@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -81,7 +82,7 @@ def _batch_losses(model: Denoiser, batch: dict[str, Tensor], index: int, objecti
 
 
 @torch.no_grad()
-def evaluate_dataset(
+def dataset_losses(
     model: Denoiser,
     dataset: Dataset,
     objective: ObjectiveConfig,
@@ -95,9 +96,9 @@ def evaluate_dataset(
     device: torch.device | str = "cpu",
     precision: str = "fp32",
     parallel: Parallel | None = None,
-) -> LikelihoodResult:
-    """The NELBO (or AR NLL) per token over ``dataset`` in order (batches of ``batch_size``), with
-    ``num_t`` time samples per sequence, split across processes.
+) -> tuple[Tensor, Tensor]:
+    """The NELBO (or AR NLL) of every sequence of ``dataset`` in order (batches of ``batch_size``) and the
+    tokens it counts, [N] each, with ``num_t`` time samples per sequence, split across processes.
 
     Batch k goes to rank k mod world size; each rank fills its sequences' losses and token
     counts into vectors over the whole set, and summing those over ranks gives every rank the
@@ -124,7 +125,16 @@ def evaluate_dataset(
                                     precision=precision)
         if own:
             losses[start:end], tokens[start:end] = loss, count
-    losses, tokens = parallel.reduce_sum(losses), parallel.reduce_sum(tokens)
+    return parallel.reduce_sum(losses), parallel.reduce_sum(tokens)
+
+
+def evaluate_dataset(model: Denoiser, dataset: Dataset, objective: ObjectiveConfig, mask_id: int, *,
+                     discrete_steps: int | None = None, num_t: int = 1, **options: Any) -> LikelihoodResult:
+    """The NELBO (or AR NLL) per token over ``dataset``, with its standard error: :func:`dataset_losses`
+    (the same ``options``: ``batch_size``, ``max_batches``, ``seed``, ``device``, ``precision``,
+    ``parallel``) summed by :func:`summarize`."""
+    losses, tokens = dataset_losses(model, dataset, objective, mask_id, discrete_steps=discrete_steps, num_t=num_t,
+                                    **options)
     steps = objective.time_steps if discrete_steps is None else discrete_steps
     return summarize(losses, tokens, num_t=num_t, discrete_steps=steps if get_kind(objective.name).discrete_time else 0)
 

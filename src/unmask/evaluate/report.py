@@ -7,6 +7,7 @@ from pathlib import Path
 from unmask.bounds.blocks import CANDIDATE_RANGES
 from unmask.data import ZERO_SHOT_DETOKENIZER, DataError, TokenBlocks
 from unmask.distributed.process import setup
+from unmask.evaluate.conditional import evaluate_prompts
 from unmask.evaluate.config import EvalConfig, EvalError, EvalReport
 from unmask.evaluate.likelihood import block_loss_variance, evaluate_dataset
 from unmask.pipeline import load
@@ -27,12 +28,19 @@ def evaluate_checkpoint(path: str | Path, config: EvalConfig | None = None, *, s
     discrete-time bound for each T given (kinds with a discrete-time bound); ``step`` picks a checkpoint of
     a run. Under torchrun every process evaluates a share of the batches and all get the single-process
     result. ``config.mask_rate_ranges`` (of a block diffusion checkpoint; empty: a few candidates) adds
-    the variance of the per-block loss under each range (:func:`block_loss_variance`).
+    the variance of the per-block loss under each range (:func:`block_loss_variance`). ``config.prompt_file``
+    evaluates its (context, continuation) pairs instead: each continuation's conditional bound, per
+    continuation token (:func:`unmask.evaluate.conditional.evaluate_prompts`; every process computes it whole).
     """
     config = config or EvalConfig()
     parallel = setup(device)  # under torchrun: join the job; each process evaluates its share of the batches
     pipeline = load(path, step=step, device=str(parallel.device))
     run, kind = pipeline.config, pipeline.kind
+    if config.prompt_file is not None:
+        likelihood, continuations = evaluate_prompts(pipeline, config)
+        return EvalReport(checkpoint=str(pipeline.checkpoint), objective=kind.name, exact=kind.exact,
+                          data=config.prompt_file, split="pairs", detokenizer=None, length=run.data.length,
+                          tokenizer=pipeline.tokenizer.name, likelihood=likelihood, continuations=continuations)
     if config.discrete_steps and not kind.discrete_time:
         raise EvalError(f"--discrete-steps applies to kinds with a discrete-time bound; this is a {kind.label} "
                         f"run, whose bound has no time steps: drop --discrete-steps")

@@ -31,6 +31,7 @@ class MaskedLMDenoiser(nn.Module):
     """``denoiser(x_t, t) -> logits [B, L, V]`` of a Hugging Face masked LM (t is ignored)."""
 
     supports_attention_mask = True
+    reads_time = False
 
     def __init__(self, model: nn.Module, vocab_size: int) -> None:
         super().__init__()

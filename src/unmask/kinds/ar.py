@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from unmask.bounds.ar import ar_loss, ar_token_count
+from unmask.bounds.ar import ar_greedy_matches, ar_loss, ar_token_count
+from unmask.bounds.conditional import RowNoise
 from unmask.denoiser import Denoiser
 from unmask.kinds.base import WITHIN, ModelKind, padding_of
 from unmask.sampling.autoregressive import AutoregressiveRun
@@ -33,6 +34,19 @@ class ARKind(ModelKind):
         self.check_discrete_steps(discrete_steps)
         x0 = batch["input_ids"]
         return ar_loss(model, x0, mask_id=mask_id, loss_mask=padding_of(batch)), ar_token_count(x0, batch["loss_mask"])
+
+    def conditional_losses(self, model: Denoiser, x0: Tensor, scored: Tensor, objective: ObjectiveConfig,
+                           mask_id: int, noise: RowNoise) -> Tensor:
+        # Exact: the chain rule over the continuation, each token given everything before it (no noise).
+        return ar_loss(model, x0, mask_id=mask_id, scored=scored)
+
+    def conditional_samples(self, model: Denoiser, objective: ObjectiveConfig, scored_tokens: int,
+                            num_t: int) -> int:
+        return 1
+
+    def greedy_matches(self, model: Denoiser, x0: Tensor, scored: Tensor, objective: ObjectiveConfig,
+                       mask_id: int) -> Tensor:
+        return ar_greedy_matches(model, x0, scored, mask_id=mask_id)
 
     def check_sampling(self, sampling: SamplerConfig) -> None:
         if sampling.uses_strategy or sampling.sampler in ("first_hitting", "analytic", "psi"):

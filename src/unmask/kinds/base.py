@@ -1,10 +1,11 @@
 """What a model kind is: one object that says everything depending on a run's ``objective.name``.
 
 A kind says what its loss is (:meth:`ModelKind.losses`, calling the math of :mod:`unmask.bounds`),
-how its logits read (``parameterization``), whether its figure is an exact NLL or a bound and at
-which times the bound can be taken, what it checks in a run's configuration
-(:meth:`ModelKind.validate`), and how it samples (:meth:`ModelKind.sampling_run`: a run of
-:mod:`unmask.sampling`). Every other module asks the kind; none compares kind names.
+how it bounds a continuation given a context (:meth:`ModelKind.conditional_losses`,
+:meth:`ModelKind.greedy_matches`), how its logits read (``parameterization``), whether its figure is
+an exact NLL or a bound and at which times the bound can be taken, what it checks in a run's
+configuration (:meth:`ModelKind.validate`), and how it samples (:meth:`ModelKind.sampling_run`: a run
+of :mod:`unmask.sampling`). Every other module asks the kind; none compares kind names.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from unmask.bounds.conditional import RowNoise, greedy_matches
 from unmask.denoiser import Denoiser
-from unmask.errors import ConfigError
+from unmask.errors import ConfigError, UserError
 from unmask.sampling.config import SamplerConfig, SamplingError
 from unmask.sampling.loop import SamplingRun
 from unmask.sampling.process import Process
@@ -90,6 +92,29 @@ class ModelKind:
         loss at training ``step``, its bound (or NLL) when ``step`` is None. ``discrete_steps`` takes the
         bound at that T (kinds with ``discrete_time``); ``num_t`` averages that many time samples."""
         raise NotImplementedError
+
+    def conditional_losses(self, model: Denoiser, x0: Tensor, scored: Tensor, objective: ObjectiveConfig,
+                           mask_id: int, noise: RowNoise) -> Tensor:
+        """One Monte Carlo sample per row [R] of a bound on -log p(x0 at ``scored`` | the rest of x0), in
+        nats: the ``scored`` [R, L] positions (a continuation) are noised and scored, every other token is
+        clean context, a MASK in x0 is unknown throughout (``docs/math.md`` §9; :mod:`unmask.bounds.conditional`).
+        ``noise`` holds each row's randomness; the mean over a sequence's rows is its estimate."""
+        raise UserError(f"a {self.label} model has no conditional bound in this unmask (ModelKind."
+                        "conditional_losses), so it cannot score a continuation given a context; use generation "
+                        "or rolling-likelihood tasks, or unmask eval")
+
+    def conditional_samples(self, model: Denoiser, objective: ObjectiveConfig, scored_tokens: int,
+                            num_t: int) -> int:
+        """How many rows (samples) :meth:`conditional_losses` needs for a continuation of ``scored_tokens``
+        tokens: ``num_t``, or 1 where one sample is the bound itself."""
+        return num_t if scored_tokens else 1
+
+    def greedy_matches(self, model: Denoiser, x0: Tensor, scored: Tensor, objective: ObjectiveConfig,
+                       mask_id: int) -> Tensor:
+        """Per row [R]: whether greedy decoding of the ``scored`` positions, the rest of x0 given, gives x0's
+        tokens there (most confident position first, block by block for block diffusion)."""
+        return greedy_matches(model, x0, scored, mask_id=mask_id, schedule=objective.schedule,
+                              block_size=self.block_size(objective))
 
     def check_discrete_steps(self, discrete_steps: int | None) -> None:
         if discrete_steps is not None and not self.discrete_time:

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from unmask.bounds.blocks import FULL_RANGE, bd3lm_nelbo
+from unmask.bounds.conditional import RowNoise, count_bound
 from unmask.denoiser import Denoiser
 from unmask.errors import ConfigError
 from unmask.kinds.base import SLIDING, ModelKind, padding_of
@@ -53,6 +54,17 @@ class BD3LMKind(ModelKind):
                            schedule=objective.schedule, mask_id=mask_id, num_t=num_t, antithetic=objective.antithetic,
                            loss_mask=padding_of(batch), generator=generator)
         return loss, batch["loss_mask"].sum(1)
+
+    def conditional_losses(self, model: Denoiser, x0: Tensor, scored: Tensor, objective: ObjectiveConfig,
+                           mask_id: int, noise: RowNoise) -> Tensor:
+        # Blocks wholly in the context are clean; each block of the continuation is bounded given the clean
+        # blocks before it, with its own number of masks (a block diffusion model never reads t).
+        return count_bound(model, x0, scored, noise, mask_id=mask_id, schedule=objective.schedule,
+                           block_size=objective.block_size)
+
+    def conditional_samples(self, model: Denoiser, objective: ObjectiveConfig, scored_tokens: int,
+                            num_t: int) -> int:
+        return 1 if scored_tokens <= 1 else num_t
 
     def sampling_run(self, model: Denoiser, sampling: SamplerConfig, fixed: Tensor, *, process: Process,
                      num_samples: int, window: int, length: int | None = None, overlap: int | None = None,

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from unmask.bounds.d3pm import D3PM_STEPS, d3pm_nelbo
+from unmask.bounds.conditional import RowNoise, discrete_bound
+from unmask.bounds.d3pm import D3PM_STEPS, d3pm_nelbo, reconstruction_nll
 from unmask.denoiser import Denoiser
 from unmask.errors import ConfigError
 from unmask.kinds.base import ModelKind, padding_of, switched_off
@@ -40,6 +41,14 @@ class D3PMKind(ModelKind):
                           num_t=num_t, antithetic=objective.antithetic, loss_mask=padding_of(batch),
                           generator=generator)
         return loss, batch["loss_mask"].sum(1)
+
+    def conditional_losses(self, model: Denoiser, x0: Tensor, scored: Tensor, objective: ObjectiveConfig,
+                           mask_id: int, noise: RowNoise) -> Tensor:
+        # d3pm_nelbo's two terms with the continuation alone noised and scored; the reconstruction term
+        # has no noise and is the same in every sample.
+        diffusion = discrete_bound(model, x0, scored, noise, mask_id=mask_id, schedule=objective.schedule,
+                                   steps=self.time_steps(objective), zero_masking=False)
+        return diffusion + reconstruction_nll(model, x0, scored=scored)
 
 
 D3PM = D3PMKind()

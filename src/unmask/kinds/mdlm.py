@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from unmask.bounds.conditional import RowNoise, count_bound, discrete_bound, time_bound
 from unmask.bounds.mdlm import nelbo, nelbo_discrete
-from unmask.denoiser import Denoiser
+from unmask.denoiser import Denoiser, capabilities
 from unmask.errors import ConfigError
 from unmask.kinds.base import ModelKind, padding_of
 
@@ -41,6 +42,26 @@ class MDLMKind(ModelKind):
         else:
             loss = nelbo(model, x0, **common)
         return loss, loss_mask.sum(1)
+
+    def conditional_losses(self, model: Denoiser, x0: Tensor, scored: Tensor, objective: ObjectiveConfig,
+                           mask_id: int, noise: RowNoise) -> Tensor:
+        common = dict(mask_id=mask_id, schedule=objective.schedule)
+        steps = self.time_steps(objective)
+        if steps:
+            return discrete_bound(model, x0, scored, noise, steps=steps, carry_over=objective.carry_over,
+                                  zero_masking=objective.zero_masking, **common)
+        if self._counts(model, objective):
+            return count_bound(model, x0, scored, noise, **common)
+        return time_bound(model, x0, scored, noise, carry_over=objective.carry_over, **common)
+
+    def conditional_samples(self, model: Denoiser, objective: ObjectiveConfig, scored_tokens: int,
+                            num_t: int) -> int:
+        # One masked token given a clean context: the count estimator is -log p(token | context) itself.
+        return 1 if scored_tokens <= 1 and self._counts(model, objective) else num_t
+
+    def _counts(self, model: Denoiser, objective: ObjectiveConfig) -> bool:
+        """The count estimator applies: continuous time, SUBS, and a denoiser that does not read t."""
+        return not self.time_steps(objective) and objective.carry_over and not capabilities(model).reads_time
 
 
 MDLM = MDLMKind()

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from unmask.bounds.sedd import sedd_nelbo
+from unmask.bounds.conditional import RowNoise, time_bound
+from unmask.bounds.sedd import sedd_nelbo, sedd_token_loss
 from unmask.denoiser import Denoiser
 from unmask.errors import ConfigError
 from unmask.kinds.base import ModelKind, padding_of, switched_off
@@ -41,6 +42,12 @@ class SEDDKind(ModelKind):
         loss = sedd_nelbo(model, batch["input_ids"], schedule=objective.schedule, mask_id=mask_id, num_t=num_t,
                           antithetic=objective.antithetic, loss_mask=padding_of(batch), generator=generator)
         return loss, batch["loss_mask"].sum(1)
+
+    def conditional_losses(self, model: Denoiser, x0: Tensor, scored: Tensor, objective: ObjectiveConfig,
+                           mask_id: int, noise: RowNoise) -> Tensor:
+        # The score reads t, so times are drawn (no count estimator); the loss is the score entropy.
+        return time_bound(model, x0, scored, noise, mask_id=mask_id, schedule=objective.schedule,
+                          token_loss=sedd_token_loss)
 
 
 SEDD = SEDDKind()

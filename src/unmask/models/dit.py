@@ -225,6 +225,11 @@ class DiT(nn.Module):
             nn.init.zeros_(module.weight)
             nn.init.zeros_(module.bias)
 
+    @property
+    def reads_time(self) -> bool:
+        """Whether its output depends on t (time conditioning; :mod:`unmask.denoiser`)."""
+        return self.config.time_conditioning
+
     def num_parameters(self, *, embeddings: bool = True) -> int:
         total = sum(p.numel() for p in self.parameters())
         return total if embeddings else total - self.embed.weight.numel() - self.head.weight.numel()

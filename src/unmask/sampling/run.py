@@ -138,6 +138,83 @@ def answer_with(denoiser: Denoiser, *, static_batch: int | None = None) -> Answe
     return answer
 
 
+def merge_calls(calls: list[DenoiserCall]) -> DenoiserCall:
+    """One call of the rows of ``calls`` (plain calls of one sequence length, or a single call)."""
+    if len(calls) == 1:
+        return calls[0]
+    return DenoiserCall(torch.cat([c.x for c in calls]), torch.cat([c.t for c in calls]),
+                        torch.cat([c.where for c in calls]))
+
+
+def split_answer(logits: Tensor, calls: list[DenoiserCall]) -> list[Tensor]:
+    """Each call's part of the logits of their :func:`merge_calls` (row-major over ``where``)."""
+    return list(logits.split([int(call.where.sum()) for call in calls]))
+
+
+def merge_key(call: DenoiserCall, owner: object) -> object:
+    """Calls with equal keys can be merged: plain calls by their sequence length (rows of one length are
+    computed alike alone or among others, padded rows are not); a block diffusion call, which carries its
+    own key/value cache, only with itself (keyed by its ``owner``)."""
+    return owner if call.cache is not None or call.block_size is not None else call.x.shape[1]
+
+
+class RunGroup:
+    """Several runs driven as one run (:func:`drive`): in every round each unfinished run advances to its
+    next call, and the calls are merged by :func:`merge_key` into as few calls as can be, of at most
+    ``max_rows`` rows each. A row's logits depend on that row alone, so every run gives the tokens it gives
+    driven alone (its randomness is its own generator)."""
+
+    def __init__(self, runs: list[Run], *, max_rows: int | None = None) -> None:
+        self.runs = runs
+        self.max_rows = max_rows
+
+    def events(self) -> Events:
+        streams = [run.events() for run in self.runs]
+        answers: list[Tensor | None] = [None] * len(streams)
+        live = list(range(len(streams)))
+        while live:
+            calls: dict[int, DenoiserCall] = {}
+            for i in live:
+                call = _next_call(streams[i], answers[i])
+                answers[i] = None
+                if call is not None:
+                    calls[i] = call
+            live = list(calls)
+            groups: dict[object, list[int]] = {}
+            for i, call in calls.items():
+                groups.setdefault(merge_key(call, i), []).append(i)
+            for members in groups.values():
+                for chunk in _chunks(members, [calls[i].x.shape[0] for i in members], self.max_rows):
+                    parts = [calls[i] for i in chunk]
+                    logits = yield merge_calls(parts)
+                    for i, part in zip(chunk, split_answer(logits, parts)):
+                        answers[i] = part
+
+
+def _next_call(events: Events, answer: Tensor | None) -> DenoiserCall | None:
+    """Send a run its logits and run it to its next call (None once it is complete)."""
+    while True:
+        try:
+            event = events.send(answer)
+        except StopIteration:
+            return None
+        answer = None
+        if isinstance(event, DenoiserCall):
+            return event
+
+
+def _chunks(members: list[int], rows: list[int], max_rows: int | None) -> list[list[int]]:
+    """``members`` in order, cut where the next one's rows would pass ``max_rows`` (a call is never split)."""
+    chunks, current, used = [], [], 0
+    for member, count in zip(members, rows):
+        if current and max_rows is not None and used + count > max_rows:
+            chunks.append(current)
+            current, used = [], 0
+        current.append(member)
+        used += count
+    return [*chunks, current] if current else chunks
+
+
 def drive(run: Drivable, answer: Answer, on_step: Callable[[Tensor], None] | None = None) -> None:
     """Run ``run`` to the end: ``answer`` gives the logits of every call, ``on_step`` sees every step.
 

@@ -29,13 +29,12 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
 from unmask.generation import TextSamples, start_run, text_samples
 from unmask.pipeline import Pipeline
 from unmask.runtime import autocast
-from unmask.sampling.run import DenoiserCall, Events, answer_with, drive
+from unmask.sampling.run import DenoiserCall, Events, answer_with, drive, merge_calls, merge_key, split_answer
 from unmask.serve.requests import GenerationRequest, RequestError
 
 
@@ -177,17 +176,13 @@ class Batcher:
                     continue
             for group in self._tick():
                 calls = [call for _, call in group]
-                merged = DenoiserCall(torch.cat([c.x for c in calls]), torch.cat([c.t for c in calls]),
-                                      torch.cat([c.where for c in calls]), cache=calls[0].cache,
-                                      block_size=calls[0].block_size)
                 try:
-                    logits = yield merged
+                    logits = yield merge_calls(calls)
                 except Exception as err:  # e.g. out of memory: these requests fail, the server goes on
                     for job, _ in group:
                         self._end(job, "failed", Failed(err))
                     continue
-                sizes = [int(call.where.sum()) for _, call in group]
-                for (job, _), part in zip(group, logits.split(sizes)):
+                for (job, _), part in zip(group, split_answer(logits, calls)):
                     job.answer = part
 
     def _answer(self, call: DenoiserCall) -> Tensor:
@@ -238,8 +233,7 @@ class Batcher:
                 samples = text_samples(self.pipeline.tokenizer, job.run.output(), time.perf_counter() - job.started)
                 self._end(job, "served", Finished(samples, job.started - job.submitted))
             else:
-                alone = call.cache is not None or call.block_size is not None
-                groups.setdefault(job if alone else call.x.shape[1], []).append((job, call))
+                groups.setdefault(merge_key(call, job), []).append((job, call))
         return list(groups.values())
 
     def _advance(self, job: Job) -> DenoiserCall | None:

@@ -19,23 +19,26 @@ from unmask.study.plan import (
     plan_study,
     unavailable_objectives,
 )
-from unmask.study.report import format_markdown, orderings, rows, write_report
+from unmask.study.report import format_markdown, orderings, rows, summarize_seeds, write_report
 from unmask.study.runner import STUDY_EVALUATION, StudyResult, run_study
 
 __all__ = [
     "ABLATIONS", "OBJECTIVES", "STUDY_EVALUATION", "Plan", "StudyError", "StudyResult", "available_objectives",
-    "format_markdown", "orderings", "plan_study", "rows", "run_study", "study", "unavailable_objectives",
+    "format_markdown", "orderings", "plan_study", "rows", "run_study", "study", "summarize_seeds",
+    "unavailable_objectives",
     "write_report",
 ]
 
 
-def study(preset: str, *, out: str | Path, budget: float, data: str | None = None,
-          objectives: list[str] | None = None, ablations: bool = False, overrides: list[str] | None = None,
-          evaluation: EvalConfig = STUDY_EVALUATION, progress: bool = True) -> tuple[StudyResult, list[Path]]:
-    """Plan, train (or continue), evaluate and report a study in ``out``: the result and the files
-    written (none when a Ctrl-C stopped the training; running it again continues)."""
-    plan = plan_study(preset, budget=budget, data=data, objectives=objectives, ablations=ablations,
-                      overrides=overrides)
+def study(preset: str, *, out: str | Path, budget: float | None = None, budget_tokens: int | None = None,
+          seeds: int = 1, data: str | None = None, objectives: list[str] | None = None, ablations: bool = False,
+          overrides: list[str] | None = None, evaluation: EvalConfig = STUDY_EVALUATION, progress: bool = True
+          ) -> tuple[StudyResult, list[Path]]:
+    """Plan, train (or continue), evaluate and report a study in ``out`` (``budget`` minutes or
+    ``budget_tokens`` tokens per run, ``seeds`` runs per model): the result and the files written (none when
+    a Ctrl-C stopped the training; running it again continues)."""
+    plan = plan_study(preset, budget=budget, budget_tokens=budget_tokens, seeds=seeds, data=data,
+                      objectives=objectives, ablations=ablations, overrides=overrides)
     result = run_study(plan, out, evaluation=evaluation, progress=progress)
     if result.interrupted:
         return result, []

@@ -2,13 +2,17 @@
 
 Every run starts from the same preset, corpus, tokenizer and user overrides; an entry only adds
 the keys that make it what it is (``objective.name=sedd``, ``objective.discrete_steps=100``...).
-The time budget is ``train.max_minutes``; ``train.max_steps`` is lifted (unless the user sets it)
-so that the budget is what ends every run.
+A budget is either time or tokens. A time budget is ``train.max_minutes``, with ``train.max_steps``
+lifted (unless the user sets it) so that the budget is what ends every run: the same minutes for every
+model. A token budget is ``train.max_steps`` = ceil(tokens / (train.global_batch * data.length)) with
+no time limit: the same training tokens for every model, the paper's comparison. With several seeds
+every entry is trained once per seed, ``train.seed`` = the base seed + 0, 1, 2...
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 
 from unmask.config import Config, ConfigError, apply_overrides, load_preset
@@ -56,15 +60,43 @@ ABLATIONS = (
 )
 
 
+@dataclass(frozen=True)
+class SeedRun:
+    """One training run of a study: ``entry`` trained with ``config`` (its ``train.seed``) in folder ``name``."""
+
+    entry: Entry
+    name: str
+    config: Config
+
+    @property
+    def seed(self) -> int:
+        return self.config.train.seed
+
+
 @dataclass
 class Plan:
-    """The runs of a study: ``runs`` pairs each entry with its full configuration; ``base`` is what
-    they share; ``skipped`` says why an objective of the default list cannot run here."""
+    """The runs of a study: ``runs`` pairs each entry with its full configuration (at the base seed);
+    ``base`` is what they share; ``budget`` the minutes or ``budget_tokens`` the training tokens of every
+    run; ``seeds`` runs per entry; ``skipped`` says why an objective of the default list cannot run here."""
 
     base: Config
     runs: list[tuple[Entry, Config]]
-    budget: float
+    budget: float | None
     skipped: dict[str, str] = field(default_factory=dict)
+    budget_tokens: int | None = None
+    seeds: int = 1
+
+    def seed_runs(self) -> list[SeedRun]:
+        """Every run to train, seed by seed (all entries at the base seed first): the base seed's run of an
+        entry is its folder ``NAME``, the others ``NAME-seedS`` with S their ``train.seed``."""
+        runs = []
+        for offset in range(self.seeds):
+            for entry, config in self.runs:
+                seeded = copy.deepcopy(config)
+                seeded.train.seed = config.train.seed + offset
+                name = entry.name if offset == 0 else f"{entry.name}-seed{seeded.train.seed}"
+                runs.append(SeedRun(entry, name, seeded))
+        return runs
 
 
 def entry_config(base: Config, entry: Entry) -> Config:
@@ -91,26 +123,42 @@ def available_objectives(base: Config) -> list[str]:
     return [name for name in OBJECTIVES if name not in unavailable]
 
 
-def plan_study(preset: str, *, budget: float, data: str | None = None, objectives: list[str] | None = None,
-               ablations: bool = False, overrides: list[str] | None = None) -> Plan:
+def plan_study(preset: str, *, budget: float | None = None, budget_tokens: int | None = None, seeds: int = 1,
+               data: str | None = None, objectives: list[str] | None = None, ablations: bool = False,
+               overrides: list[str] | None = None) -> Plan:
     """The runs of ``unmask study``: ``objectives`` (default: every one available) and, with
     ``ablations``, the paper's ablations, all on ``preset`` + ``data`` (default: the preset's
-    corpus) + ``overrides``, each trained for ``budget`` minutes."""
-    if not budget > 0:
+    corpus) + ``overrides``, each trained for ``budget`` minutes or on ``budget_tokens`` tokens (one of
+    the two), ``seeds`` times."""
+    if (budget is None) == (budget_tokens is None):
+        raise StudyError("give one budget: --budget MINUTES (the same time for every model) or --budget-tokens N "
+                         "(the same training tokens, the paper's comparison)")
+    if budget is not None and not budget > 0:
         raise StudyError(f"--budget is minutes of training per model: give a number > 0, got {budget}")
+    if budget_tokens is not None and budget_tokens < 1:
+        raise StudyError(f"--budget-tokens is training tokens per model: give a number >= 1, got {budget_tokens}")
+    if seeds < 1:
+        raise StudyError(f"--seeds is the number of training runs per model: at least 1, got {seeds}")
     overrides = list(overrides or [])
     varied = [item for item in overrides if item.split("=", 1)[0].strip().startswith("objective.")]
     if varied:
         raise StudyError(f"the study sets each run's objective itself: drop {' '.join(varied)}")
+    steps_given = [item for item in overrides if item.split("=", 1)[0].strip() == "train.max_steps"]
+    if budget_tokens is not None and steps_given:
+        raise StudyError(f"--budget-tokens sets train.max_steps itself: drop {' '.join(steps_given)}")
     source = [] if data is None else [f"data.source={data}"]
-    base = apply_overrides(load_preset(preset), [*source, f"train.max_steps={UNLIMITED_STEPS}", *overrides,
-                                                 f"train.max_minutes={budget}"])
+    base = apply_overrides(load_preset(preset), [*source, f"train.max_steps={UNLIMITED_STEPS}", *overrides])
+    if budget_tokens is None:
+        base.train.max_minutes = budget
+    else:
+        base.train.max_minutes = None
+        base.train.max_steps = math.ceil(budget_tokens / (base.train.global_batch * base.data.length))
     validate(base)
     skipped = unavailable_objectives(base) if objectives is None else {}
     names = [name for name in OBJECTIVES if name not in skipped] if objectives is None else _checked(objectives, base)
     entries = [OBJECTIVES[name] for name in names] + (list(ABLATIONS) if ablations else [])
     return Plan(base=base, runs=[(entry, entry_config(base, entry)) for entry in entries], budget=budget,
-                skipped=skipped)
+                skipped=skipped, budget_tokens=budget_tokens, seeds=seeds)
 
 
 def _checked(objectives: list[str], base: Config) -> list[str]:
