@@ -2,13 +2,15 @@
 the DiT's relaxed inputs, and a duo run through every command."""
 
 import json
+import math
 
 import pytest
 import torch
 from toy_uniform import UniformExactDenoiser, sample_chain
 
-from unmask import DiT, DiTConfig, SamplerConfig, generate_text, load
-from unmask.bounds.uniform import uniform_posterior
+from unmask import DiT, DiTConfig, SamplerConfig, conditional_nelbo, generate_text, load
+from unmask.bounds.conditional import RowNoise
+from unmask.bounds.uniform import uniform_conditional_bound, uniform_posterior
 from unmask.cli import main
 from unmask.config import ConfigError, apply_overrides, load_preset
 from unmask.sampling import DrawConfig, Process, Remasking
@@ -145,6 +147,8 @@ def test_a_duo_run_through_every_command(tmp_path, corpus_file, tiny_overrides, 
     expected = generate_text(pipeline, SamplerConfig(sampler="psi", steps=4, draw=DrawConfig(top_k=5)), num_samples=2,
                              seed=3, prompt="it is")
     assert [s["tokens"] for s in served["samples"]] == expected.tokens.tolist()
+    bound = conditional_nelbo(pipeline, "it is", " a truth", num_t=8)  # lm-eval's loglikelihood of a duo run
+    assert math.isfinite(float(bound)) and float(bound) > 0
     capsys.readouterr()
     assert main(["sample", str(run), "--sampler", "first_hitting"]) == 2
     assert "samples with --sampler ancestral, cached, psi" in capsys.readouterr().err
@@ -164,3 +168,20 @@ def test_the_mixture_draw_is_the_posterior(kappa):
     expected = kappa * predictor + (1 - kappa) * corrector
     empirical = torch.bincount(draws, minlength=5).double() / n
     assert empirical[4] == 0 and (empirical - expected).abs().max() < 4e-3
+
+
+def test_the_conditional_bound_is_exact_given_the_context(toy):
+    """-log p(y | c) on the toy: context at position 1, the continuation at 0, 2 and 3 (infilling), with the
+    exact leave-one-out denoiser that reads the context as clean."""
+    x0 = toy.sequences[toy.probs.argmax()].unsqueeze(0)
+    scored = torch.tensor([[True, False, True, True]])
+    template = torch.where(scored[0], toy.mask_id, x0[0])
+    truth = -float(torch.log(toy.conditional(template)[toy.index(x0)]))
+    denoiser = ContextDenoiser(toy, ~scored[0])
+    rows = 20_000
+    noise = RowNoise.draw(rows, toy.length, torch.Generator().manual_seed(0))
+    estimates = uniform_conditional_bound(denoiser, x0.expand(rows, -1), scored.expand(rows, -1), noise.u,
+                                          noise.order, schedule=LINEAR_ALPHA, mask_id=toy.mask_id,
+                                          vocab_size=toy.vocab + 1, min_noise_rate=1e-5)
+    error = float(estimates.std()) / rows**0.5
+    assert abs(float(estimates.mean()) - truth) < 4 * error + 0.003, (float(estimates.mean()), truth, error)

@@ -263,3 +263,49 @@ def uniform_nelbo(
     # Times are uniform on [t_min, 1]: the interval's length turns the mean into the integral.
     per_row = (1 - t_min) * per_row_sum(token_loss, keep_rep)
     return per_row.view(copies, x0.shape[0]).mean(0)
+
+
+def uniform_conditional_bound(denoiser: Denoiser, x0: Tensor, scored: Tensor, u: Tensor, order: Tensor, *,
+                              schedule: Schedule | str, mask_id: int, vocab_size: int,
+                              min_noise_rate: float = MIN_NOISE_RATE) -> Tensor:
+    """One sample per row [R] of the uniform-state NELBO of the ``scored`` [R, L] positions given the rest of x0
+    (``docs/math.md`` §9): t = t_min + (1 - t_min) ``u`` [R]; a scored position is resampled when its ``order``
+    [R, L] is below 1 - alpha_t, to the state order / (1 - alpha_t) picks (uniform given that); a MASK in x0 is
+    unknown, pure noise at every t (the state ``order`` picks); every other token is clean context.
+
+    The process restricted to the scored positions is the uniform process on a shorter sequence, and the
+    denoiser conditions on the context as on any position it sees, so with the exact conditionals given the
+    context this has expectation -log p(scored | context) (tests/test_duo.py).
+    """
+    schedule = get_schedule(schedule)
+    t_min = min_time(schedule, min_noise_rate)
+    t = (t_min + (1 - t_min) * u).float()
+    rest = schedule.one_minus_alpha(t)[:, None].double()
+    k = num_states(vocab_size, mask_id)
+    resampled = scored.bool() & (order.double() < rest)
+    free = x0 == mask_id
+    share = torch.where(resampled, order.double() / rest.clamp_min(TINY), order.double())
+    noise = _to_ids((share * k).long().clamp(max=k - 1), mask_id)
+    z = torch.where(resampled | free, noise, x0)
+    logits = denoise(denoiser, z, t, where=scored.bool())
+    rows = scored.nonzero()[:, 0]
+    loss = uniform_token_loss(logits, x0[scored.bool()], z[scored.bool()], schedule.alpha(t)[rows],
+                              schedule.one_minus_alpha(t)[rows], schedule.alpha_derivative(t)[rows], mask_id=mask_id)
+    return (1 - t_min) * per_row_sum(loss, scored.bool())
+
+
+@torch.no_grad()
+def uniform_greedy_matches(denoiser: Denoiser, x0: Tensor, scored: Tensor, order: Tensor, *, mask_id: int,
+                           vocab_size: int) -> Tensor:
+    """Per row [R]: whether the greedy decoding of the scored positions gives x0 there, for a uniform-state
+    model: one call at t = 1 with the scored positions (and the unknown ones) as noise (the states ``order``
+    picks) and the argmax of x_theta at each scored position, Duo's greedy tail in one step. Under the uniform
+    process every position moves at once, so there is no one-position-at-a-time decoding to mirror the
+    absorbing kinds'."""
+    k = num_states(vocab_size, mask_id)
+    noise = _to_ids((order.double() * k).long().clamp(max=k - 1), mask_id)
+    z = torch.where(scored.bool() | (x0 == mask_id), noise, x0)
+    logits = denoise(denoiser, z, torch.ones(x0.shape[0], device=x0.device), where=scored.bool())
+    logits = logits.float().index_fill(-1, torch.tensor([mask_id], device=logits.device), float("-inf"))
+    hits = (logits.argmax(-1) == x0[scored.bool()]).long()
+    return per_row_sum(hits, scored.bool()) == scored.sum(1)

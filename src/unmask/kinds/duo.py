@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from unmask.bounds.conditional import RowNoise
 from unmask.bounds.relaxation import curriculum_temperature, duo_curriculum_loss
-from unmask.bounds.uniform import uniform_nelbo
+from unmask.bounds.uniform import uniform_conditional_bound, uniform_greedy_matches, uniform_nelbo
 from unmask.denoiser import Denoiser, unwrap
 from unmask.errors import ConfigError
 from unmask.kinds.base import ModelKind, padding_of, switched_off
@@ -61,8 +62,7 @@ class DuoKind(ModelKind):
                step: int | None = None) -> tuple[Tensor, Tensor]:
         self.check_discrete_steps(discrete_steps)
         x0, loss_mask = batch["input_ids"], batch["loss_mask"]
-        vocab_size = getattr(getattr(unwrap(model), "config", None), "vocab_size", None) or mask_id + 1
-        common = dict(schedule=objective.schedule, mask_id=mask_id, vocab_size=vocab_size,
+        common = dict(schedule=objective.schedule, mask_id=mask_id, vocab_size=_vocab_size(model, mask_id),
                       antithetic=objective.antithetic, loss_mask=padding_of(batch), generator=generator)
         if step is not None and step < objective.curriculum_end:
             temperature = curriculum_temperature(
@@ -74,9 +74,27 @@ class DuoKind(ModelKind):
             loss = uniform_nelbo(model, x0, num_t=num_t, **common)
         return loss, loss_mask.sum(1)
 
+    def conditional_losses(self, model: Denoiser, x0: Tensor, scored: Tensor, objective: ObjectiveConfig,
+                           mask_id: int, noise: RowNoise) -> Tensor:
+        return uniform_conditional_bound(model, x0, scored, noise.u, noise.order, schedule=objective.schedule,
+                                         mask_id=mask_id, vocab_size=_vocab_size(model, mask_id))
+
+    def greedy_matches(self, model: Denoiser, x0: Tensor, scored: Tensor, objective: ObjectiveConfig,
+                       mask_id: int) -> Tensor:
+        # Each row's own tokens seed its noise: the same row gives the same verdict in any batch.
+        order = torch.stack([torch.rand(x0.shape[1], generator=torch.Generator().manual_seed(hash(tuple(row))))
+                             for row in x0.tolist()])
+        return uniform_greedy_matches(model, x0, scored, order.to(x0.device), mask_id=mask_id,
+                                      vocab_size=_vocab_size(model, mask_id))
+
     def window_run(self, sampling: SamplerConfig, x: Tensor, *, process: Process,
                    generator: torch.Generator | None = None) -> Run:
         return UniformRun(sampling, x, process=process, generator=generator)
+
+
+def _vocab_size(model: Denoiser, mask_id: int) -> int:
+    """The ids the model's logits cover, where its config says (a DiT's); else MASK is the last."""
+    return getattr(getattr(unwrap(model), "config", None), "vocab_size", None) or mask_id + 1
 
 
 DUO = DuoKind()
