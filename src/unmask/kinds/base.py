@@ -64,6 +64,10 @@ class ModelKind:
     samplers: tuple[str, ...] = ("ancestral", "cached", "first_hitting", "analytic")
     objective_fields: tuple[str, ...] = ()
     distillation: str | None = None
+    # Why a run of this kind must see t (None: it need not), and why MDLM's ablation switches and discrete time
+    # do not apply to it (None: they may).
+    needs_time: str | None = None
+    continuous_only: str | None = None
     frontier_samplers: tuple[str, ...] = ("cached", "first_hitting", "confidence", "threshold-0.9", "remdm-cap")
 
     def __repr__(self) -> str:
@@ -84,6 +88,13 @@ class ModelKind:
         if len(rates) != 2 or not 0 <= rates[0] < rates[1] <= 1:
             raise ConfigError(f"objective.mask_rate_range must be [beta, omega] with 0 <= beta < omega <= 1 "
                               f"(e.g. [0.3, 0.8]), got {rates}")
+        if self.continuous_only and switched_off(objective):
+            raise ConfigError(f"{switched_off(objective)}: these are MDLM ablations; {self.name} "
+                              f"{self.continuous_only}: drop them")
+        if self.continuous_only and self.time_steps(objective):
+            raise ConfigError(f"{self.name}'s bound is continuous-time: drop objective.discrete_steps")
+        if self.needs_time and not config.model.time_conditioning:
+            raise ConfigError(f"objective.name={self.name} {self.needs_time}: add model.time_conditioning=true")
 
     def losses(self, model: Denoiser, batch: dict[str, Tensor], objective: ObjectiveConfig, mask_id: int, *,
                generator: torch.Generator | None = None, num_t: int = 1, discrete_steps: int | None = None,

@@ -18,7 +18,7 @@ from unmask.bounds.relaxation import curriculum_temperature, duo_curriculum_loss
 from unmask.bounds.uniform import uniform_conditional_bound, uniform_greedy_matches, uniform_nelbo
 from unmask.denoiser import Denoiser, unwrap
 from unmask.errors import ConfigError
-from unmask.kinds.base import ModelKind, padding_of, switched_off
+from unmask.kinds.base import ModelKind, padding_of
 from unmask.sampling.config import SamplerConfig
 from unmask.sampling.process import UNIFORM, Process
 from unmask.sampling.run import Run
@@ -35,6 +35,8 @@ class DuoKind(ModelKind):
     study_overrides = ("model.time_conditioning=true",)
     samplers = ("ancestral", "cached", "psi")
     distillation = "dcd"
+    needs_time = "predicts x0 from a latent whose noise level only t tells"
+    continuous_only = "has no MASK to carry over or to zero"
     frontier_samplers = ("ancestral", "greedy", "psi")
     objective_fields = ("curriculum_start", "curriculum_end", "temperature_start", "temperature_end", "gamma_min",
                         "gamma_max")
@@ -42,14 +44,6 @@ class DuoKind(ModelKind):
     def validate(self, config: Config) -> None:
         super().validate(config)
         objective = config.objective
-        if switched_off(objective):
-            raise ConfigError(f"{switched_off(objective)}: these are MDLM ablations; duo has no MASK to carry over "
-                              "or to zero: drop them")
-        if self.time_steps(objective):
-            raise ConfigError("duo's bound is continuous-time: drop objective.discrete_steps")
-        if not config.model.time_conditioning:
-            raise ConfigError("objective.name=duo predicts x0 from a latent whose noise level only t tells: add "
-                              "model.time_conditioning=true")
         if objective.curriculum_end and objective.curriculum_start > objective.curriculum_end:
             raise ConfigError(f"objective.curriculum_start ({objective.curriculum_start}) must not come after "
                               f"objective.curriculum_end ({objective.curriculum_end})")

@@ -10,11 +10,10 @@ from torch import Tensor
 from unmask.bounds.conditional import RowNoise, time_bound
 from unmask.bounds.sedd import sedd_nelbo, sedd_token_loss
 from unmask.denoiser import Denoiser
-from unmask.errors import ConfigError
-from unmask.kinds.base import ModelKind, padding_of, switched_off
+from unmask.kinds.base import ModelKind, padding_of
 
 if TYPE_CHECKING:
-    from unmask.config import Config, ObjectiveConfig
+    from unmask.config import ObjectiveConfig
 
 
 class SEDDKind(ModelKind):
@@ -22,18 +21,8 @@ class SEDDKind(ModelKind):
     label = "SEDD (absorbing)"
     parameterization = "sedd"
     study_overrides = ("model.time_conditioning=true",)
-
-    def validate(self, config: Config) -> None:
-        super().validate(config)
-        objective = config.objective
-        if switched_off(objective):
-            raise ConfigError(f"{switched_off(objective)}: these are MDLM ablations; sedd has its own "
-                              "parameterization: drop them")
-        if self.time_steps(objective):
-            raise ConfigError("sedd's bound is continuous-time: drop objective.discrete_steps")
-        if not config.model.time_conditioning:
-            raise ConfigError("objective.name=sedd reads the output as a score at the noise level t, so the model "
-                              "must see t: add model.time_conditioning=true")
+    needs_time = "reads the output as a score at the noise level t, so the model must see t"
+    continuous_only = "has its own parameterization"
 
     def losses(self, model: Denoiser, batch: dict[str, Tensor], objective: ObjectiveConfig, mask_id: int, *,
                generator: torch.Generator | None = None, num_t: int = 1, discrete_steps: int | None = None,
