@@ -45,6 +45,9 @@ class ModelKind:
     - ``samplers``: the samplers (``SamplerConfig.sampler``) it can sample with.
     - ``objective_fields``: the ``objective`` keys only this kind (and others that list them) reads; a run of
       any other kind must leave them at their defaults (checked by :func:`unmask.config.validate`).
+    - ``adaptable``: it can start from a pretrained causal LM (``adapt.init``: :mod:`unmask.models.causal_lm`).
+    - ``prompted``: its loss takes prompts (a batch's ``attention_mask`` beside its ``loss_mask``: the prompt is
+      seen but never noised nor scored), so it fine-tunes on conversations (``data.format=chat``).
     """
 
     name: str = ""
@@ -59,6 +62,8 @@ class ModelKind:
     study_overrides: tuple[str, ...] = ()
     samplers: tuple[str, ...] = ("ancestral", "cached", "first_hitting", "analytic")
     objective_fields: tuple[str, ...] = ()
+    adaptable: bool = False
+    prompted: bool = False
 
     def __repr__(self) -> str:
         return f"<model kind {self.name}>"
@@ -133,3 +138,8 @@ def padding_of(batch: dict[str, Tensor]) -> Tensor | None:
     """The batch's loss mask where it hides padding, None when every token counts."""
     loss_mask = batch["loss_mask"]
     return None if bool(loss_mask.all()) else loss_mask
+
+
+def seen_of(batch: dict[str, Tensor]) -> Tensor | None:
+    """The batch's attention mask where it has one (a prompt: seen, not counted); None: the counted tokens."""
+    return batch.get("attention_mask")
