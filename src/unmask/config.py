@@ -1,6 +1,7 @@
 """Typed run configuration: dataclasses, YAML presets, and ``key=value`` overrides.
 
-A run is described by one :class:`Config` (model, data, objective, optimizer, training, parallel).
+A run is described by one :class:`Config` (model, data, objective, optimizer, training, parallel, and
+``adapt`` when it starts from a pretrained causal LM).
 The ``model`` section is the model's own configuration, :class:`unmask.models.DiTConfig`; the few
 fields of it that follow from the rest of the run (vocabulary, length, causal attention) are
 filled in by :meth:`Config.model_config`, never set by hand. Presets live in
@@ -22,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from unmask.adapt_config import AdaptConfig, validate_adapt
 from unmask.bounds.relaxation import (
     CURRICULUM_END,
     CURRICULUM_START,
@@ -31,6 +33,7 @@ from unmask.bounds.relaxation import (
     LOG10_TEMPERATURE_START,
 )
 from unmask.configs import preset_names
+from unmask.data.chat import FORMATS as CHAT_FORMATS
 from unmask.errors import ConfigError
 from unmask.kinds import KINDS, get_kind
 from unmask.models.block_attention import ATTENTIONS
@@ -52,6 +55,9 @@ class DataConfig:
     # Stream the training corpus with HF datasets instead of caching its tokens on disk (corpora
     # larger than the disk); validation then needs valid_source or the dataset's own split.
     streaming: bool = False
+    # "text" (documents), "chat" (a .jsonl of {"messages": [...]}: supervised fine-tuning, unmask.data.chat),
+    # or "auto": chat for a .jsonl file whose first record has "messages", text otherwise.
+    format: str = "auto"
 
 
 @dataclass
@@ -133,6 +139,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Every settable key by section (the model's derived fields are left out)."""
@@ -234,6 +241,7 @@ _FIELD_OWNERS = {
     "optim": OptimConfig,
     "train": TrainConfig,
     "parallel": ParallelConfig,
+    "adapt": AdaptConfig,
 }
 
 
@@ -310,6 +318,8 @@ RANGES: dict[str, tuple[float, float | None, bool, bool]] = {
     "train.eval_every": (1, None, False, False), "train.eval_batches": (1, None, False, False),
     "train.save_every": (1, None, False, False), "train.keep_checkpoints": (1, None, False, False),
     "train.log_every": (1, None, False, False),
+    "adapt.anneal_steps": (0, None, False, False), "adapt.lora_rank": (0, None, False, False),
+    "adapt.lora_alpha": (0.0, None, True, False), "adapt.lora_dropout": (0.0, 1.0, False, True),
 }
 
 
@@ -324,6 +334,7 @@ def validate(config: Config) -> None:
         "model.attention": (config.model.attention, ATTENTIONS),
         "model.time_input": (config.model.time_input, TIME_INPUTS),
         "parallel.strategy": (config.parallel.strategy, ("ddp", "fsdp")),
+        "data.format": (config.data.format, CHAT_FORMATS),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:
@@ -357,6 +368,7 @@ def validate(config: Config) -> None:
     if config.model.hidden % config.model.n_heads:
         raise ConfigError(f"model.hidden ({config.model.hidden}) must be divisible by model.n_heads")
     _validate_kind_fields(config)
+    validate_adapt(config)
     get_kind(config.objective.name).validate(config)
 
 

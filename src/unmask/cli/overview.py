@@ -11,7 +11,7 @@ import sys
 from typing import NoReturn
 
 COMMANDS = {
-    "train": "train a model (MDLM, block diffusion, SEDD, D3PM or the AR baseline)",
+    "train": "train a model (MDLM, block diffusion, SEDD, D3PM or the AR baseline), or adapt a pretrained LM",
     "eval": "likelihood bound (and generative perplexity) of a checkpoint",
     "sample": "generate, continue a prompt, or fill in a template",
     "serve": "serve a model over HTTP, with a page that shows the text unmasking live",
