@@ -130,3 +130,14 @@ def test_bad_pretrained_models_and_chat_files_are_one_line_and_write_nothing(roo
         if expected is not None and expected not in err or out.exists():
             failures.append(f"{argv[7:]}: {err} (run folder left: {out.exists()})")
     assert failures == []
+
+
+def test_activation_checkpointing_trains_the_same_weights(root):
+    common = ("--max-steps", "2", "data.length=32", "objective.name=bd3lm", "objective.block_size=4")
+    assert _train(root, "plain", *common) == 0
+    assert _train(root, "recomputed", *common, "parallel.activation_checkpointing=true") == 0
+    plain, recomputed = (load(root / name, weights="model", device="cpu").model.state_dict()
+                         for name in ("plain", "recomputed"))
+    assert plain.keys() == recomputed.keys()
+    for name, value in plain.items():
+        torch.testing.assert_close(recomputed[name], value, rtol=1e-5, atol=1e-6, msg=name)

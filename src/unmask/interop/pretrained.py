@@ -74,7 +74,8 @@ def load_causal_lm(spec: str) -> nn.Module:
     except _UNREADABLE as error:
         raise CheckpointError(f"transformers cannot load the weights of {spec} ({_reason(error)}); download or "
                               "export the model again") from None
-    return lm.float()
+    # Trained in float32 (autocast does the rest); a GGUF file is dequantised to float32 already.
+    return lm.float() if any(p.dtype != torch.float32 for p in lm.parameters()) else lm
 
 
 def check_adaptable(lm: nn.Module, spec: str) -> None:

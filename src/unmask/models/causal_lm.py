@@ -172,6 +172,19 @@ class CausalLM(nn.Module):
         self.register_state_dict_post_hook(_drop_aliases)
         self.register_load_state_dict_post_hook(_allow_missing_aliases)
 
+    @property
+    def blocks(self) -> nn.ModuleList:
+        """The transformer's layers: what activation checkpointing, compilation and FSDP treat layer by layer
+        (:func:`unmask.distributed.parallelize.parallelize`), as the DiT's blocks."""
+        base = self.lm.base_model
+        return next((layers for layers in (getattr(base, name, None) for name in ("layers", "h"))
+                     if isinstance(layers, nn.ModuleList)), nn.ModuleList())
+
+    def checkpoint_activations(self) -> None:
+        """Recompute each layer in the backward pass (``parallel.activation_checkpointing``), the way transformers
+        does it for its own layers."""
+        self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
     def set_training_step(self, step: int) -> None:
         """Attention-mask annealing: ``future`` rises linearly from 0 to 1 over ``anneal_steps``."""
         steps = self.config.anneal_steps
