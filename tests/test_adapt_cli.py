@@ -61,6 +61,8 @@ def test_every_command_takes_an_adapted_lora_bd3lm_run(root, capsys):
         assert main(["train", "--out", str(run), "--resume", "--max-steps", "3", "--quiet"]) == 0
         assert main(["export", str(run), "--out", str(root / "bd3-merged"), "--merge-lora"]) == 0
         assert main(["export", str(run), "--out", str(root / "bd3-copy")]) == 0
+        assert "drop --format hf" in one_line_error(capsys, ["export", str(run), "--out", str(root / "hf"),
+                                                             "--format", "hf"])
     finally:
         shutil.move(root / "lm-away", root / "lm")
     adapted, merged = load(run, device="cpu"), load(root / "bd3-merged", device="cpu")

@@ -25,6 +25,11 @@ them from the model inside):
   the new tokens attend to (block-by-block sampling). A denoiser without it is run block by block
   on whole sequences instead.
 
+Two optional hooks concern training, not the math: ``set_training_step(step)`` is called before every
+optimizer step (an adapted causal LM anneals its attention mask with it: :mod:`unmask.models.causal_lm`),
+and ``checkpoint_activations()`` replaces unmask's per-block activation checkpointing by the model
+library's own.
+
 A Hugging Face masked LM fits with a few lines::
 
     class HFDenoiser:

@@ -183,7 +183,10 @@ class CausalLM(nn.Module):
     def checkpoint_activations(self) -> None:
         """Recompute each layer in the backward pass (``parallel.activation_checkpointing``), the way transformers
         does it for its own layers."""
-        self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(self.lm, "activation_checkpointing_enable"):  # its newer name (the old one is deprecated)
+            self.lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     def set_training_step(self, step: int) -> None:
         """Attention-mask annealing: ``future`` rises linearly from 0 to 1 over ``anneal_steps``."""
