@@ -1,5 +1,6 @@
 """The server over loopback (uvicorn on a free port): streams that arrive while generating, disconnects that
-free their place, a burst of concurrent clients, the openai client, Ctrl-C, and the page in a real browser."""
+free their place, a burst of concurrent clients, the openai client (completions and chat), Ctrl-C, and the page in a
+real browser (text and chat)."""
 
 import os
 import shutil
@@ -19,7 +20,10 @@ httpx = pytest.importorskip("httpx")
 from runs import untrained_run  # noqa: E402
 from served import alone, sse_events  # noqa: E402
 
+from unmask.data.chat import prompt_ids  # noqa: E402
+from unmask.generation import generate_text  # noqa: E402
 from unmask.pipeline import load  # noqa: E402
+from unmask.sampling import SamplerConfig  # noqa: E402
 from unmask.serve import Limits, create_app, serving  # noqa: E402
 
 LONG = {"prompt": "it is", "steps": 1000, "sampler": "ancestral"}  # a network call at each of 1000 steps
@@ -236,3 +240,102 @@ def test_the_page_shows_the_text_unmasking_in_a_real_browser(pipeline, tmp_path)
         finally:
             browser.close()
     assert screenshot.stat().st_size > 0
+
+
+@pytest.fixture(scope="module")
+def chat_pipeline(tmp_path_factory):
+    """A tiny pretrained causal LM adapted as an MDLM (random weights, a ChatML template), untrained."""
+    pytest.importorskip("transformers")
+    from tiny_lm import tiny_causal_lm
+
+    from unmask.adapt_config import AdaptConfig
+    from unmask.config import Config
+    from unmask.data import get_tokenizer
+    from unmask.interop.pretrained import adapt_pretrained
+    from unmask.pipeline import Pipeline
+
+    folder = tiny_causal_lm(tmp_path_factory.mktemp("chat-lm"))
+    config = Config()
+    config.adapt, config.data.tokenizer, config.data.length = AdaptConfig(init=str(folder)), str(folder), 96
+    tokenizer = get_tokenizer(str(folder))
+    model = adapt_pretrained(config.adapt, tokenizer, config.data.length).eval()
+    return Pipeline(model=model, tokenizer=tokenizer, config=config, checkpoint=folder)
+
+
+@pytest.fixture(scope="module")
+def chat_url(chat_pipeline):
+    with serving(create_app(chat_pipeline, model="tiny-chat", max_batch=8)) as url:
+        yield url
+
+
+QUESTION = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is the capital of France?"}]
+
+
+def test_the_openai_client_chats_streamed_and_not(chat_url, chat_pipeline):
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=f"{chat_url}/v1", api_key="unused", max_retries=0)
+    expected = generate_text(chat_pipeline, SamplerConfig(steps=8), chat=QUESTION, max_tokens=10, num_samples=2,
+                             seed=4)
+    reply = client.chat.completions.create(model="tiny-chat", messages=QUESTION, max_tokens=10, n=2, seed=4,
+                                           extra_body={"steps": 8})
+    assert reply.object == "chat.completion" and [c.index for c in reply.choices] == [0, 1]
+    assert [c.message.content for c in reply.choices] == expected.texts
+    assert all(c.message.role == "assistant" and c.finish_reason in ("stop", "length") for c in reply.choices)
+    prompt = len(prompt_ids(chat_pipeline.tokenizer, QUESTION))
+    eos = chat_pipeline.tokenizer.eos_id
+    for choice, row in zip(reply.choices, expected.tokens.tolist()):
+        assert choice.finish_reason == ("stop" if eos in row[prompt:] else "length")
+    assert reply.usage.prompt_tokens == prompt and 2 <= reply.usage.completion_tokens <= 20
+
+    stream = client.chat.completions.create(model="tiny-chat", messages=QUESTION, max_completion_tokens=10, n=2,
+                                            seed=4, stream=True, stream_options={"include_usage": True},
+                                            extra_body={"steps": 8})
+    contents, roles, reasons, usage = ["", ""], [None, None], [None, None], None
+    for chunk in stream:
+        assert chunk.object == "chat.completion.chunk"
+        for choice in chunk.choices:
+            if choice.delta.role is not None:
+                assert contents[choice.index] == "" and reasons[choice.index] is None  # the role comes first
+                roles[choice.index] = choice.delta.role
+            contents[choice.index] += choice.delta.content or ""
+            reasons[choice.index] = choice.finish_reason or reasons[choice.index]
+        usage = chunk.usage or usage
+    assert roles == ["assistant", "assistant"] and contents == expected.texts
+    assert reasons == [c.finish_reason for c in reply.choices] and usage == reply.usage
+    with pytest.raises(openai.BadRequestError, match="stop is not supported"):
+        client.chat.completions.create(model="tiny-chat", messages=QUESTION, stop=["."])
+    with pytest.raises(openai.BadRequestError, match="messages"):
+        client.chat.completions.create(model="tiny-chat", messages=[{"role": "user"}])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium: apt-get install -y chromium")
+def test_the_page_shows_a_chat_answer_unmasking_in_a_real_browser(chat_pipeline, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="no Playwright: pip install playwright")
+    question, tokens, steps, seed = "What is the capital of France?", 24, 32, 11
+    expected = generate_text(chat_pipeline, SamplerConfig(steps=steps, sampler="ancestral"), chat=question,
+                             max_tokens=tokens, num_samples=1, seed=seed).texts[0]
+    with serving(create_app(chat_pipeline, model="tiny-chat")) as url, sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page()
+            page.goto(url)
+            page.select_option("#mode", "chat")
+            assert page.text_content("#length-label") == "answer (tokens)"
+            page.fill("#prompt", question)
+            page.fill("#length", str(tokens))
+            page.fill("#steps", str(steps))
+            page.select_option("#sampler", "ancestral")
+            page.fill("#seed", str(seed))
+            page.click("#go")
+            page.wait_for_function("() => { const out = document.getElementById('out');"
+                                   " return Number(out.dataset.step) >= 1 && Number(out.dataset.masked) > 0; }",
+                                   polling="raf")
+            # Only the answer is shown, unmasking: the rendered conversation it follows is not.
+            assert page.locator("#out span").count() == tokens and page.locator("#out .fixed").count() == 0
+            page.wait_for_function("() => document.body.dataset.state === 'done'")
+            assert page.text_content("#final") == expected
+            assert page.locator("#out .mask").count() == 0
+        finally:
+            browser.close()

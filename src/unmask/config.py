@@ -1,6 +1,7 @@
 """Typed run configuration: dataclasses, YAML presets, and ``key=value`` overrides.
 
-A run is described by one :class:`Config` (model, data, objective, optimizer, training, parallel).
+A run is described by one :class:`Config` (model, data, objective, optimizer, training, parallel, and
+``adapt`` when it starts from a pretrained causal LM).
 The ``model`` section is the model's own configuration, :class:`unmask.models.DiTConfig`; the few
 fields of it that follow from the rest of the run (vocabulary, length, causal attention) are
 filled in by :meth:`Config.model_config`, never set by hand. Presets live in
@@ -22,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from unmask.adapt_config import AdaptConfig
 from unmask.bounds.relaxation import (
     CURRICULUM_END,
     CURRICULUM_START,
@@ -51,6 +53,9 @@ class DataConfig:
     # Stream the training corpus with HF datasets instead of caching its tokens on disk (corpora
     # larger than the disk); validation then needs valid_source or the dataset's own split.
     streaming: bool = False
+    # "text" (documents), "chat" (a .jsonl of {"messages": [...]}: supervised fine-tuning, unmask.data.chat),
+    # or "auto": chat for a .jsonl file whose first record has "messages", text otherwise.
+    format: str = "auto"
 
 
 @dataclass
@@ -147,6 +152,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Every settable key by section (the model's derived fields are left out)."""
@@ -249,6 +255,7 @@ _FIELD_OWNERS = {
     "optim": OptimConfig,
     "train": TrainConfig,
     "parallel": ParallelConfig,
+    "adapt": AdaptConfig,
 }
 
 

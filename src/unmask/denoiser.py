@@ -30,6 +30,11 @@ does not depend on ``t`` (a DiT without time conditioning, a masked LM). The con
 use an estimator that needs no time (:mod:`unmask.bounds.conditional`); a model that does not say
 is taken to read ``t``.
 
+Two optional hooks concern training, not the math: ``set_training_step(step)`` is called before every
+optimizer step (an adapted causal LM anneals its attention mask with it: :mod:`unmask.models.causal_lm`),
+and ``checkpoint_activations()`` replaces unmask's per-block activation checkpointing by the model
+library's own.
+
 A Hugging Face masked LM fits with a few lines::
 
     class HFDenoiser:

@@ -47,8 +47,8 @@ class ConfigError(UserError):
 # The extra of ``pip install "unmask[EXTRA]"`` that brings each optional package.
 EXTRAS = {
     "transformers": "hf", "datasets": "hf", "pyarrow": "hf", "gguf": "hf", "accelerate": "hf",
-    "huggingface_hub": "hf", "matplotlib": "plot", "tensorboard": "logging", "fastapi": "serve", "uvicorn": "serve",
-    "lm_eval": "eval",
+    "huggingface_hub": "hf", "jinja2": "hf", "matplotlib": "plot", "tensorboard": "logging", "fastapi": "serve",
+    "uvicorn": "serve", "peft": "lora", "lm_eval": "eval",
 }
 
 

@@ -2,7 +2,9 @@
 
 A template is text in which ``[MASK]`` marks one token to generate; ``[MASK:N]`` marks N in a
 row (writing ``[MASK]`` N times does the same). Everything else in the template is fixed and is
-never changed by the sampler.
+never changed by the sampler. A chat (a question, or a list of messages) is rendered with the
+tokenizer's chat template and answered in ``max_tokens`` masked positions after it; the answer ends at
+its first EOS (the end of the assistant's turn).
 
 :func:`generate_text` is what ``unmask sample`` runs: :func:`prepare` checks a request and makes
 its fixed tokens, :func:`start_run` the sampling run the model's kind makes of them (within the
@@ -22,6 +24,7 @@ import torch
 from torch import Tensor
 
 from unmask.data import Tokenizer
+from unmask.data.chat import Messages, checked_messages, prompt_ids
 from unmask.errors import OptionError
 from unmask.kinds.base import SLIDING, WINDOWS
 from unmask.pipeline import Pipeline
@@ -31,6 +34,7 @@ from unmask.sampling.run import Run, run_to_end
 
 PLACEHOLDER = re.compile(r"\[MASK(?::(\d+))?\]")
 MASK_MARK = "[MASK]"  # one masked position, in templates and in texts being generated
+CHAT_TOKENS = 64  # tokens of a chat answer unless max_tokens says otherwise
 
 
 class PromptError(OptionError):
@@ -63,16 +67,17 @@ def build_template(
     length: int | None = None,
     prompt: str | Sequence[int] | None = None,
     template: str | None = None,
+    prefix: list[int] | None = None,
 ) -> Tensor:
     """The sampler's template [L]: BOS, then the prompt (text, or its token ids) or the parsed template, then
-    MASK up to ``length``.
+    MASK up to ``length``; or the token ids ``prefix`` (BOS included: a rendered chat), then MASK.
 
     Without a template the length defaults to the model's; with one, to the template's own.
     """
     if prompt is not None and template is not None:
         raise PromptError("give either {0} or {1}, not both (a template can start with the prompt text)", "prompt",
                           "template")
-    fixed = [tokenizer.bos_id]
+    fixed = [tokenizer.bos_id] if prefix is None else list(prefix)
     if template is not None:
         fixed += parse_template(template, tokenizer)
     elif prompt:
@@ -82,7 +87,7 @@ def build_template(
         raise PromptError(f"length {target} exceeds the model's length {model_length}; shorten the prompt or {{0}}",
                           "length")
     if len(fixed) > target:
-        what = "template" if template is not None else "prompt"
+        what = "template" if template is not None else "prompt" if prefix is None else "chat"
         raise PromptError(
             f"the {what} is {len(fixed) - 1} tokens but only {target - 1} fit (length {target}); shorten it"
         )
@@ -102,6 +107,20 @@ class TextSamples:
         return {"samples": samples, "num_calls": self.num_calls, "seconds": self.seconds}
 
 
+def chat_prefix(pipeline: Pipeline, chat: str | Messages, *, max_tokens: int | None = None, prompt: str | None = None,
+                template: str | None = None, length: int | None = None) -> tuple[list[int], int]:
+    """The token ids of a chat to answer (a question, or messages: rendered with the tokenizer's chat template,
+    BOS first) and the length of the request: those and ``max_tokens`` for the answer (default CHAT_TOKENS)."""
+    if prompt is not None or template is not None or length is not None:
+        raise PromptError("{0} is the whole prompt: drop {1}, {2} and {3} ({4} sets the answer's length)", "chat",
+                          "prompt", "template", "length", "max_tokens")
+    if max_tokens is not None and max_tokens < 1:
+        raise PromptError(f"{{0}} must be at least 1, got {max_tokens}", "max_tokens")
+    ids = prompt_ids(pipeline.tokenizer, [{"role": "user", "content": chat}] if isinstance(chat, str)
+                     else checked_messages(chat))
+    return ids, len(ids) + (CHAT_TOKENS if max_tokens is None else max_tokens)
+
+
 def in_windows(pipeline: Pipeline, length: int | None) -> bool:
     """True when ``length`` is beyond the model's and its kind generates it in windows (semi-autoregressively)."""
     return length is not None and length > pipeline.config.data.length and pipeline.kind.beyond_window == WINDOWS
@@ -115,11 +134,12 @@ def prepare(
     length: int | None = None,
     prompt: str | Sequence[int] | None = None,
     template: str | None = None,
+    prefix: list[int] | None = None,
 ) -> Tensor:
     """Check a request as :func:`generate_text` runs it (PromptError naming the fix) and return its
     fixed tokens: the template [L] within the model's length (of any length for a kind that slides its
-    context block by block), or the prefix (BOS and the prompt) of a length generated in windows
-    (:func:`in_windows`)."""
+    context block by block), or the prefix (BOS and the prompt, or a chat's ``prefix``) of a length
+    generated in windows (:func:`in_windows`)."""
     if num_samples < 1:
         raise PromptError(f"{{0}} must be at least 1, got {num_samples}", "num_samples")
     if length is not None and length < 2:
@@ -129,11 +149,12 @@ def prepare(
     if in_windows(pipeline, length):
         if template is not None:
             raise PromptError(f"a template must fit the model's length {window}; {{0}} extends only prompts", "length")
-        prefix = build_template(tokenizer, model_length=window, length=window, prompt=prompt)
-        return prefix[prefix != tokenizer.mask_id]
+        fixed = build_template(tokenizer, model_length=window, length=window, prompt=prompt, prefix=prefix)
+        return fixed[fixed != tokenizer.mask_id]
     if pipeline.kind.beyond_window == SLIDING:  # any length: --length or the template decides
         window = length or (window if template is None else sys.maxsize)
-    return build_template(tokenizer, model_length=window, length=length, prompt=prompt, template=template)
+    return build_template(tokenizer, model_length=window, length=length, prompt=prompt, template=template,
+                          prefix=prefix)
 
 
 def start_run(pipeline: Pipeline, sampling: SamplerConfig, fixed: Tensor, *, num_samples: int, seed: int,
@@ -158,6 +179,8 @@ def generate_text(
     length: int | None = None,
     prompt: str | None = None,
     template: str | None = None,
+    chat: str | Messages | None = None,
+    max_tokens: int | None = None,
     seed: int = 0,
     overlap: int | None = None,
     stop_at_eos: bool = False,
@@ -171,7 +194,9 @@ def generate_text(
     of the model's length, each starting with the last ``overlap`` tokens of the previous one (default:
     half a window), ``sampling.steps`` steps per window. A block diffusion model generates block by
     block (``sampling.steps`` per block) to any length, sliding its cache past the model's length. The
-    AR baseline decodes left to right. ``stop_at_eos`` stops at the first EOS of every sample.
+    AR baseline decodes left to right. ``stop_at_eos`` stops at the first EOS of every sample. ``chat`` (a
+    question, or messages) is answered in ``max_tokens`` tokens (default CHAT_TOKENS) after its rendering with
+    the tokenizer's chat template; the texts are the answers, each up to its first EOS.
     ``on_step`` sees the token ids of every sample after every step. ``static_shapes`` runs every
     denoiser call at one shape per length (:func:`unmask.sampling.run.answer_with`: CUDA graphs on a
     GPU), for the same texts.
@@ -180,13 +205,22 @@ def generate_text(
     if static_shapes and not pipeline.kind.static_shapes:
         raise PromptError(f"{{0}} runs every call over the whole sequence at one shape; a "
                           f"{pipeline.kind.name} model samples token or block by block: drop {{0}}", "static_shapes")
-    fixed = prepare(pipeline, sampling, num_samples=num_samples, length=length, prompt=prompt, template=template)
+    prefix = None
+    if chat is not None:
+        prefix, length = chat_prefix(pipeline, chat, max_tokens=max_tokens, prompt=prompt, template=template,
+                                     length=length)
+    elif max_tokens is not None:
+        raise PromptError("{0} is the length of a chat's answer: give {1} with it, or {2} for a prompt",
+                          "max_tokens", "chat", "length")
+    fixed = prepare(pipeline, sampling, num_samples=num_samples, length=length, prompt=prompt, template=template,
+                    prefix=prefix)
     run = start_run(pipeline, sampling, fixed, num_samples=num_samples, seed=seed, length=length, overlap=overlap,
-                    stop_at_eos=stop_at_eos)
+                    stop_at_eos=stop_at_eos or chat is not None)
     started = time.perf_counter()
     with autocast(precision, pipeline.device):
         out = run_to_end(pipeline.model, run, on_step=on_step, static_shapes=static_shapes)
-    return text_samples(pipeline.tokenizer, out, time.perf_counter() - started, stop_at_eos=stop_at_eos)
+    return text_samples(pipeline.tokenizer, out, time.perf_counter() - started, stop_at_eos=stop_at_eos,
+                        answer_from=None if prefix is None else len(prefix))
 
 
 def sample_tokens(
@@ -207,14 +241,20 @@ def sample_tokens(
     return run_to_end(pipeline.model, run, on_step=on_step)
 
 
-def text_samples(tokenizer: Tokenizer, out: SampleOutput, seconds: float, *, stop_at_eos: bool = False) -> TextSamples:
-    """The texts of sampled tokens, with what they cost."""
-    texts = [decode_sample(tokenizer, row.tolist(), stop_at_eos) for row in out.tokens]
+def text_samples(tokenizer: Tokenizer, out: SampleOutput, seconds: float, *, stop_at_eos: bool = False,
+                 answer_from: int | None = None) -> TextSamples:
+    """The texts of sampled tokens, with what they cost; with ``answer_from`` the chat answers that start there."""
+    texts = [decode_sample(tokenizer, row.tolist(), stop_at_eos, answer_from=answer_from) for row in out.tokens]
     return TextSamples(texts=texts, tokens=out.tokens, num_calls=out.num_calls, seconds=seconds)
 
 
-def decode_sample(tokenizer: Tokenizer, ids: list[int], stop_at_eos: bool = False) -> str:
-    """Text of a sample; with ``stop_at_eos`` only what comes before its first EOS after the start."""
+def decode_sample(tokenizer: Tokenizer, ids: list[int], stop_at_eos: bool = False, *,
+                  answer_from: int | None = None) -> str:
+    """Text of a sample; with ``stop_at_eos`` only what comes before its first EOS after the start. With
+    ``answer_from`` the chat answer from that position up to its first EOS (the end of its turn)."""
+    if answer_from is not None:
+        ids = ids[answer_from:]
+        return tokenizer.decode(ids[: ids.index(tokenizer.eos_id)] if tokenizer.eos_id in ids else ids)
     if stop_at_eos and tokenizer.eos_id in ids[1:]:
         ids = ids[: ids.index(tokenizer.eos_id, 1)]
     return tokenizer.decode(ids)

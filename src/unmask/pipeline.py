@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from unmask.adapt_config import AdaptConfig
 from unmask.checkpoint import (
     WEIGHTS,
     CheckpointError,
@@ -39,7 +40,7 @@ from unmask.interop import (
     locate,
 )
 from unmask.kinds import ModelKind, get_kind
-from unmask.models import DiT, build_model, describe
+from unmask.models import DiTConfig, build_model, describe
 from unmask.runtime import resolve_device
 from unmask.sampling import Process
 from unmask.validation import validate
@@ -52,9 +53,9 @@ class Pipeline:
     """What ``unmask.load`` returns: use ``model`` with :func:`unmask.generate_text`, :func:`unmask.generate`
     or :func:`unmask.nelbo`, and :meth:`save` it back into a folder.
 
-    ``model`` is unmask's DiT, or a Hugging Face masked LM wrapped as a denoiser; ``config`` describes
-    the run (for a model from outside: its length, tokenizer and MDLM objective); ``checkpoint`` is the
-    folder it was read from and ``step`` the training step of its weights.
+    ``model`` is unmask's DiT or an adapted causal LM, or a Hugging Face masked LM wrapped as a denoiser;
+    ``config`` describes the run (for a model from outside: its length, tokenizer and MDLM objective);
+    ``checkpoint`` is the folder it was read from and ``step`` the training step of its weights.
     """
 
     model: torch.nn.Module
@@ -98,29 +99,45 @@ class Pipeline:
     def save(self, folder: str | Path) -> Path:
         """Write the model as an unmask checkpoint folder (a new one): its weights, its whole configuration,
         the run's config and the tokenizer. ``unmask.load`` and every command take the folder."""
-        if not isinstance(self.model, DiT):
-            raise CheckpointError(f"Pipeline.save writes unmask's DiT; this pipeline's model is a "
-                                  f"{type(self.model).__name__}: save it with its own library")
+        try:
+            description = describe(self.model)
+        except TypeError:
+            raise CheckpointError(f"Pipeline.save writes unmask's models (DiT, adapted causal LM); this pipeline's "
+                                  f"model is a {type(self.model).__name__}: save it with its own library") from None
         model_config = self.model.config
         if model_config.vocab_size != self.tokenizer.vocab_size:
             raise CheckpointError(f"the model has {model_config.vocab_size} token ids but the tokenizer "
                                   f"{self.tokenizer.vocab_size}; they do not belong together")
-        if model_config.causal != self.kind.autoregressive:
-            raise CheckpointError(f"a {self.kind.name} model is {'' if self.kind.autoregressive else 'not '}causal, "
-                                  f"this one is{'' if model_config.causal else ' not'}: set config.objective.name to "
-                                  "the model's kind")
         # The run's config follows the model it describes.
         config = copy.deepcopy(self.config)
-        config.model, config.data.length = dataclasses.replace(model_config), model_config.length
+        config.data.length = model_config.length
+        if isinstance(model_config, DiTConfig):
+            if model_config.causal != self.kind.autoregressive:
+                raise CheckpointError(f"a {self.kind.name} model is {'' if self.kind.autoregressive else 'not '}"
+                                      f"causal, this one is{'' if model_config.causal else ' not'}: set "
+                                      "config.objective.name to the model's kind")
+            config.model = dataclasses.replace(model_config)
         validate(config)
         weights = {name: value.detach().to("cpu", copy=True) for name, value in self.model.state_dict().items()}
         record = {"step": self.step, "saved_from": str(self.checkpoint)}
 
         def build(tmp: Path) -> None:
-            write_checkpoint(tmp, tensors={"model": weights}, record=record, config=config, model=describe(self.model),
+            write_checkpoint(tmp, tensors={"model": weights}, record=record, config=config, model=description,
                              tokenizer=self.tokenizer)
 
         return write_new_folder(folder, build)
+
+    def merged(self) -> Pipeline:
+        """The pipeline with its model's LoRA adapters folded into the weights (the same logits) and its config
+        without them: :meth:`save` it for a model without peft (``unmask export --merge-lora``)."""
+        lora = getattr(self.model.config, "lora_rank", 0)
+        if not lora:
+            raise CheckpointError(f"{self.checkpoint} has no LoRA adapters to merge (adapt.lora_rank is 0 or it is "
+                                  "not an adapted model): drop --merge-lora")
+        config = copy.deepcopy(self.config)
+        config.adapt = dataclasses.replace(AdaptConfig(), init=config.adapt.init, shift=config.adapt.shift,
+                                           anneal_steps=config.adapt.anneal_steps)
+        return dataclasses.replace(self, model=self.model.merged(), config=config)
 
 
 def load(path: str | Path, *, weights: str = "ema", device: str = "auto", step: int | None = None) -> Pipeline:

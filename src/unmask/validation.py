@@ -4,7 +4,9 @@ fix. The kind of the run checks its own rules (:meth:`unmask.kinds.base.ModelKin
 
 from __future__ import annotations
 
+from unmask.adapt_config import validate_adapt
 from unmask.config import Config, ObjectiveConfig
+from unmask.data.chat import FORMATS as CHAT_FORMATS
 from unmask.distill.losses import DIVERGENCES
 from unmask.errors import ConfigError
 from unmask.kinds import KINDS, get_kind
@@ -34,6 +36,8 @@ RANGES: dict[str, tuple[float, float | None, bool, bool]] = {
     "train.save_every": (1, None, False, False), "train.keep_checkpoints": (1, None, False, False),
     "train.log_every": (1, None, False, False),
     "distill.steps_from": (2, None, False, False), "distill.round_steps": (1, None, False, False),
+    "adapt.anneal_steps": (0, None, False, False), "adapt.lora_rank": (0, None, False, False),
+    "adapt.lora_alpha": (0.0, None, True, False), "adapt.lora_dropout": (0.0, 1.0, False, True),
 }
 
 
@@ -49,6 +53,7 @@ def validate(config: Config) -> None:
         "model.time_input": (config.model.time_input, TIME_INPUTS),
         "parallel.strategy": (config.parallel.strategy, ("ddp", "fsdp")),
         "distill.divergence": (config.distill.divergence, DIVERGENCES),
+        "data.format": (config.data.format, CHAT_FORMATS),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:
@@ -82,6 +87,7 @@ def validate(config: Config) -> None:
     if config.model.hidden % config.model.n_heads:
         raise ConfigError(f"model.hidden ({config.model.hidden}) must be divisible by model.n_heads")
     _validate_kind_fields(config)
+    validate_adapt(config)
     get_kind(config.objective.name).validate(config)
     _validate_distillation(config)
 

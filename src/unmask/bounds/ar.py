@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from unmask.bounds.masking import per_row_sum
+from unmask.bounds.masking import per_row_sum, seen_rows
 from unmask.bounds.nll import masked_nll
 from unmask.denoiser import Denoiser, denoise
 
@@ -16,24 +16,24 @@ def ar_loss(
     *,
     mask_id: int | None = None,
     loss_mask: Tensor | None = None,
+    attention_mask: Tensor | None = None,
     scored: Tensor | None = None,
 ) -> Tensor:
     """Autoregressive next-token NLL per sequence in nats, for the AR baseline on the same backbone.
 
     ``model`` must be causal (a :class:`unmask.models.DiT` with ``causal=True``). Position i
-    predicts token i + 1; ``loss_mask`` marks the tokens that count (the others, padding, are
-    hidden from attention). ``scored`` [B, L] marks the tokens whose -log p is summed (default:
-    every counted token but the first); a continuation's tokens give the exact
-    -log p(continuation | the tokens before it) (``docs/math.md`` §9). The first token is never
-    scored: nothing precedes it.
+    predicts token i + 1; ``loss_mask`` marks the tokens that count as targets; ``attention_mask`` the
+    tokens seen (by default the counted ones: padding hidden). ``scored`` [B, L] marks the tokens whose
+    -log p is summed (default: every counted token but the first); a continuation's tokens give the exact
+    -log p(continuation | the tokens before it) (``docs/math.md`` §9). The first token is never scored:
+    nothing precedes it.
     """
     keep = torch.ones_like(x0, dtype=torch.bool) if loss_mask is None else loss_mask.bool()
     targets_mask = keep[:, 1:] if scored is None else scored[:, 1:].bool()
     predicting = torch.zeros_like(keep)
     predicting[:, :-1] = targets_mask
     t = torch.zeros(x0.shape[0], device=x0.device)
-    attention_mask = None if loss_mask is None else keep
-    logits = denoise(model, x0, t, where=predicting, attention_mask=attention_mask)
+    logits = denoise(model, x0, t, where=predicting, attention_mask=seen_rows(keep, attention_mask, 1))
     targets = x0[:, 1:][predicting[:, :-1]]
     token_nll = masked_nll(logits, targets, mask_id)
     return per_row_sum(token_nll, predicting)

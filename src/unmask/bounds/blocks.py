@@ -33,7 +33,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from unmask.bounds.masking import MIN_MASK_RATE, mask_tokens, per_row_sum, repeat_rows, sample_times
+from unmask.bounds.masking import MIN_MASK_RATE, mask_tokens, per_row_sum, repeat_rows, sample_times, seen_rows
 from unmask.bounds.nll import masked_nll
 from unmask.denoiser import Denoiser, capabilities, denoise
 from unmask.schedules import Schedule, get_schedule
@@ -67,12 +67,14 @@ def block_losses(
     antithetic: bool = True,
     mask_rate_range: Sequence[float] = FULL_RANGE,
     loss_mask: Tensor | None = None,
+    attention_mask: Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """The NELBO term of every block, [num_t, B, L / block_size] in nats (see the module docstring).
 
     ``t`` [B, L / block_size] replaces the random draw of the times. ``loss_mask`` [B, L] marks the
-    tokens that count; the others (padding) are never masked, never scored, and hidden from attention.
+    tokens that count; the others are never masked and never scored. ``attention_mask`` [B, L] marks the
+    tokens seen, by default the counted ones (padding hidden); a prompt is seen but not counted.
     """
     batch, length = x0.shape
     if block_size < 1 or length % block_size:
@@ -92,7 +94,7 @@ def block_losses(
     x0_rep, keep_rep = repeat_rows(x0, num_t), repeat_rows(keep, num_t)
     rates = schedule.one_minus_alpha(times).repeat_interleave(block_size, dim=1)
     x_t, masked = mask_tokens(x0_rep, rates, mask_id, keep_rep, generator)
-    padding = None if loss_mask is None else keep_rep
+    padding = seen_rows(keep, attention_mask, num_t)
 
     logits = block_logits(denoiser, x_t, x0_rep, masked, times, block_size, mask_id, padding=padding)
     token_nll = masked_nll(logits, x0_rep[masked], mask_id)

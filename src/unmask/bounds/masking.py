@@ -64,6 +64,13 @@ def repeat_rows(x: Tensor | None, times: int) -> Tensor | None:
     return None if x is None else x.repeat(times, *([1] * (x.dim() - 1)))
 
 
+def seen_rows(counted: Tensor, attention_mask: Tensor | None, copies: int) -> Tensor | None:
+    """The attention mask of ``copies`` repeated rows: ``attention_mask`` [B, L] when given (a prompt is seen
+    but not counted), else the counted tokens ``counted`` (padding hidden); None when every token is seen."""
+    seen = counted if attention_mask is None else attention_mask.bool()
+    return None if bool(seen.all()) else repeat_rows(seen, copies)
+
+
 def mask_tokens(
     x0: Tensor, one_minus_alpha: Tensor, mask_id: int, loss_mask: Tensor, generator: torch.Generator | None
 ) -> tuple[Tensor, Tensor]:

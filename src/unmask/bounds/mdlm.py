@@ -21,6 +21,7 @@ from unmask.bounds.masking import (
     per_row_sum,
     repeat_rows,
     sample_times,
+    seen_rows,
     times_for,
 )
 from unmask.bounds.nll import TokenLoss, masked_nll
@@ -38,6 +39,7 @@ def nelbo(
     t: Tensor | None = None,
     antithetic: bool = True,
     loss_mask: Tensor | None = None,
+    attention_mask: Tensor | None = None,
     generator: torch.Generator | None = None,
     carry_over: bool = True,
     min_mask_rate: float = MIN_MASK_RATE,
@@ -48,8 +50,10 @@ def nelbo(
         NELBO(x0) = E_t E_{x_t ~ q(.|x0)} [ -alpha'_t / (1 - alpha_t) * sum_{i: x_t^i = MASK} -log p_theta(x0^i | x_t) ]
 
     ``t`` ([B] or [B, num_t]) replaces the random draw. ``loss_mask`` [B, L] marks the tokens that
-    count; the others (padding) are never masked, never scored, and hidden from attention when the
-    denoiser supports an attention mask. ``carry_over=False`` is the paper's ablation that also
+    count; the others are never masked and never scored. ``attention_mask`` [B, L] marks the tokens the
+    denoiser sees (when it supports an attention mask); by default the counted ones, so padding is hidden.
+    A prompt (supervised fine-tuning, as LLaDA's) is seen but not counted: clean context for the answer.
+    ``carry_over=False`` is the paper's ablation that also
     scores unmasked positions (the denoiser must then predict tokens it can see).
 
     ``token_loss`` replaces -log p_theta(x0^i | x_t) at each scored position: SEDD's score entropy
@@ -64,8 +68,7 @@ def nelbo(
 
     x_t, masked = mask_tokens(x0_rep, schedule.one_minus_alpha(times), mask_id, keep_rep, generator)
     scored = masked if carry_over else keep_rep
-    attention_mask = None if loss_mask is None else keep_rep
-    logits = denoise(denoiser, x_t, times, where=scored, attention_mask=attention_mask)
+    logits = denoise(denoiser, x_t, times, where=scored, attention_mask=seen_rows(keep, attention_mask, copies))
     token_nll = token_loss(logits, x0_rep[scored], mask_id)
     # Times are uniform on [t_min, 1]: the interval's length turns the mean into the integral.
     per_row = (1 - t_min) * schedule.loss_weight(times) * per_row_sum(token_nll, scored)
@@ -82,6 +85,7 @@ def nelbo_discrete(
     num_t: int = 1,
     antithetic: bool = True,
     loss_mask: Tensor | None = None,
+    attention_mask: Tensor | None = None,
     generator: torch.Generator | None = None,
     carry_over: bool = True,
     zero_masking: bool = True,
@@ -95,6 +99,7 @@ def nelbo_discrete(
     It is >= the continuous bound and falls towards it as T grows. The ablations:
     ``carry_over=False`` also scores unmasked positions; ``zero_masking=False`` lets the denoiser
     put mass on MASK and uses the D3PM posterior KL (which copies unmasked tokens by itself).
+    ``loss_mask`` and ``attention_mask`` as for :func:`nelbo`.
     """
     schedule = get_schedule(schedule)
     batch = x0.shape[0]
@@ -106,8 +111,7 @@ def nelbo_discrete(
 
     x_t, masked = mask_tokens(x0_rep, schedule.one_minus_alpha(t), mask_id, keep_rep, generator)
     scored = masked if (carry_over or not zero_masking) else keep_rep
-    attention_mask = None if loss_mask is None else keep_rep
-    logits = denoise(denoiser, x_t, t, where=scored, attention_mask=attention_mask)
+    logits = denoise(denoiser, x_t, t, where=scored, attention_mask=seen_rows(keep, attention_mask, num_t))
     unmask_prob = schedule.unmask_probability(t, s)
     rows = scored.nonzero()[:, 0]
     if zero_masking:

@@ -1,15 +1,16 @@
 """The ``unmask`` command: argument parsing (:mod:`.parser`), the commands (:mod:`.commands`), and here
 the one place where errors become one line on stderr.
 
-    unmask train --preset tiny --data PATH_OR_NAME --out RUN_DIR [--max-steps N] [--resume] [--nproc N] [key=value ...]
+    unmask train --preset tiny --data PATH_OR_NAME --out RUN_DIR [--init MODEL] [--max-steps N] [--resume] [--nproc N]
+              [key=value ...]
     unmask eval MODEL [--data PATH_OR_NAME] [--detokenizer NAME] [--num-t K] [--discrete-steps T ...]
               [--mask-rate-ranges LO:HI ...] [--prompt-file PAIRS.jsonl]
     unmask lm-eval MODEL --tasks T1,T2 [--include-path DIR] [--num-fewshot N] [--limit N] [--batch-size B]
               [--output-path DIR] [--num-t K] [sampling options]
-    unmask sample MODEL [--num-samples N] [--steps T] [--sampler NAME] [--prompt TEXT]
+    unmask sample MODEL [--num-samples N] [--steps T] [--sampler NAME] [--prompt TEXT | --chat QUESTION]
     unmask serve MODEL [--host 127.0.0.1] [--port 8000] [--max-batch N]
     unmask frontier MODEL --evaluator SPEC [--samplers a,b] [--steps 16,32] [--out DIR]
-    unmask export RUN_DIR_OR_CHECKPOINT --out FOLDER [--format unmask|hf] [--allow-approximate-gelu]
+    unmask export RUN_DIR_OR_CHECKPOINT --out FOLDER [--format unmask|hf] [--allow-approximate-gelu] [--merge-lora]
     unmask convert CHECKPOINT.ckpt --out FOLDER [--no-ema] [--trust-pickle]
     unmask demo [--out DIR] [--minutes M]
     unmask study PRESET --out DIR (--budget MINUTES | --budget-tokens N) [--seeds N] [--data D]

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from unmask.checkpoint import export_checkpoint
-from unmask.cli.parser import DEFAULT_PRESET, GEN_PPL_SAMPLES
-from unmask.config import apply_overrides, load_preset
+from unmask.cli.parser import ADAPT_PRESET, DEFAULT_PRESET, GEN_PPL_SAMPLES
+from unmask.config import apply_overrides, load_preset, set_value
 from unmask.demo import run_demo
 from unmask.distill.trainer import distill
 from unmask.distributed.process import is_main_process
@@ -51,12 +51,18 @@ def train_command(args: argparse.Namespace) -> int:
     if args.max_steps is not None:
         overrides.append(f"train.max_steps={args.max_steps}")
     if args.resume:
+        if args.init is not None:
+            raise UserError("--resume continues the saved run, its model included: drop --init")
         config = resume_config(args.out, overrides, step=args.step)
         if args.preset is not None:
             warnings.warn("--resume continues the saved run's config (the preset it started from included); "
                           "--preset is not used", stacklevel=1)
     else:
-        config = apply_overrides(load_preset(args.preset or DEFAULT_PRESET), overrides)
+        config = apply_overrides(load_preset(args.preset or (ADAPT_PRESET if args.init else DEFAULT_PRESET)),
+                                 overrides)
+        if args.init is not None:  # the pretrained model brings its own tokenizer
+            set_value(config, "adapt.init", args.init)
+            set_value(config, "data.tokenizer", args.init)
     result = train(config, args.out, resume=args.resume, step=args.step, progress=not args.quiet)
     if not is_main_process():
         return 130 if result.interrupted else 0
@@ -158,10 +164,11 @@ def sample_command(args: argparse.Namespace) -> int:
             print(pipeline.tokenizer.decode(x[0].tolist(), skip_special=False), flush=True)
 
     samples = generate_text(pipeline, sampling, length=args.length, prompt=args.prompt, template=args.template,
-                            overlap=args.overlap, stop_at_eos=args.stop_at_eos, on_step=on_step,
-                            static_shapes=args.static_shapes, **given(num_samples=args.num_samples, seed=args.seed))
+                            chat=args.chat, max_tokens=args.max_tokens, overlap=args.overlap,
+                            stop_at_eos=args.stop_at_eos, on_step=on_step, static_shapes=args.static_shapes,
+                            **given(num_samples=args.num_samples, seed=args.seed))
     for i, text in enumerate(samples.texts):
-        print(f"--- sample {i} ---\n{text}")
+        print(f"--- {'answer' if args.chat is not None else 'sample'} {i} ---\n{text}")
     print(f"({samples.num_calls} denoiser calls, {samples.seconds:.2f} s)", file=sys.stderr)
     if args.json:
         Path(args.json).write_text(json.dumps(samples.to_dict(), indent=2))
@@ -175,6 +182,12 @@ def serve_command(args: argparse.Namespace) -> int:
 
 
 def export_command(args: argparse.Namespace) -> int:
+    if args.merge_lora:
+        if args.format != "unmask" or args.allow_approximate_gelu:
+            raise UserError("--merge-lora writes an unmask checkpoint: drop --format hf and --allow-approximate-gelu")
+        merged = load(args.checkpoint, step=args.step, device="cpu").merged()
+        print(f"wrote {merged.save(args.out)}: the LoRA adapters merged into the weights")
+        return 0
     if args.format == "unmask":
         if args.allow_approximate_gelu:
             raise UserError("--allow-approximate-gelu applies to --format hf only; add --format hf or drop it")

@@ -11,7 +11,7 @@ import sys
 from typing import NoReturn
 
 COMMANDS = {
-    "train": "train a model (MDLM, block diffusion, SEDD, D3PM or the AR baseline)",
+    "train": "train a model (MDLM, block diffusion, SEDD, D3PM, Duo or the AR baseline), or adapt a pretrained LM",
     "eval": "likelihood bound (and generative perplexity) of a checkpoint, or of continuations given prompts",
     "lm-eval": "score a model on lm-evaluation-harness tasks (pip install \"unmask[eval]\")",
     "sample": "generate, continue a prompt, or fill in a template",

@@ -30,7 +30,7 @@ from unmask.demo import run_demo
 from unmask.evaluate.config import SPLITS, EvalConfig
 from unmask.evaluate.frontier import sweep
 from unmask.evaluate.harness import HarnessModel, run_tasks
-from unmask.generation import generate_text
+from unmask.generation import CHAT_TOKENS, generate_text
 from unmask.kinds import KINDS
 from unmask.runtime import PRECISIONS
 from unmask.sampling import ORDERS, REMASKING, SAMPLERS, DrawConfig, Remasking, SamplerConfig
@@ -39,6 +39,7 @@ from unmask.serve import serve
 from unmask.study import STUDY_EVALUATION, plan_study
 
 DEFAULT_PRESET = "tiny"
+ADAPT_PRESET = "adapt"  # the preset of `unmask train --init` (fine-tuning sizes, no DiT section)
 GEN_PPL_SAMPLES = 8  # samples `unmask eval --gen-ppl` scores unless --num-samples says otherwise
 
 
@@ -107,6 +108,10 @@ def _train(sub) -> None:
                                     "with --resume: the saved run's config)")
     p.add_argument("--data", help="corpus: 'default' (embedded), a file or folder, or a dataset name")
     p.add_argument("--out", required=True, help="run directory (config, tokenizer, checkpoints, metrics)")
+    p.add_argument("--init", metavar="MODEL",
+                   help="start from this pretrained causal LM (a hub name, a model folder or a .gguf file), adapted "
+                        "into a diffusion LM (objective.name mdlm or bd3lm): sets adapt.init and data.tokenizer; "
+                        f"the preset then defaults to {ADAPT_PRESET}")
     p.add_argument("--max-steps", type=at_least(1), help="stop after this many steps (train.max_steps)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its latest checkpoint, with its saved config")
@@ -199,6 +204,11 @@ def _sample(sub) -> None:
     p.add_argument("--stop-at-eos", action="store_true", help="end each sample at its first EOS")
     p.add_argument("--prompt", help="text the samples start with")
     p.add_argument("--template", help="text with [MASK] (one token) or [MASK:N] (N tokens) where to generate")
+    p.add_argument("--chat", metavar="QUESTION",
+                   help="ask this as a chat: rendered with the tokenizer's chat template, answered up to its end of "
+                        "turn (a model fine-tuned on conversations answers best)")
+    p.add_argument("--max-tokens", type=at_least(1),
+                   help=f"with --chat: tokens of the answer (default: {CHAT_TOKENS})")
     p.add_argument("--seed", type=int,
                    help="seed of the sampler: the same seed gives the same texts" + default(generate_text, "seed"))
     p.add_argument("--show-steps", action="store_true", help="print the first sample as it unmasks")
@@ -250,6 +260,9 @@ def _export(sub) -> None:
     p.add_argument("--allow-approximate-gelu", action="store_true",
                    help="with --format hf: export a model trained with the exact (erf) GELU although the reference "
                         "computes the tanh approximation (its logits then differ slightly there)")
+    p.add_argument("--merge-lora", action="store_true",
+                   help="fold the LoRA adapters of an adapted model into its weights (its EMA weights where saved): "
+                        "the same logits, without peft")
 
 
 def _convert(sub) -> None:

@@ -39,7 +39,7 @@ class HFTokenizer(Tokenizer):
     kind = "hf"
 
     def __init__(self, backend: tokenizers.Tokenizer, name: str, *, bos_id: int, eos_id: int,
-                 pad_id: int, mask_id: int) -> None:
+                 pad_id: int, mask_id: int, chat_template: str | None = None) -> None:
         # Saved tokenizer.json files often carry fixed-length padding and truncation (the
         # MiniLM one pads everything to 128); our layouts do their own, so turn both off.
         backend.no_padding()
@@ -50,9 +50,17 @@ class HFTokenizer(Tokenizer):
         self.name = name
         self.bos_id, self.eos_id, self.pad_id, self.mask_id = bos_id, eos_id, pad_id, mask_id
         self.vocab_size = max(backend.get_vocab(with_added_tokens=True).values()) + 1
+        self.chat_template = chat_template
+        self._chat_backend: tokenizers.Tokenizer | None = None
 
     def encode(self, text: str) -> list[int]:
         return self.backend.encode(text, add_special_tokens=False).ids
+
+    def encode_chat(self, text: str) -> list[int]:
+        if self._chat_backend is None:  # a copy that reads special tokens as tokens
+            self._chat_backend = tokenizers.Tokenizer.from_str(self.backend.to_str())
+            self._chat_backend.encode_special_tokens = False
+        return self._chat_backend.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         encodings = self.backend.encode_batch_fast(texts, add_special_tokens=False)
@@ -68,16 +76,17 @@ class HFTokenizer(Tokenizer):
         return self.backend.decode(ids, skip_special_tokens=False)
 
     def save(self, directory: str | Path) -> None:
-        directory = self._write_config(directory, tokenizer_file=HF_TOKENIZER_FILE)
+        chat = {"chat_template": self.chat_template} if self.chat_template else {}
+        directory = self._write_config(directory, tokenizer_file=HF_TOKENIZER_FILE, **chat)
         self.backend.save(str(directory / HF_TOKENIZER_FILE))
 
     def _content_digest(self) -> bytes:
         return hashlib.sha256(self.backend.to_str().encode()).digest()
 
 
-def from_hf_backend(backend: tokenizers.Tokenizer, name: str, specials: dict[str, str | None]
-                    ) -> HFTokenizer:
-    """Wrap ``backend``, resolving the special ids from token strings.
+def from_hf_backend(backend: tokenizers.Tokenizer, name: str, specials: dict[str, str | None],
+                    chat_template: str | None = None) -> HFTokenizer:
+    """Wrap ``backend`` (with its ``chat_template``, if any), resolving the special ids from token strings.
 
     ``specials`` maps "bos", "eos", "pad", "mask" to the tokenizer's own token strings (or None).
     Missing BOS/EOS get added tokens "[BOS]"/"[EOS]"; a missing PAD reuses EOS (GPT-2 style, the
@@ -94,7 +103,7 @@ def from_hf_backend(backend: tokenizers.Tokenizer, name: str, specials: dict[str
             token_id = backend.token_to_id(ADDED_SPECIALS[role])
         ids[role] = token_id
     return HFTokenizer(backend, name, bos_id=ids["bos"], eos_id=ids["eos"], pad_id=ids["pad"],
-                       mask_id=ids["mask"])
+                       mask_id=ids["mask"], chat_template=chat_template)
 
 
 def train_bpe(corpus: Iterable[str], vocab_size: int) -> HFTokenizer:

@@ -27,6 +27,8 @@ class Tokenizer(ABC):
             (BERT's [MASK]); otherwise an id added after all others.
         bos_id, eos_id, pad_id: always defined; ids the tokenizer lacks are added (or, for
             pad, shared with eos: the loss mask, not the id, marks padding).
+        chat_template: the Jinja template that renders a conversation (Hugging Face tokenizers that
+            bring one), None otherwise; see :mod:`unmask.data.chat`.
     """
 
     name: str
@@ -37,6 +39,7 @@ class Tokenizer(ABC):
     pad_id: int
 
     kind: str  # the key load_tokenizer dispatches on; set by each subclass
+    chat_template: str | None = None
 
     @abstractmethod
     def encode(self, text: str) -> list[int]:
@@ -45,6 +48,11 @@ class Tokenizer(ABC):
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """Encode many texts; subclasses override this with their library's batch call."""
         return [self.encode(text) for text in texts]
+
+    def encode_chat(self, text: str) -> list[int]:
+        """Token ids of a conversation rendered by the chat template, whose special tokens (``<|im_start|>``)
+        are tokens there; in ``encode`` they are plain text."""
+        return self.encode(text)
 
     @abstractmethod
     def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:

@@ -8,19 +8,25 @@
 - "bpe": a byte-level BPE trained on ``corpus`` (default: the embedded corpus' train split);
 - a folder holding a saved unmask tokenizer, or a Hugging Face tokenizer (tokenizer.json or
   vocabulary files);
+- a ``.gguf`` model file: the tokenizer it embeds (read by transformers);
 - any other Hugging Face tokenizer name (needs network access).
+
+A Hugging Face tokenizer keeps its chat template (tokenizer_config.json's ``chat_template`` or a
+``chat_template.jinja`` file), which :mod:`unmask.data.chat` renders conversations with.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import struct
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import tokenizers
 
-from unmask.errors import install_hint
+from unmask.errors import install_hint, require
 
 from .char_tokenizer import CharTokenizer
 from .env import offline, package_path
@@ -36,6 +42,9 @@ from .subword_tokenizers import (
 from .tokenizer_base import CONFIG_FILE, CONFIG_FORMAT, Tokenizer
 
 OFFLINE_TOKENIZERS = ("char", "gpt2", "bert-base-uncased", "bpe")
+
+GGUF_SUFFIX = ".gguf"
+CHAT_TEMPLATE_FILE = "chat_template.jinja"  # where newer transformers save a tokenizer's chat template
 
 # Files that mark a folder as a Hugging Face tokenizer.
 HF_FOLDER_FILES = (HF_TOKENIZER_FILE, "tokenizer_config.json", "vocab.txt", "vocab.json",
@@ -72,8 +81,10 @@ def get_tokenizer(spec: str, *, corpus: Iterable[str] | None = None,
             return _from_hf_folder(path, path.resolve().name)
         raise DataError(f"folder {spec} holds no tokenizer: expected {CONFIG_FILE} "
                         f"(a saved unmask tokenizer) or one of {', '.join(HF_FOLDER_FILES)}")
+    if path.is_file() and path.suffix.lower() == GGUF_SUFFIX:
+        return _from_gguf(path)
     if path.exists():
-        raise DataError(f"tokenizer path {spec} is a file; pass the folder that holds it")
+        raise DataError(f"tokenizer path {spec} is a file; pass the folder that holds it (or a .gguf model file)")
     # Hub names are "name" or "org/name"; anything else path-like is a missing folder.
     if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
         raise DataError(f"tokenizer folder {spec} does not exist")
@@ -106,7 +117,7 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
                                                                       "tokenizer_file")))
         tokenizer = HFTokenizer(backend, config["name"], bos_id=config["bos_id"],
                                 eos_id=config["eos_id"], pad_id=config["pad_id"],
-                                mask_id=config["mask_id"])
+                                mask_id=config["mask_id"], chat_template=config.get("chat_template"))
     else:
         raise DataError(f"{config_path} names an unknown tokenizer kind {kind!r}")
     if tokenizer.vocab_size != config["vocab_size"] or tokenizer.mask_id != config["mask_id"]:
@@ -129,8 +140,46 @@ def _from_hf_folder(folder: Path, name: str) -> HFTokenizer:
     vocabulary files."""
     if (folder / HF_TOKENIZER_FILE).is_file():
         backend = tokenizers.Tokenizer.from_file(str(folder / HF_TOKENIZER_FILE))
-        return from_hf_backend(backend, name, _special_tokens_from_folder(folder))
+        return from_hf_backend(backend, name, _special_tokens_from_folder(folder), _chat_template_of(folder))
     return _from_transformers(str(folder), name, None)
+
+
+def _chat_template_of(folder: Path) -> str | None:
+    """The chat template a Hugging Face tokenizer folder keeps: chat_template.jinja, or the entry of
+    tokenizer_config.json; None when it has none."""
+    if (folder / CHAT_TEMPLATE_FILE).is_file():
+        return (folder / CHAT_TEMPLATE_FILE).read_text(encoding="utf-8")
+    path = folder / "tokenizer_config.json"
+    if not path.is_file():
+        return None
+    try:
+        return one_template(json.loads(path.read_text()).get("chat_template"))
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        raise DataError(f"{path} is not valid JSON") from None
+
+
+def one_template(value: Any) -> str | None:
+    """A tokenizer's chat template: the string itself, or the "default" one of a list of named templates."""
+    if isinstance(value, dict):  # transformers' form of several named templates
+        value = value.get("default")
+    elif isinstance(value, list):
+        value = next((entry.get("template") for entry in value if entry.get("name") == "default"), None)
+    return value if isinstance(value, str) and value.strip() else None
+
+
+def _from_gguf(path: Path) -> HFTokenizer:
+    """The tokenizer a GGUF model file embeds, as transformers reads it."""
+    require("transformers", f"reading the tokenizer of {path.name}")
+    require("gguf", f"reading the tokenizer of {path.name}")
+    from transformers import AutoTokenizer  # slow to import; only needed here
+
+    try:
+        loaded = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, trust_remote_code=False)
+    except (ValueError, OSError, KeyError, TypeError, struct.error) as error:  # what a bad file raises
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise DataError(f"{path} is not a GGUF file transformers can read ({reason}); pass a .gguf model file, "
+                        "a model folder or a hub name") from None
+    return _wrap_transformers_tokenizer(loaded, path.name)
 
 
 def _special_tokens_from_folder(folder: Path) -> dict[str, str | None]:
@@ -188,6 +237,12 @@ def _from_transformers(source: str, name: str, offline_fix: str | None) -> HFTok
     if not getattr(loaded, "is_fast", False):
         raise DataError(f"tokenizer {source!r} has no fast (Rust) version; unmask needs one "
                         f"(a tokenizer.json)")
+    return _wrap_transformers_tokenizer(loaded, name)
+
+
+def _wrap_transformers_tokenizer(loaded: Any, name: str) -> HFTokenizer:
+    """An unmask tokenizer of a transformers fast tokenizer: its backend, special tokens and chat template."""
     tokens = {key: getattr(loaded, key, None) for key in
               ("bos_token", "eos_token", "cls_token", "sep_token", "pad_token", "mask_token")}
-    return from_hf_backend(loaded.backend_tokenizer, name, _roles(tokens))
+    return from_hf_backend(loaded.backend_tokenizer, name, _roles(tokens),
+                           one_template(getattr(loaded, "chat_template", None)))

@@ -37,8 +37,12 @@ def parallelize(model: nn.Module, parallel: Parallel, config: ParallelConfig, *,
     or ``model`` itself)."""
     blocks = list(getattr(model, "blocks", []))
     if config.activation_checkpointing:
-        for block in blocks:
-            apply_activation_checkpointing(block)
+        own = getattr(model, "checkpoint_activations", None)  # a model whose library has its own (transformers)
+        if own is not None:
+            own()
+        else:
+            for block in blocks:
+                apply_activation_checkpointing(block)
     if compile and compiler_works():
         for block in blocks:
             block.compile(dynamic=True)

@@ -174,7 +174,8 @@ def block_loss_variance(
                 losses = block_losses(model, batch["input_ids"], block_size=objective.block_size,
                                       schedule=objective.schedule, mask_id=mask_id, antithetic=objective.antithetic,
                                       mask_rate_range=(low, high), generator=generator,
-                                      loss_mask=None if bool(loss_mask.all()) else loss_mask)
+                                      loss_mask=None if bool(loss_mask.all()) else loss_mask,
+                                      attention_mask=batch.get("attention_mask"))
             values.append(losses.flatten().double().cpu() / objective.block_size)
         per_block = torch.cat(values)
         results.append({"mask_rate_range": [float(low), float(high)], "variance": float(per_block.var()),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from unmask.bounds.blocks import CANDIDATE_RANGES
-from unmask.data import ZERO_SHOT_DETOKENIZER, DataError, TokenBlocks
+from unmask.data import ZERO_SHOT_DETOKENIZER, ChatExamples, DataError, TokenBlocks, is_chat_source
 from unmask.distributed.process import setup
 from unmask.evaluate.conditional import evaluate_prompts
 from unmask.evaluate.config import EvalConfig, EvalError, EvalReport
@@ -62,9 +62,14 @@ def evaluate_checkpoint(path: str | Path, config: EvalConfig | None = None, *, s
     if config.data is not None and detokenizer is None:
         detokenizer = ZERO_SHOT_DETOKENIZER.get(config.data)
     field = config.text_field or run.data.text_field
-    blocks = parallel.main_first(lambda: TokenBlocks(source, pipeline.tokenizer, split=split, length=run.data.length,
-                                                     layout=layout, cache_dir=run.data.cache_dir, text_field=field,
-                                                     detokenizer=detokenizer))
+    if is_chat_source(source, run.data.format if config.data is None else "auto"):
+        # Conversations: the bound of the answers given their prompts (supervised fine-tuning's loss).
+        blocks = ChatExamples(source, pipeline.tokenizer, split=split, length=run.data.length)
+        detokenizer = None
+    else:
+        blocks = parallel.main_first(lambda: TokenBlocks(
+            source, pipeline.tokenizer, split=split, length=run.data.length, layout=layout,
+            cache_dir=run.data.cache_dir, text_field=field, detokenizer=detokenizer))
     common = dict(batch_size=config.batch_size, max_batches=config.max_batches, num_t=config.num_t,
                   seed=config.seed, device=pipeline.device, precision=config.precision, parallel=parallel)
     report = EvalReport(

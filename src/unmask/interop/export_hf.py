@@ -15,7 +15,14 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from unmask.checkpoint import load_config, load_weights, model_weights, resolve_checkpoint, write_new_folder
+from unmask.checkpoint import (
+    CheckpointError,
+    load_config,
+    load_weights,
+    model_weights,
+    resolve_checkpoint,
+    write_new_folder,
+)
 from unmask.checkpoint.layout import TOKENIZER_DIR, load_model_config
 from unmask.data import load_tokenizer
 from unmask.fileio import write_tensors
@@ -25,7 +32,7 @@ from unmask.interop.hf_tokenizer import write_tokenizer_files
 from unmask.interop.reference import PREFIX, check_expressible, config_to_json, to_reference
 from unmask.kinds import get_kind
 from unmask.kinds.duo import DUO
-from unmask.models import DiT
+from unmask.models import DiT, DiTConfig
 
 
 @dataclass
@@ -42,6 +49,9 @@ def export_hf(source: str | Path, out: str | Path, *, step: int | None = None, w
     config = load_config(checkpoint)
     tokenizer = load_tokenizer(checkpoint / TOKENIZER_DIR)
     model_config = load_model_config(checkpoint, config, tokenizer.vocab_size)
+    if not isinstance(model_config, DiTConfig):
+        raise CheckpointError(f"{checkpoint} is an adapted causal LM, which the released layout (the reference's DiT) "
+                              "cannot hold; export it as an unmask checkpoint (drop --format hf)")
     check_expressible(config, model_config, allow_erf=allow_approximate_gelu)
     model = DiT(model_config)
     load_weights(model, model_weights(checkpoint, weights), checkpoint)  # every name and shape checked

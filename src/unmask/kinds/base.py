@@ -49,6 +49,9 @@ class ModelKind:
     - ``distillation``: the method that distils it into a few-step student (``unmask distill``), or None.
     - ``objective_fields``: the ``objective`` keys only this kind (and others that list them) reads; a run of
       any other kind must leave them at their defaults (checked by :func:`unmask.validation.validate`).
+    - ``adaptable``: it can start from a pretrained causal LM (``adapt.init``: :mod:`unmask.models.causal_lm`).
+    - ``prompted``: its loss takes prompts (a batch's ``attention_mask`` beside its ``loss_mask``: the prompt is
+      seen but never noised nor scored), so it fine-tunes on conversations (``data.format=chat``).
     """
 
     name: str = ""
@@ -69,6 +72,8 @@ class ModelKind:
     needs_time: str | None = None
     continuous_only: str | None = None
     frontier_samplers: tuple[str, ...] = ("cached", "first_hitting", "confidence", "threshold-0.9", "remdm-cap")
+    adaptable: bool = False
+    prompted: bool = False
 
     def __repr__(self) -> str:
         return f"<model kind {self.name}>"
@@ -173,3 +178,8 @@ def padding_of(batch: dict[str, Tensor]) -> Tensor | None:
     """The batch's loss mask where it hides padding, None when every token counts."""
     loss_mask = batch["loss_mask"]
     return None if bool(loss_mask.all()) else loss_mask
+
+
+def seen_of(batch: dict[str, Tensor]) -> Tensor | None:
+    """The batch's attention mask where it has one (a prompt: seen, not counted); None: the counted tokens."""
+    return batch.get("attention_mask")

@@ -12,7 +12,7 @@ from unmask.bounds.blocks import FULL_RANGE, bd3lm_nelbo
 from unmask.bounds.conditional import RowNoise, count_bound
 from unmask.denoiser import Denoiser
 from unmask.errors import ConfigError
-from unmask.kinds.base import SLIDING, ModelKind, padding_of
+from unmask.kinds.base import SLIDING, ModelKind, padding_of, seen_of
 from unmask.sampling.blocks import BlockRun, CachedContext, block_template
 from unmask.sampling.config import SamplerConfig
 from unmask.sampling.process import Process
@@ -28,6 +28,8 @@ class BD3LMKind(ModelKind):
     beyond_window = SLIDING
     static_shapes = False
     objective_fields = ("mask_rate_range",)
+    adaptable = True
+    prompted = True
 
     def block_size(self, objective: ObjectiveConfig) -> int | None:
         return objective.block_size
@@ -52,7 +54,7 @@ class BD3LMKind(ModelKind):
         rates = objective.mask_rate_range if step is not None else FULL_RANGE
         loss = bd3lm_nelbo(model, batch["input_ids"], block_size=objective.block_size, mask_rate_range=rates,
                            schedule=objective.schedule, mask_id=mask_id, num_t=num_t, antithetic=objective.antithetic,
-                           loss_mask=padding_of(batch), generator=generator)
+                           loss_mask=padding_of(batch), attention_mask=seen_of(batch), generator=generator)
         return loss, batch["loss_mask"].sum(1)
 
     def conditional_losses(self, model: Denoiser, x0: Tensor, scored: Tensor, objective: ObjectiveConfig,

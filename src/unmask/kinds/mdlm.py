@@ -11,7 +11,7 @@ from unmask.bounds.conditional import RowNoise, count_bound, discrete_bound, tim
 from unmask.bounds.mdlm import nelbo, nelbo_discrete
 from unmask.denoiser import Denoiser, capabilities
 from unmask.errors import ConfigError
-from unmask.kinds.base import ModelKind, padding_of
+from unmask.kinds.base import ModelKind, padding_of, seen_of
 
 if TYPE_CHECKING:
     from unmask.config import Config, ObjectiveConfig
@@ -22,6 +22,8 @@ class MDLMKind(ModelKind):
     label = "MDLM"
     discrete_time = True
     distillation = "sdtt"
+    adaptable = True
+    prompted = True
 
     def validate(self, config: Config) -> None:
         super().validate(config)
@@ -36,7 +38,8 @@ class MDLMKind(ModelKind):
         x0, loss_mask = batch["input_ids"], batch["loss_mask"]
         steps = self.time_steps(objective) if discrete_steps is None else discrete_steps
         common = dict(schedule=objective.schedule, mask_id=mask_id, num_t=num_t, antithetic=objective.antithetic,
-                      loss_mask=padding_of(batch), generator=generator, carry_over=objective.carry_over)
+                      loss_mask=padding_of(batch), attention_mask=seen_of(batch), generator=generator,
+                      carry_over=objective.carry_over)
         if steps > 0:
             loss = nelbo_discrete(model, x0, steps=steps, zero_masking=objective.zero_masking, **common)
         else:

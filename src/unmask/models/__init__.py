@@ -1,4 +1,5 @@
-"""Denoisers: the paper's DiT (bidirectional, or causal for the AR baseline), by architecture name.
+"""Denoisers by architecture name: the paper's DiT (bidirectional, or causal for the AR baseline), and a
+pretrained Hugging Face causal LM adapted into a diffusion LM (``causal_lm``).
 
 A model describes itself (:func:`describe`: its architecture and whole configuration, what a checkpoint's
 ``model.json`` holds) and is built back from that description (:func:`build_model`): no size is ever guessed
@@ -12,10 +13,12 @@ from typing import Any
 
 from torch import nn
 
+from unmask.models.causal_lm import CausalLM, CausalLMConfig
 from unmask.models.dit import DiT, DiTConfig
 
 # Architecture name -> (model class, its configuration dataclass).
-ARCHITECTURES: dict[str, tuple[type[nn.Module], type]] = {"dit": (DiT, DiTConfig)}
+ARCHITECTURES: dict[str, tuple[type[nn.Module], type]] = {"dit": (DiT, DiTConfig),
+                                                          "causal_lm": (CausalLM, CausalLMConfig)}
 DEFAULT_ARCHITECTURE = "dit"
 
 
@@ -46,4 +49,4 @@ def build_model(description: dict[str, Any]) -> nn.Module:
     return ARCHITECTURES[description.get("architecture", DEFAULT_ARCHITECTURE)][0](config)
 
 
-__all__ = ["ARCHITECTURES", "DiT", "DiTConfig", "build_model", "describe", "model_config"]
+__all__ = ["ARCHITECTURES", "CausalLM", "CausalLMConfig", "DiT", "DiTConfig", "build_model", "describe", "model_config"]

@@ -86,8 +86,8 @@ def create_app(pipeline: Pipeline, *, model: str = "unmask", max_batch: int = 64
     async def http_error(request: Request, err: HTTPException) -> JSONResponse:
         where = f"{request.method} {request.url.path}"
         fix = {404: "no such endpoint", 405: "method not allowed"}.get(err.status_code, err.detail)
-        message = (f"{fix}: {where}; the endpoints are GET /, GET /health, GET /v1/models, POST /v1/generate and "
-                   "POST /v1/completions")
+        message = (f"{fix}: {where}; the endpoints are GET /, GET /health, GET /v1/models, POST /v1/generate, "
+                   "POST /v1/completions and POST /v1/chat/completions")
         return JSONResponse({"error": {"message": message, "type": "invalid_request_error"}},
                             status_code=err.status_code)
 
@@ -118,6 +118,10 @@ def create_app(pipeline: Pipeline, *, model: str = "unmask", max_batch: int = 64
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
         return respond(await endpoints.complete(await body(request), request.receive))
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return respond(await endpoints.chat(await body(request), request.receive))
 
     return app
 

@@ -201,7 +201,8 @@ class Batcher:
             self._start(job)
             try:
                 job.run = start_run(self.pipeline, request.sampling, request.fixed, num_samples=request.num_samples,
-                                    seed=request.seed, length=request.length)
+                                    seed=request.seed, length=request.length,
+                                    stop_at_eos=request.answer_from is not None)
             except Exception as err:
                 self._settle(job, "failed", Failed(err))
                 continue
@@ -230,7 +231,8 @@ class Batcher:
                 self._end(job, "failed", Failed(err))
                 continue
             if call is None:
-                samples = text_samples(self.pipeline.tokenizer, job.run.output(), time.perf_counter() - job.started)
+                samples = text_samples(self.pipeline.tokenizer, job.run.output(), time.perf_counter() - job.started,
+                                       answer_from=job.request.answer_from)
                 self._end(job, "served", Finished(samples, job.started - job.submitted))
             else:
                 groups.setdefault(merge_key(call, job), []).append((job, call))

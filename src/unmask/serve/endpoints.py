@@ -20,6 +20,7 @@ from unmask.errors import UserError
 from unmask.generation import masked_text
 from unmask.pipeline import Pipeline
 from unmask.serve.batcher import Batcher, Event, Failed, Finished, Job, Progress
+from unmask.serve.chat import ChatCompletion
 from unmask.serve.completions import Completion, models_list
 from unmask.serve.requests import GenerationRequest, Limits, RequestError, generate_request, parse_body
 
@@ -79,6 +80,14 @@ class Endpoints:
             return self._answer(request, await _outcome(events))
         return self._generate_stream(request, events)
 
+    async def chat(self, body: bytes, receive: Receive) -> Answer:
+        """``POST /v1/chat/completions`` (OpenAI): the answers, or with ``"stream": true`` their chunks."""
+        chat = ChatCompletion(parse_body(body), self.pipeline, self.limits, self.model)
+        events = self._submit(chat.request, receive, stream=chat.stream)
+        if not chat.stream:
+            return chat.answer((await _outcome(events)).samples)
+        return self._chat_stream(chat, events)
+
     async def complete(self, body: bytes, receive: Receive) -> Answer:
         """``POST /v1/completions`` (OpenAI): the completions, or with ``"stream": true`` text chunks."""
         completion = Completion(parse_body(body), self.pipeline, self.limits, self.model)
@@ -122,6 +131,21 @@ class Endpoints:
                     chunks = completion.progress(event.tokens)
                 elif isinstance(event, Finished):
                     chunks = completion.finish(event.samples)
+                else:
+                    chunks = [error_data(event.error)[1]]
+                for chunk in chunks:
+                    yield sse(chunk)
+        yield sse("[DONE]")
+
+    async def _chat_stream(self, chat: ChatCompletion, events: AsyncIterator[Event]) -> AsyncIterator[str]:
+        for chunk in chat.start():
+            yield sse(chunk)
+        async with contextlib.aclosing(events):
+            async for event in events:
+                if isinstance(event, Progress):
+                    chunks = chat.progress(event.tokens)
+                elif isinstance(event, Finished):
+                    chunks = chat.finish(event.samples)
                 else:
                     chunks = [error_data(event.error)[1]]
                 for chunk in chunks:

@@ -21,7 +21,7 @@ from typing import Any
 from torch import Tensor
 
 from unmask.errors import OptionError, UserError
-from unmask.generation import prepare
+from unmask.generation import chat_prefix, prepare
 from unmask.pipeline import Pipeline
 from unmask.sampling import SamplerConfig
 
@@ -36,7 +36,7 @@ SAMPLING_FIELDS: dict[str, tuple[type, ...]] = {
 }
 GENERATE_FIELDS: dict[str, tuple[type, ...]] = {
     "prompt": (str,), "template": (str,), "length": (int,), "num_samples": (int,), "stream": (bool,),
-    **SAMPLING_FIELDS,
+    "chat": (str, list), "max_tokens": (int,), **SAMPLING_FIELDS,
 }
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list",
                dict: "an object"}
@@ -71,7 +71,8 @@ class Limits:
 @dataclass(frozen=True)
 class GenerationRequest:
     """A checked request: what :func:`unmask.generation.generate_text` takes, and the fixed tokens
-    :func:`unmask.generation.prepare` made of it (the template, or the prefix of a longer text)."""
+    :func:`unmask.generation.prepare` made of it (the template, or the prefix of a longer text).
+    ``answer_from`` is where a chat's answer starts (None for other requests): it ends at its first EOS."""
 
     sampling: SamplerConfig
     num_samples: int
@@ -80,6 +81,7 @@ class GenerationRequest:
     template: str | None
     seed: int
     fixed: Tensor
+    answer_from: int | None = None
 
 
 def parse_body(body: bytes) -> dict[str, Any]:
@@ -141,11 +143,24 @@ def build_request(
     length: int | None,
     prompt: str | None = None,
     template: str | None = None,
+    chat: str | list | None = None,
+    max_tokens: int | None = None,
     seed: int | None = None,
     renamed: Mapping[str, str] | None = None,
 ) -> GenerationRequest:
-    """Check a request against the server's limits and as ``unmask sample`` would; ``seed`` None draws one."""
+    """Check a request against the server's limits and as ``unmask sample`` would; ``seed`` None draws one.
+    A ``chat`` (a question or messages) is answered in ``max_tokens`` tokens."""
     names = {"num_samples": "num_samples", "length": "length", **(renamed or {})}
+    prefix = None
+    try:
+        if chat is not None:
+            prefix, length = chat_prefix(pipeline, chat, max_tokens=max_tokens, prompt=prompt, template=template,
+                                         length=length)
+        elif max_tokens is not None:
+            raise OptionError("{0} is the length of a chat's answer: give {1} with it, or {2}", "max_tokens", "chat",
+                              "length")
+    except UserError as err:
+        raise RequestError(in_field_names(err, renamed)) from None
     if num_samples > limits.max_num_samples:
         raise RequestError(f"{names['num_samples']} is at most {limits.max_num_samples} on this server (its memory "
                            f"limit), got {num_samples}; send several requests instead")
@@ -160,11 +175,13 @@ def build_request(
     elif not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
         raise RequestError(f"seed must be a 64-bit integer, got {seed}")
     try:
-        fixed = prepare(pipeline, sampling, num_samples=num_samples, length=length, prompt=prompt, template=template)
+        fixed = prepare(pipeline, sampling, num_samples=num_samples, length=length, prompt=prompt, template=template,
+                        prefix=prefix)
     except UserError as err:
         raise RequestError(in_field_names(err, renamed)) from None
     return GenerationRequest(sampling=sampling, num_samples=num_samples, length=length, prompt=prompt,
-                             template=template, seed=seed, fixed=fixed)
+                             template=template, seed=seed, fixed=fixed,
+                             answer_from=None if prefix is None else len(prefix))
 
 
 def generate_request(body: Mapping[str, Any], pipeline: Pipeline, limits: Limits) -> tuple[GenerationRequest, bool]:
@@ -172,5 +189,6 @@ def generate_request(body: Mapping[str, Any], pipeline: Pipeline, limits: Limits
     values = checked_fields(body, GENERATE_FIELDS)
     request = build_request(pipeline, limits, sampler_config(values), num_samples=values.get("num_samples", 1),
                             length=values.get("length"), prompt=values.get("prompt"),
-                            template=values.get("template"), seed=values.get("seed"))
+                            template=values.get("template"), chat=values.get("chat"),
+                            max_tokens=values.get("max_tokens"), seed=values.get("seed"))
     return request, values.get("stream", False)

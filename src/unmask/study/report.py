@@ -129,9 +129,11 @@ def format_markdown(table: list[dict[str, Any]], plan: Plan, evaluation: EvalCon
     seeds = (f", {plan.seeds} times each with train.seed = {base.train.seed} to {base.train.seed + plan.seeds - 1}"
              " (figures: the mean over seeds; s.d.: the spread between them; s.e.: the evaluation's)"
              if seeded else "")
+    backbone = (f"`{base.adapt.init}` adapted" if base.adapt.init is not None
+                else f"{base.model.n_layers} layers of {base.model.hidden}")
     lines = [
         f"Validation nats per token (lower is better) of models trained {budget}{seeds} on "
-        f"`{base.data.source}` (one backbone: {base.model.n_layers} layers of {base.model.hidden}; sequences of "
+        f"`{base.data.source}` (one backbone: {backbone}; sequences of "
         f"{base.data.length}; one tokenizer), all scored on the same {sequences:,} validation sequences with "
         f"K = {evaluation.num_t} time samples each; +- one standard error. AR's figure is its exact NLL (it scores "
         "one token fewer per sequence); the others are upper bounds (<=).",

@@ -32,18 +32,27 @@ from tqdm import tqdm
 
 from unmask.checkpoint import Checkpointer
 from unmask.checkpoint.checkpointer import ModelState, OptimizerState, Stateful
+from unmask.checkpoint.layout import load_model_description
 from unmask.config import Config, ConfigError
 from unmask.data import batch_iterator
 from unmask.data.streaming import StreamingBlocks, stream_batches
 from unmask.distributed.parallelize import gradient_sync, is_sharded, parallelize
 from unmask.distributed.process import Parallel, setup
 from unmask.evaluate.likelihood import evaluate_dataset
+from unmask.interop.pretrained import adapt_pretrained
 from unmask.kinds import get_kind
-from unmask.models import DiT, describe
+from unmask.models import DiT, build_model, describe
 from unmask.runtime import autocast, derive_seed, resolve_precision, seeded_generator
 from unmask.train.metrics import MetricsLogger, NoLogger
 from unmask.train.optim import EMA, build_optimizer, lr_factor
-from unmask.train.run_dir import RunLock, open_datasets, prepare_tokenizer, start_or_resume
+from unmask.train.run_dir import (
+    RunLock,
+    clear_new_folder,
+    is_new_folder,
+    open_datasets,
+    prepare_tokenizer,
+    start_or_resume,
+)
 from unmask.validation import validate
 
 
@@ -114,11 +123,14 @@ class Trainer:
                 f"over {self.parallel.world_size} processes; change train.micro_batch or the number of processes"
             )
         # Rank 0 claims the run directory and creates the tokenizer and the token caches; the others reuse them.
+        new = not resume and self.parallel.is_main and is_new_folder(self.run_dir)
         self.lock = self.parallel.main_only(lambda: RunLock(self.run_dir))
         try:
             self._build(resume, step)
         except BaseException:
             self.close()
+            if new:  # a run that could not start (a bad model, data or config) leaves nothing behind
+                clear_new_folder(self.run_dir)
             raise
 
     def _build(self, resume: bool, step: int | None) -> None:
@@ -131,8 +143,10 @@ class Trainer:
 
         self.kind = get_kind(config.objective.name)
         torch.manual_seed(config.train.seed)
-        self.model = DiT(config.model_config(self.tokenizer.vocab_size)).to(self.device)
+        self.model = self._new_model(start).to(self.device)
         self.init_model()
+        # A model whose training changes with the step (attention-mask annealing: unmask.models.causal_lm).
+        self.set_training_step = getattr(self.model, "set_training_step", None)
         # What the loop calls: DDP's wrapper, or the model itself (maybe sharded, compiled, checkpointed).
         self.forward = parallelize(self.model, parallel, config.parallel, precision=self.precision,
                                    compile=config.train.compile)
@@ -156,6 +170,16 @@ class Trainer:
         """The training loss per sequence of one micro-batch: the kind's loss at this step."""
         return self.kind.losses(self.forward, part, self.config.objective, self.mask_id, generator=generator,
                                 step=self.step)[0]
+
+    def _new_model(self, start: Path | None) -> torch.nn.Module:
+        """The model to train: the checkpoint's when resuming (an adapted model needs no file of its origin
+        then), the pretrained ``adapt.init`` adapted, or a DiT from random weights."""
+        vocab_size = self.tokenizer.vocab_size
+        if start is not None:
+            return build_model(load_model_description(start, self.config, vocab_size))
+        if self.config.adapt.init is not None:
+            return adapt_pretrained(self.config.adapt, self.tokenizer, self.config.data.length)
+        return DiT(self.config.model_config(vocab_size))
 
     def close(self) -> None:
         """Release the run directory."""
@@ -187,6 +211,8 @@ class Trainer:
         cfg = self.config
         for group in self.optimizer.param_groups:
             group["lr"] = cfg.optim.lr * lr_factor(self.step, cfg.optim, cfg.train.max_steps)
+        if self.set_training_step is not None:
+            self.set_training_step(self.step)
         micro = cfg.train.micro_batch
         total_tokens = self.parallel.reduce_sum(batch["loss_mask"].sum()).clamp_min(1)  # of the global batch
         first = self.parallel.rank * self.accumulation  # index of this process's first micro-batch in the step

@@ -31,22 +31,23 @@ def lr_factor(step: int, config: OptimConfig, max_steps: int) -> float:
 
 
 class EMA:
-    """Exponential moving average of the weights (decay 0.9999 in the paper), kept in float32.
+    """Exponential moving average of the trained weights (decay 0.9999 in the paper), kept in float32.
 
     The decay is capped at (1 + n) / (10 + n) after n updates, so that a short run does not
     evaluate weights that are still mostly the initialisation; long runs reach the full decay.
+    Frozen weights (a LoRA run's base model) never change and are not averaged.
     """
 
     def __init__(self, model: nn.Module, decay: float) -> None:
         self.decay = decay
         self.updates = 0
-        self.shadow = {name: p.detach().float().clone() for name, p in model.named_parameters()}
+        self.shadow = {name: p.detach().float().clone() for name, p in model.named_parameters() if p.requires_grad}
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         self.updates += 1
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        names, params = zip(*model.named_parameters())
+        names, params = zip(*((name, p) for name, p in model.named_parameters() if name in self.shadow))
         shadows = [self.shadow[name] for name in names]
         torch._foreach_lerp_(shadows, [p.detach().float() for p in params], 1 - decay)
 
@@ -63,4 +64,5 @@ class EMA:
     @torch.no_grad()
     def copy_to(self, model: nn.Module) -> None:
         for name, p in model.named_parameters():
-            p.copy_(self.shadow[name])
+            if name in self.shadow:
+                p.copy_(self.shadow[name])

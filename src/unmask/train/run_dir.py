@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 from pathlib import Path
 
 from torch.utils.data import Dataset
@@ -17,10 +18,19 @@ from torch.utils.data import Dataset
 from unmask.checkpoint import load_config, resolve_checkpoint
 from unmask.checkpoint.layout import step_folders
 from unmask.config import Config, ConfigError, apply_overrides
-from unmask.data import TokenBlocks, Tokenizer, get_tokenizer, iter_documents, load_tokenizer
+from unmask.data import (
+    ChatExamples,
+    TokenBlocks,
+    Tokenizer,
+    get_tokenizer,
+    is_chat_source,
+    iter_documents,
+    load_tokenizer,
+)
 from unmask.data.streaming import BlockList, StreamingBlocks
 from unmask.distributed.process import Parallel
 from unmask.fileio import publish_folder, staging_folder
+from unmask.kinds import KINDS, get_kind
 
 # Fields that may change between a run and its resume: they do not change the optimisation.
 RESUMABLE_CHANGES = {
@@ -54,6 +64,16 @@ class RunLock:
     def release(self) -> None:
         if not self.file.closed:
             self.file.close()  # closing releases the lock
+
+
+def is_new_folder(folder: Path) -> bool:
+    """True when ``folder`` does not exist yet, or is empty: a run starting there owns all of it."""
+    return not folder.exists() or (folder.is_dir() and not any(folder.iterdir()))
+
+
+def clear_new_folder(folder: Path) -> None:
+    """Remove what a run that could not start wrote into its new folder (:func:`is_new_folder`), and the folder."""
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def has_run(run_dir: Path) -> bool:
@@ -126,10 +146,12 @@ def prepare_tokenizer(config: Config, run_dir: Path) -> Tokenizer:
 
 
 def open_datasets(config: Config, tokenizer: Tokenizer, parallel: Parallel | None = None
-                  ) -> tuple[TokenBlocks | StreamingBlocks, Dataset]:
-    """The training set (cached blocks, or with ``data.streaming`` this process's stream) and the
-    validation set (the same for every process)."""
+                  ) -> tuple[TokenBlocks | StreamingBlocks | ChatExamples, Dataset]:
+    """The training set (cached blocks, or with ``data.streaming`` this process's stream, or the examples of a
+    chat file) and the validation set (the same for every process)."""
     d = config.data
+    if is_chat_source(d.source, d.format):
+        return _chat_datasets(config, tokenizer)
     common = dict(length=d.length, layout=d.layout, cache_dir=d.cache_dir, max_documents=d.max_documents,
                   text_field=d.text_field)
     if d.valid_source:
@@ -147,3 +169,18 @@ def open_datasets(config: Config, tokenizer: Tokenizer, parallel: Parallel | Non
     else:
         train = TokenBlocks(d.source, tokenizer, split="train", **common)
     return train, valid
+
+
+def _chat_datasets(config: Config, tokenizer: Tokenizer) -> tuple[ChatExamples, ChatExamples]:
+    """The training and validation conversations of a chat source (supervised fine-tuning)."""
+    d = config.data
+    kind = get_kind(config.objective.name)
+    if not kind.prompted:
+        able = ", ".join(name for name, other in KINDS.items() if other.prompted)
+        raise ConfigError(f"{d.source} is a chat file (supervised fine-tuning), which objective.name={kind.name} "
+                          f"does not train on; use one of {able}, or data.format=text")
+    if d.streaming:
+        raise ConfigError("a chat file is read whole: drop data.streaming")
+    train = ChatExamples(d.source, tokenizer, split="train", length=d.length)
+    valid_split = (d.valid_source, "all") if d.valid_source else (d.source, "validation")
+    return train, ChatExamples(valid_split[0], tokenizer, split=valid_split[1], length=d.length)
