@@ -141,6 +141,13 @@ def test_bad_input_gets_a_4xx_with_the_cli_wording(client, runs, capsys):
     ('{"temperature": Infinity}', 400, "temperature must be a finite number"),
     ('{"seed": 18446744073709551616}', 400, "seed must be a 64-bit integer"),
     ('{"prompt": "' + "a" * (1 << 20) + '"}', 413, "over 1 MiB"),
+    ('{"prompt": "it \\udcff"}', 400, "prompt is not valid UTF-8 text"),  # a lone surrogate, as JSON escapes it
+    ('{"template": "\\ud800 [MASK]"}', 400, "template is not valid UTF-8 text"),
+    (b'{"prompt": "\xff\xfe"}', 400, "not valid JSON"),  # bytes that are not UTF-8
+    ("[" * 100_000 + "]" * 100_000, 400, "nests arrays or objects too deeply"),
+    ('{"steps": ' + "9" * 5000 + "}", 400, "not valid JSON"),
+    ('{"template": "a [MASK:99999999999999999999]"}', 400, "asks for more tokens than fit"),
+    ('{"seed": ' + "9" * 4000 + "}", 400, "seed must be a 64-bit integer"),
 ])
 def test_each_bad_input_is_refused_and_the_server_goes_on(client, content, status, fix):
     response = client.post("/v1/generate", content=content)
@@ -193,8 +200,9 @@ def test_completions_as_openai_clients_send_them(client, pipeline):
     assert client.post("/v1/completions", json=neutral).status_code == 200
     for bad, fix in [({"stop": ["\n"]}, "stop is not supported"), ({"prompt": ["a", "b"]}, "one string"),
                      ({"max_tokens": 0}, "max_tokens must be at least 1"), ({"n": 0}, "n must be at least 1"),
-                     ({"n": 9}, "n is at most 4"), ({"max_tokens": 200}, "ask for a smaller max_tokens")]:
-        response = client.post("/v1/completions", json=bad)
+                     ({"n": 9}, "n is at most 4"), ({"max_tokens": 200}, "ask for a smaller max_tokens"),
+                     ({"prompt": "it \udcff"}, "prompt is not valid UTF-8 text")]:
+        response = client.post("/v1/completions", content=json.dumps(bad))  # ASCII: lone surrogates escaped
         assert response.status_code == 400 and fix in response.json()["error"]["message"]
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -293,33 +294,65 @@ RANGES: dict[str, tuple[float, float | None, bool, bool]] = {
 }
 
 
+def _check_ranges(values: dict[str, Any]) -> None:
+    """Every dotted key of ``values`` that has a range (``RANGES``) within it, and every float finite."""
+    for key, value in values.items():
+        if key in RANGES and value is not None:
+            low, high, low_open, high_open = RANGES[key]
+            below = value <= low if low_open else value < low
+            above = high is not None and (value >= high if high_open else value > high)
+            if below or above or value != value:  # value != value: nan
+                if high is None:
+                    wanted = f"{'>' if low_open else '>='} {low}"
+                else:
+                    wanted = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+                raise ConfigError(f"{key} must be {wanted}, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):  # inf passes a range without an upper end
+            raise ConfigError(f"{key} must be a finite number, got {value!r}")
+
+
+def _check_model(model: DiTConfig) -> None:
+    """The model section's choices and shapes (its ranges are checked with the rest)."""
+    for key, value, allowed in (("model.gelu", model.gelu, GELUS), ("model.attention", model.attention, ATTENTIONS)):
+        if value not in allowed:
+            raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
+    if model.hidden % model.n_heads:
+        raise ConfigError(f"model.hidden ({model.hidden}) must be divisible by model.n_heads")
+
+
+def model_config_from_dict(values: Any) -> DiTConfig:
+    """A model's whole configuration (a checkpoint's ``model.json``), every field checked as a run's config is:
+    a file edited by hand, or damaged, is refused in one line before any model is built."""
+    if not isinstance(values, dict):
+        raise ConfigError("a model configuration must be a JSON object of DiTConfig fields")
+    known = {f.name for f in dataclasses.fields(DiTConfig)}
+    stray = next((key for key in values if key not in known), None)
+    if stray is not None:
+        raise ConfigError(f"unknown model field {stray!r}; the fields are {', '.join(sorted(known))}")
+    model = DiTConfig(**{key: _coerce(value, f"model.{key}") for key, value in values.items()})
+    if model.vocab_size is None or model.vocab_size < 1 or model.length < 1:
+        raise ConfigError(f"model.vocab_size and model.length must be >= 1, got {model.vocab_size} and {model.length}")
+    _check_ranges({f"model.{f.name}": getattr(model, f.name) for f in dataclasses.fields(model) if not _is_derived(f)})
+    _check_model(model)
+    return model
+
+
 def validate(config: Config) -> None:
-    """Reject combinations that cannot run, with the fix in the message."""
+    """Reject combinations that cannot run, with the fix in the message (a preset or a checkpoint's config
+    as much as the command line's overrides)."""
     choices = {
         "objective.name": (config.objective.name, tuple(KINDS)),
         "data.layout": (config.data.layout, ("wrapped", "padded")),
         "optim.decay": (config.optim.decay, ("constant", "cosine")),
         "train.precision": (config.train.precision, ("auto", "bf16", "fp32")),
-        "model.gelu": (config.model.gelu, GELUS),
-        "model.attention": (config.model.attention, ATTENTIONS),
         "parallel.strategy": (config.parallel.strategy, ("ddp", "fsdp")),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
-    for key, (low, high, low_open, high_open) in RANGES.items():
-        section, name = key.split(".")
-        value = getattr(getattr(config, section), name)
-        if value is None:
-            continue
-        below = value <= low if low_open else value < low
-        above = high is not None and (value >= high if high_open else value > high)
-        if below or above or value != value:  # value != value: nan
-            if high is None:
-                wanted = f"{'>' if low_open else '>='} {low}"
-            else:
-                wanted = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-            raise ConfigError(f"{key} must be {wanted}, got {value!r}")
+    _check_ranges({f"{section}.{name}": value for section, items in config.to_dict().items()
+                   for name, value in items.items()})
+    _check_model(config.model)
     if config.objective.schedule not in SCHEDULES:
         names = ", ".join(SCHEDULES)
         raise ConfigError(f"objective.schedule must be one of {names}, got {config.objective.schedule!r}")
@@ -333,7 +366,5 @@ def validate(config: Config) -> None:
             f"train.global_batch ({config.train.global_batch}) must be a multiple of train.micro_batch "
             f"({config.train.micro_batch})"
         )
-    if config.model.hidden % config.model.n_heads:
-        raise ConfigError(f"model.hidden ({config.model.hidden}) must be divisible by model.n_heads")
     get_kind(config.objective.name).validate(config)
 

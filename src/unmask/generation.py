@@ -25,7 +25,7 @@ from unmask.data import Tokenizer
 from unmask.errors import OptionError
 from unmask.kinds.base import SLIDING, WINDOWS
 from unmask.pipeline import Pipeline
-from unmask.runtime import autocast
+from unmask.runtime import SEED_RANGE, autocast
 from unmask.sampling import SampleOutput, SamplerConfig
 from unmask.sampling.run import Run, run_to_end
 
@@ -37,17 +37,36 @@ class PromptError(OptionError):
     """A prompt or template that cannot be used; the message names the fix."""
 
 
-def parse_template(text: str, tokenizer: Tokenizer) -> list[int]:
-    """Token ids of a template, with ``tokenizer.mask_id`` wherever a placeholder stands."""
+def check_text(text: str, option: str) -> str:
+    """``text`` if it is valid Unicode (a lone surrogate is what undecodable bytes of a command line, or a
+    JSON escape such as \\udcff, leave in a str; no tokenizer can encode it)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise PromptError(f"{{0}} is not valid UTF-8 text (character {err.start} is {text[err.start]!r}, a lone "
+                          "surrogate or an undecodable byte); pass UTF-8 text", option) from None
+    return text
+
+
+def parse_template(text: str, tokenizer: Tokenizer, max_tokens: int | None = None) -> list[int]:
+    """Token ids of a template, with ``tokenizer.mask_id`` wherever a placeholder stands; more than
+    ``max_tokens`` ids are refused before they are made."""
     ids: list[int] = []
     position = 0
     for match in PLACEHOLDER.finditer(text):
         # A piece before a placeholder drops its trailing spaces: the generated token carries its
         # own leading space in byte-level BPE, as in ordinary text.
         ids += tokenizer.encode(text[position : match.start()].rstrip(" "))
-        count = int(match.group(1) or 1)
-        if count < 1:
+        digits = match.group(1) or "1"
+        # Compared as digits first: int() of thousands of digits is refused by Python itself.
+        count = int(digits) if len(digits) <= 18 else None
+        if count is not None and count < 1:
             raise PromptError(f"placeholder {match.group(0)} must ask for at least one token")
+        if max_tokens is not None and (count is None or len(ids) + count > max_tokens):
+            room = max(max_tokens - len(ids), 0)
+            shown = match.group(0) if len(digits) <= 18 else "[MASK:" + digits[:18] + "...]"
+            raise PromptError(f"placeholder {shown} asks for more tokens than fit (at most {room} here, "
+                              f"{max_tokens} in the whole template); ask for fewer")
         ids += [tokenizer.mask_id] * count
         position = match.end()
     ids += tokenizer.encode(text[position:])
@@ -73,9 +92,9 @@ def build_template(
                           "template")
     fixed = [tokenizer.bos_id]
     if template is not None:
-        fixed += parse_template(template, tokenizer)
+        fixed += parse_template(check_text(template, "template"), tokenizer, max_tokens=model_length - 1)
     elif prompt:
-        fixed += tokenizer.encode(prompt)
+        fixed += tokenizer.encode(check_text(prompt, "prompt"))
     target = length or (len(fixed) if template is not None else model_length)
     if target > model_length:
         raise PromptError(f"length {target} exceeds the model's length {model_length}; shorten the prompt or {{0}}",
@@ -142,6 +161,8 @@ def start_run(pipeline: Pipeline, sampling: SamplerConfig, fixed: Tensor, *, num
     if overlap is not None and pipeline.kind.beyond_window != WINDOWS:
         raise PromptError(f"{{0}} sets the semi-autoregressive windows of a masked diffusion model; a "
                           f"{pipeline.kind.name} model does not generate in windows: drop {{0}}", "overlap")
+    if not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+        raise PromptError(f"{{0}} must be a 64-bit integer ({SEED_RANGE[0]} to {SEED_RANGE[1]}), got {seed}", "seed")
     device = pipeline.device
     return pipeline.kind.sampling_run(
         pipeline.model, sampling, fixed.to(device), process=pipeline.process, num_samples=num_samples,

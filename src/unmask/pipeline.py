@@ -34,7 +34,7 @@ from unmask.models import DiT
 from unmask.runtime import resolve_device
 from unmask.sampling import Process
 
-READERS = {RELEASED_MDLM: load_released, MASKED_LM: load_masked_lm}
+READERS = (RELEASED_MDLM, MASKED_LM)  # folder formats read by unmask.interop
 
 
 @dataclass
@@ -113,12 +113,15 @@ class Pipeline:
         return write_new_folder(folder, build)
 
 
-def load(path: str | Path, *, weights: str = "ema", device: str = "auto", step: int | None = None) -> Pipeline:
+def load(path: str | Path, *, weights: str = "ema", device: str = "auto", step: int | None = None,
+         trust_remote_code: bool = False) -> Pipeline:
     """Load a model for inference: an unmask run directory (its latest checkpoint, or ``step``) or
     checkpoint folder, a released MDLM folder, a Hugging Face masked-LM folder, or a hub name of either.
 
     ``weights="ema"`` (default, as the paper evaluates) uses the EMA weights of an unmask
     checkpoint when saved, ``"model"`` the raw trained weights. The model is returned in eval mode.
+    A Hugging Face folder that needs Python code of its own is refused unless ``trust_remote_code``
+    (nothing else unmask reads runs code).
     """
     if weights not in WEIGHTS:
         raise ValueError(f"weights must be 'ema' or 'model', got {weights!r}")
@@ -129,7 +132,8 @@ def load(path: str | Path, *, weights: str = "ema", device: str = "auto", step: 
     if kind in READERS:
         if step is not None:
             raise CheckpointError(f"--step picks a checkpoint of an unmask run; {path} is a single model")
-        model, tokenizer, config = READERS[kind](folder)
+        model, tokenizer, config = (load_masked_lm(folder, trust_remote_code=trust_remote_code) if kind == MASKED_LM
+                                    else load_released(folder))
         checkpoint = folder
     else:
         checkpoint = resolve_checkpoint(folder, step=step)

@@ -55,7 +55,8 @@ def train_command(args: argparse.Namespace) -> int:
                           "--preset is not used", stacklevel=1)
     else:
         config = apply_overrides(load_preset(args.preset or DEFAULT_PRESET), overrides)
-    result = train(config, args.out, resume=args.resume, step=args.step, progress=not args.quiet)
+    result = train(config, args.out, resume=args.resume, step=args.step, progress=not args.quiet,
+                   trust_remote_code=args.trust_remote_code)
     if not is_main_process():
         return 130 if result.interrupted else 0
     if result.interrupted:
@@ -108,12 +109,14 @@ def eval_command(args: argparse.Namespace) -> int:
         mask_rate_ranges=args.mask_rate_ranges))
     sampling = SamplerConfig.from_options(steps=args.steps)
     # The evaluator is loaded first: a bad one is refused before the evaluation, not after it.
-    evaluator = load_evaluator(args.gen_ppl, device="cpu") if args.gen_ppl and is_main_process() else None
-    report = evaluate_checkpoint(args.checkpoint, config, step=args.step, device=args.device)
+    trust = args.trust_remote_code
+    evaluator = (load_evaluator(args.gen_ppl, device="cpu", trust_remote_code=trust)
+                 if args.gen_ppl and is_main_process() else None)
+    report = evaluate_checkpoint(args.checkpoint, config, step=args.step, device=args.device, trust_remote_code=trust)
     if not is_main_process():  # under torchrun: rank 0 reports
         return 0
     if evaluator is not None:
-        pipeline = load(args.checkpoint, step=args.step, device=args.device)
+        pipeline = load(args.checkpoint, step=args.step, device=args.device, trust_remote_code=trust)
         samples = generate_text(pipeline, sampling, num_samples=args.num_samples or GEN_PPL_SAMPLES, seed=config.seed)
         report.generative = generative_perplexity(samples.texts, evaluator, sample_token_ids=samples.tokens)
     print(_format_report(report))
@@ -124,7 +127,7 @@ def eval_command(args: argparse.Namespace) -> int:
 
 def sample_command(args: argparse.Namespace) -> int:
     sampling = sampler_config(args)
-    pipeline = load(args.checkpoint, step=args.step, device=args.device)
+    pipeline = load(args.checkpoint, step=args.step, device=args.device, trust_remote_code=args.trust_remote_code)
     on_step = None
     if args.show_steps:
         def on_step(x):
@@ -142,7 +145,7 @@ def sample_command(args: argparse.Namespace) -> int:
 
 
 def serve_command(args: argparse.Namespace) -> int:
-    serve(args.checkpoint, device=args.device, step=args.step,
+    serve(args.checkpoint, device=args.device, step=args.step, trust_remote_code=args.trust_remote_code,
           **given(host=args.host, port=args.port, max_batch=args.max_batch))
     return 0
 
@@ -186,7 +189,7 @@ def frontier_command(args: argparse.Namespace) -> int:
 
     points, written = run_frontier(
         args.checkpoint, step=args.step, out_dir=Path(args.out), evaluator=args.evaluator, length=args.length,
-        device=args.device, on_point=on_point,
+        device=args.device, on_point=on_point, trust_remote_code=args.trust_remote_code,
         **given(samplers=args.samplers, steps=args.steps, num_samples=args.num_samples, batch_size=args.batch_size,
                 seed=args.seed))
     print(format_table(points))

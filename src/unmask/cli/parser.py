@@ -12,7 +12,17 @@ import dataclasses
 import inspect
 from typing import Any
 
-from unmask.cli.options import at_least, float_in, names_from, output_file, port, rate_range, step_counts
+from unmask.cli.options import (
+    at_least,
+    float_in,
+    folder,
+    names_from,
+    output_file,
+    port,
+    rate_range,
+    seed,
+    step_counts,
+)
 from unmask.cli.overview import COMMANDS, DESCRIPTION, Parser
 from unmask.configs import preset_names
 from unmask.data import DETOKENIZERS
@@ -61,6 +71,12 @@ def _checkpoint_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--step", type=at_least(0), help="use this step's checkpoint of the run instead of the latest")
 
 
+def _trust_remote_code(p: argparse.ArgumentParser, what: str = "the model") -> None:
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help=f"let a Hugging Face folder of {what} run the Python code it ships (an auto_map in its "
+                        "config): only for folders from a source you trust; without it such a folder is refused")
+
+
 def _sampling_arguments(p: argparse.ArgumentParser) -> None:
     """The options of a :class:`SamplerConfig`."""
     p.add_argument("--steps", type=at_least(1),
@@ -89,7 +105,7 @@ def _train(sub) -> None:
     p.add_argument("--preset", help=f"one of {', '.join(preset_names())} or a .yaml file (default: {DEFAULT_PRESET}; "
                                     "with --resume: the saved run's config)")
     p.add_argument("--data", help="corpus: 'default' (embedded), a file or folder, or a dataset name")
-    p.add_argument("--out", required=True, help="run directory (config, tokenizer, checkpoints, metrics)")
+    p.add_argument("--out", type=folder, required=True, help="run directory (config, tokenizer, checkpoints, metrics)")
     p.add_argument("--max-steps", type=at_least(1), help="stop after this many steps (train.max_steps)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its latest checkpoint, with its saved config")
@@ -97,6 +113,7 @@ def _train(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--nproc", type=at_least(1), metavar="N",
                    help="train in N processes on this machine (one per GPU), as torchrun --nproc-per-node N does")
+    _trust_remote_code(p, "the tokenizer (data.tokenizer)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=1e-4")
 
 
@@ -125,8 +142,9 @@ def _eval(sub) -> None:
                    help="also sample and score under a causal LM (HF path/name, 'smollm2', or an unmask AR run)")
     p.add_argument("--num-samples", type=at_least(1), help=f"samples for --gen-ppl (default: {GEN_PPL_SAMPLES})")
     p.add_argument("--steps", type=at_least(1), help="sampling steps for --gen-ppl" + default(SamplerConfig, "steps"))
-    p.add_argument("--seed", type=int, help="seed of the noise and the samples" + default(EvalConfig, "seed"))
+    p.add_argument("--seed", type=seed, help="seed of the noise and the samples" + default(EvalConfig, "seed"))
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    _trust_remote_code(p, "the model or the --gen-ppl evaluator")
     p.add_argument("--json", type=output_file, help="also write the results to this JSON file")
 
 
@@ -142,10 +160,11 @@ def _sample(sub) -> None:
     p.add_argument("--stop-at-eos", action="store_true", help="end each sample at its first EOS")
     p.add_argument("--prompt", help="text the samples start with")
     p.add_argument("--template", help="text with [MASK] (one token) or [MASK:N] (N tokens) where to generate")
-    p.add_argument("--seed", type=int,
+    p.add_argument("--seed", type=seed,
                    help="seed of the sampler: the same seed gives the same texts" + default(generate_text, "seed"))
     p.add_argument("--show-steps", action="store_true", help="print the first sample as it unmasks")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    _trust_remote_code(p, "the model")
     p.add_argument("--static-shapes", action="store_true",
                    help="run every denoiser call at one fixed shape, replayed from a CUDA graph on a GPU (far less "
                         "launch overhead at small batches; the same samples)")
@@ -162,6 +181,7 @@ def _serve(sub) -> None:
                    help="rows per denoiser call (sequences from all requests); also the most samples per request"
                         + default(serve, "max_batch"))
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    _trust_remote_code(p, "the model")
 
 
 def _frontier(sub) -> None:
@@ -176,15 +196,16 @@ def _frontier(sub) -> None:
     p.add_argument("--num-samples", type=at_least(1), help="samples per point" + default(sweep, "num_samples"))
     p.add_argument("--batch-size", type=at_least(1), help="samples per generation call" + default(sweep, "batch_size"))
     p.add_argument("--length", type=at_least(2), help="tokens per sample, BOS included (default: the model's)")
-    p.add_argument("--out", default="frontier", help="folder for frontier.md, frontier.json, frontier.png")
-    p.add_argument("--seed", type=int, help="seed of every point's samples" + default(sweep, "seed"))
+    p.add_argument("--out", type=folder, default="frontier", help="folder for frontier.md, frontier.json, frontier.png")
+    p.add_argument("--seed", type=seed, help="seed of every point's samples" + default(sweep, "seed"))
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    _trust_remote_code(p, "the model or the evaluator")
 
 
 def _export(sub) -> None:
     p = sub.add_parser("export", help=COMMANDS["export"], formatter_class=_Help)
     _checkpoint_arguments(p)
-    p.add_argument("--out", required=True, help="new folder for the exported model")
+    p.add_argument("--out", type=folder, required=True, help="new folder for the exported model")
     p.add_argument("--format", choices=("unmask", "hf"), default="unmask",
                    help="unmask: model/ema safetensors, config, tokenizer, state (resumes training); hf: the released "
                         "MDLM layout (config.json, model.safetensors, tokenizer files) for the reference code and "
@@ -197,7 +218,7 @@ def _export(sub) -> None:
 def _convert(sub) -> None:
     p = sub.add_parser("convert", help=COMMANDS["convert"], formatter_class=_Help)
     p.add_argument("ckpt", metavar="CHECKPOINT.ckpt", help="the reference code's PyTorch Lightning checkpoint")
-    p.add_argument("--out", required=True, help="new folder for the unmask checkpoint")
+    p.add_argument("--out", type=folder, required=True, help="new folder for the unmask checkpoint")
     p.add_argument("--no-ema", action="store_true", help="convert the trained weights instead of their EMA")
     p.add_argument("--trust-pickle", action="store_true",
                    help="read the .ckpt although it is a pickle, which runs any code it contains: only for files "
@@ -206,7 +227,8 @@ def _convert(sub) -> None:
 
 def _demo(sub) -> None:
     p = sub.add_parser("demo", help=COMMANDS["demo"], formatter_class=_Help)
-    p.add_argument("--out", default="runs/demo", help="folder for the two runs (a new one if it holds runs)")
+    p.add_argument("--out", type=folder, default="runs/demo",
+                   help="folder for the two runs (a new one if it holds runs)")
     p.add_argument("--minutes", type=float_in(0.0, None, low_open=True),
                    help="training budget per model" + default(run_demo, "minutes"))
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"),
@@ -221,7 +243,7 @@ def _study(sub) -> None:
                                   "settings every model shares")
     p.add_argument("--data", help="corpus: 'default' (embedded), a file or folder, or a dataset name "
                                   "(default: the preset's)")
-    p.add_argument("--out", required=True,
+    p.add_argument("--out", type=folder, required=True,
                    help="study folder: one run per model, the shared tokenizer, study.md/json/png; run the same "
                         "command again to continue an interrupted study")
     p.add_argument("--budget", type=float_in(0.0, None, low_open=True), required=True, metavar="MINUTES",
@@ -236,7 +258,7 @@ def _study(sub) -> None:
     p.add_argument("--eval-batches", type=at_least(1), help="evaluate on the first batches only (default: all)")
     p.add_argument("--eval-batch-size", type=at_least(1),
                    help="sequences per evaluation pass" + default(STUDY_EVALUATION, "batch_size"))
-    p.add_argument("--seed", type=int, help="seed of the evaluation's noise" + default(STUDY_EVALUATION, "seed"))
+    p.add_argument("--seed", type=seed, help="seed of the evaluation's noise" + default(STUDY_EVALUATION, "seed"))
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="config overrides for every model, e.g. train.device=cuda model.n_layers=8")

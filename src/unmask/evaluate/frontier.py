@@ -129,6 +129,7 @@ def sweep(
     device: str = "auto",
     precision: str = "auto",
     on_point: Callable[[FrontierPoint], None] | None = None,
+    trust_remote_code: bool = False,
 ) -> Sweep:
     """Generate and score ``num_samples`` texts for every sampler label and step count.
 
@@ -137,6 +138,7 @@ def sweep(
     its key/value cache, ``steps`` per block. ``evaluator`` is an :class:`Evaluator` or a spec for
     :func:`load_evaluator`, loaded once. ``first_hitting`` gives one point, whatever ``steps``;
     its ``steps`` is the number of unmasking steps it took. ``on_point`` sees each point as it is done.
+    ``trust_remote_code`` lets a Hugging Face model or evaluator run code of its own.
     """
     options = {label.strip(): parse_sampler(label) for label in samplers}  # in order, once each
     step_counts = _unique(int(s) for s in steps)
@@ -150,7 +152,7 @@ def sweep(
         raise SamplingError(f"{{0}} and {{1}} must be >= 1, got {num_samples} and {batch_size}", "num_samples",
                             "batch_size")
 
-    pipeline = load(checkpoint, step=step, device=device)
+    pipeline = load(checkpoint, step=step, device=device, trust_remote_code=trust_remote_code)
     if pipeline.is_autoregressive:
         raise SamplingError(f"{checkpoint} is an AR checkpoint; the frontier sweeps the samplers of an MDLM checkpoint")
     tokenizer = pipeline.tokenizer
@@ -160,7 +162,8 @@ def sweep(
     template = build_template(tokenizer, model_length=window, length=length)
     template = template.to(pipeline.device)
     generated = template == tokenizer.mask_id  # the positions the samplers fill (not the BOS)
-    scorer = load_evaluator(evaluator, device=str(pipeline.device)) if isinstance(evaluator, str) else evaluator
+    scorer = (load_evaluator(evaluator, device=str(pipeline.device), trust_remote_code=trust_remote_code)
+              if isinstance(evaluator, str) else evaluator)
 
     def run(option: SamplerConfig, count: int) -> tuple[torch.Tensor, float, int, float]:
         """Tokens, mean calls per batch, steps taken and generation seconds of ``count`` samples."""

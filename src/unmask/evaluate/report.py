@@ -13,7 +13,7 @@ from unmask.pipeline import load
 
 
 def evaluate_checkpoint(path: str | Path, config: EvalConfig | None = None, *, step: int | None = None,
-                        device: str = "auto") -> EvalReport:
+                        device: str = "auto", trust_remote_code: bool = False) -> EvalReport:
     """NELBO per token (or the exact NLL of a kind whose figure is exact), its standard error and
     perplexity / bits per character, as ``config`` (default: ``EvalConfig()``) says.
 
@@ -31,7 +31,7 @@ def evaluate_checkpoint(path: str | Path, config: EvalConfig | None = None, *, s
     """
     config = config or EvalConfig()
     parallel = setup(device)  # under torchrun: join the job; each process evaluates its share of the batches
-    pipeline = load(path, step=step, device=str(parallel.device))
+    pipeline = load(path, step=step, device=str(parallel.device), trust_remote_code=trust_remote_code)
     run, kind = pipeline.config, pipeline.kind
     if config.discrete_steps and not kind.discrete_time:
         raise EvalError(f"--discrete-steps applies to kinds with a discrete-time bound; this is a {kind.label} "

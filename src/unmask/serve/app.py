@@ -165,13 +165,14 @@ def serving(app: Any, *, host: str = "127.0.0.1", port: int = 0) -> Iterator[str
 
 
 def serve(path: str | Path, *, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 64,
-          device: str = "auto", step: int | None = None, limits: Limits | None = None) -> None:
+          device: str = "auto", step: int | None = None, limits: Limits | None = None,
+          trust_remote_code: bool = False) -> None:
     """Serve the model at ``path`` (a run directory or checkpoint folder) until Ctrl-C, then drain and stop."""
     require("fastapi", PURPOSE)
     require("uvicorn", PURPOSE)
     import uvicorn
 
-    pipeline = load(path, step=step, device=device)
+    pipeline = load(path, step=step, device=device, trust_remote_code=trust_remote_code)
     model = Path(path).resolve().name
     app = create_app(pipeline, model=model, max_batch=max_batch, limits=limits)
     sock = listening_socket(host, port)

@@ -23,10 +23,10 @@ from torch import Tensor
 from unmask.errors import OptionError, UserError
 from unmask.generation import prepare
 from unmask.pipeline import Pipeline
+from unmask.runtime import SEED_RANGE
 from unmask.sampling import SamplerConfig
 
 MAX_BODY_BYTES = 1 << 20
-SEED_RANGE = (-(1 << 63), (1 << 64) - 1)  # what torch.Generator.manual_seed takes
 
 # The sampling fields every generating endpoint takes, with their JSON types.
 SAMPLING_FIELDS: dict[str, tuple[type, ...]] = {
@@ -87,8 +87,12 @@ def parse_body(body: bytes) -> dict[str, Any]:
         raise RequestError(f"the request body is over {MAX_BODY_BYTES >> 20} MiB; send a shorter prompt", status=413)
     try:
         value = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise RequestError(f"the request body is not valid JSON ({err}); send an object such as "
+    except RecursionError:
+        raise RequestError("the request body nests arrays or objects too deeply to read; send a flat object such as "
+                           '{"prompt": "The", "length": 64}') from None
+    except ValueError as err:  # malformed JSON, bytes that are not UTF-8, an integer of thousands of digits
+        reason = str(err).splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RequestError(f"the request body is not valid JSON ({reason}); send an object such as "
                            '{"prompt": "The", "length": 64}') from None
     if not isinstance(value, dict):
         raise RequestError('the request body must be a JSON object such as {"prompt": "The", "length": 64}')

@@ -37,6 +37,7 @@ from unmask.data import batch_iterator
 from unmask.data.streaming import StreamingBlocks, stream_batches
 from unmask.distributed.parallelize import gradient_sync, is_sharded, parallelize
 from unmask.distributed.process import Parallel, setup
+from unmask.errors import UserError
 from unmask.evaluate.likelihood import evaluate_dataset
 from unmask.kinds import get_kind
 from unmask.models import DiT
@@ -44,6 +45,10 @@ from unmask.runtime import autocast, derive_seed, resolve_precision, seeded_gene
 from unmask.train.metrics import MetricsLogger, NoLogger
 from unmask.train.optim import EMA, build_optimizer, lr_factor
 from unmask.train.run_dir import RunLock, open_datasets, prepare_tokenizer, start_or_resume
+
+
+class TrainingDiverged(UserError):
+    """The loss became nan or infinite: the step is named, the checkpoints written before it are kept."""
 
 
 @dataclass
@@ -98,14 +103,17 @@ class Trainer:
     """
 
     def __init__(self, config: Config, run_dir: str | Path, *, resume: bool = False, step: int | None = None,
-                 progress: bool = True) -> None:
+                 progress: bool = True, trust_remote_code: bool = False) -> None:
         validate(config)
+        if not str(run_dir).strip():  # Path("") is the current folder: a run would scatter its files there
+            raise ConfigError("the run directory is empty; give a folder name (--out)")
         self.config = config
         self.run_dir = Path(run_dir)
         self.parallel = setup(config.train.device)  # one process, or this one's place in a torchrun job
         self.progress = progress and self.parallel.is_main
         self.device = self.parallel.device
         self.precision = resolve_precision(config.train.precision, self.device)
+        self.trust_remote_code = trust_remote_code  # a Hugging Face tokenizer's own code (data.tokenizer)
         micro_batches = config.train.global_batch // config.train.micro_batch
         if micro_batches % self.parallel.world_size:
             raise ConfigError(
@@ -124,7 +132,8 @@ class Trainer:
         config, parallel = self.config, self.parallel
         start = parallel.main_first(lambda: start_or_resume(self.run_dir, config, resume=resume, step=step,
                                                              write=parallel.is_main))
-        self.tokenizer = parallel.main_first(lambda: prepare_tokenizer(config, self.run_dir))
+        self.tokenizer = parallel.main_first(lambda: prepare_tokenizer(config, self.run_dir,
+                                                                       trust_remote_code=self.trust_remote_code))
         self.mask_id = self.tokenizer.mask_id
         self.train_set, self.valid_set = parallel.main_first(lambda: open_datasets(config, self.tokenizer, parallel))
 
@@ -280,7 +289,9 @@ class Trainer:
                 self.state.train_seconds = seconds_before + elapsed
                 tokens_per_s = trained_steps * tokens_per_step / max(elapsed, 1e-9)
                 if not math.isfinite(loss):
-                    raise FloatingPointError(f"loss became {loss} at step {self.step}; lower optim.lr")
+                    raise TrainingDiverged(f"training diverged: the loss became {loss} at step {self.step}; lower "
+                                           "optim.lr or raise optim.warmup_steps and train into a new --out (the "
+                                           "checkpoints saved before it are kept)")
                 progress.update(self.step, elapsed, loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}")
                 if self.step % cfg.log_every == 0 or self.step == end:
                     logger.log(self.step, {"loss": loss, "lr": self.optimizer.param_groups[0]["lr"],
@@ -341,6 +352,7 @@ class _Progress:
 
 
 def train(config: Config, run_dir: str | Path, *, resume: bool = False, step: int | None = None,
-          max_steps: int | None = None, progress: bool = True) -> TrainResult:
+          max_steps: int | None = None, progress: bool = True, trust_remote_code: bool = False) -> TrainResult:
     """Train (or with ``resume`` continue) the run in ``run_dir``; see :class:`Trainer`."""
-    return Trainer(config, run_dir, resume=resume, step=step, progress=progress).run(max_steps)
+    return Trainer(config, run_dir, resume=resume, step=step, progress=progress,
+                   trust_remote_code=trust_remote_code).run(max_steps)
