@@ -98,7 +98,7 @@ class TrainConfig:
     precision: str = "auto"  # "auto" (bf16 on CUDA and on CPUs with native bf16), "bf16", "fp32"
     compile: bool = False
     device: str = "auto"
-    tensorboard: bool = True
+    tensorboard: bool | None = None  # None: log to TensorBoard when it is installed (pip install "unmask[logging]")
     wandb: bool = False
 
 

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import shlex
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -57,12 +58,20 @@ def train_command(args: argparse.Namespace) -> int:
         config = apply_overrides(load_preset(args.preset or DEFAULT_PRESET), overrides)
     result = train(config, args.out, resume=args.resume, step=args.step, progress=not args.quiet,
                    trust_remote_code=args.trust_remote_code)
+    # A stop by a signal exits as the shell reports one (128 + its number: 143 for SIGTERM), Ctrl-C with 130.
+    status = 128 + result.stop_signal if result.stop_signal else 130
     if not is_main_process():
-        return 130 if result.interrupted else 0
+        return status if result.interrupted else 0
     if result.interrupted:
-        print(f"interrupted at step {result.step}; continue with: unmask train --out {shlex.quote(str(args.out))} "
+        how = f"stopped by {signal.Signals(result.stop_signal).name}" if result.stop_signal else "interrupted"
+        print(f"{how} at step {result.step}; continue with: unmask train --out {shlex.quote(str(args.out))} "
               "--resume", file=sys.stderr)
-        return 130
+        return status
+    if result.checkpoint is None:  # resumed at (or past) train.max_steps: there was nothing to train
+        print(f"the run in {args.out} is finished: it is at step {result.step}, train.max_steps is "
+              f"{config.train.max_steps}; to train further: unmask train --out {shlex.quote(str(args.out))} --resume "
+              f"--max-steps {2 * result.step}", file=sys.stderr)
+        return 0
     summary = {"step": result.step, "checkpoint": str(result.checkpoint), "tokens_per_s": round(result.tokens_per_s),
                **result.validation}
     print(json.dumps(summary))

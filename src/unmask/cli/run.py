@@ -49,9 +49,9 @@ def run(argv: list[str]) -> int:
             where = f" ({err.filename})" if err.filename else ""
             _say(f"{prefix}: error: {err.strerror or err}{where}; check the path, its permissions and the free space")
             return 2
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as stop:  # Ctrl-C, or a stop signal while training (unmask.train.signals)
             _say(f"{prefix}: interrupted")
-            return 130
+            return 128 + stop.signum if hasattr(stop, "signum") else 130
         except BaseException as err:  # a bug, or a lost peer in a multi-process job
             if isinstance(err, SystemExit):
                 raise

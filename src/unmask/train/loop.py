@@ -45,6 +45,7 @@ from unmask.runtime import autocast, derive_seed, resolve_precision, seeded_gene
 from unmask.train.metrics import MetricsLogger, NoLogger
 from unmask.train.optim import EMA, build_optimizer, lr_factor
 from unmask.train.run_dir import RunLock, open_datasets, prepare_tokenizer, start_or_resume
+from unmask.train.signals import Stopped, stop_signals
 
 
 class TrainingDiverged(UserError):
@@ -92,6 +93,7 @@ class TrainResult:
     tokens_per_s: float
     validation: dict = field(default_factory=dict)
     interrupted: bool = False
+    stop_signal: int | None = None  # the signal that stopped it (SIGTERM, ...), None for Ctrl-C or no stop
 
 
 class Trainer:
@@ -267,13 +269,13 @@ class Trainer:
         end = min(cfg.max_steps, max_steps) if max_steps is not None else cfg.max_steps
         main = self.parallel.is_main
         logger = (MetricsLogger(self.run_dir, tensorboard=cfg.tensorboard, wandb=cfg.wandb,
-                                config=self.config.to_dict()) if main else NoLogger())
+                                config=self.config.to_dict(), step=self.step) if main else NoLogger())
         figure = "ppl" if self.kind.exact else "ppl bound"
         tokens_per_step = cfg.global_batch * self.config.data.length
         progress = _Progress(self.step, end, cfg.max_minutes, enabled=self.progress)
         started, trained_steps, validation = time.perf_counter(), 0, {}
         seconds_before = self.train_seconds
-        checkpoint, interrupted = None, False
+        checkpoint, interrupted, stop_signal = None, False, None
         batches = self._batches()
         self.model.train()
         try:
@@ -309,19 +311,21 @@ class Trainer:
                     checkpoint = self.save({"tokens_per_s": tokens_per_s, **validation})
                 if out_of_time:
                     break
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM and the like (unmask.train.signals)
             interrupted = True
+            stop_signal = stop.signum if isinstance(stop, Stopped) else None
             # Several processes may stop at different points; they resume from the last checkpoint.
             if self.step > 0 and not self.parallel.is_distributed:
                 checkpoint = self.save()
-                progress.write(f"interrupted: saved step {self.step} to {checkpoint}")
+                progress.write(f"{stop.name if isinstance(stop, Stopped) else 'interrupted'}: saved step "
+                               f"{self.step} to {checkpoint}")
         finally:
             progress.close()
             logger.close()
         elapsed = time.perf_counter() - started
         return TrainResult(run_dir=self.run_dir, step=self.step, checkpoint=checkpoint,
                            tokens_per_s=trained_steps * tokens_per_step / max(elapsed, 1e-9),
-                           validation=validation, interrupted=interrupted)
+                           validation=validation, interrupted=interrupted, stop_signal=stop_signal)
 
 
 class _Progress:
@@ -353,6 +357,8 @@ class _Progress:
 
 def train(config: Config, run_dir: str | Path, *, resume: bool = False, step: int | None = None,
           max_steps: int | None = None, progress: bool = True, trust_remote_code: bool = False) -> TrainResult:
-    """Train (or with ``resume`` continue) the run in ``run_dir``; see :class:`Trainer`."""
-    return Trainer(config, run_dir, resume=resume, step=step, progress=progress,
-                   trust_remote_code=trust_remote_code).run(max_steps)
+    """Train (or with ``resume`` continue) the run in ``run_dir``; see :class:`Trainer`. SIGTERM (and SIGUSR1,
+    SIGHUP) stop it as Ctrl-C does, the step it reached saved (:mod:`unmask.train.signals`)."""
+    with stop_signals():
+        return Trainer(config, run_dir, resume=resume, step=step, progress=progress,
+                       trust_remote_code=trust_remote_code).run(max_steps)
