@@ -95,7 +95,8 @@ def test_discrete_eval_and_show_steps(trained, capsys):
     assert "discrete T=10" in out and "discrete T=100" in out
     assert main(["sample", str(trained), "--num-samples", "1", "--steps", "4", "--length", "16",
                  "--show-steps"]) == 0
-    assert "[MASK]" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "[MASK]" in out and "--- state 1 of sample 0: " in out and "positions masked ---" in out
 
 
 @pytest.mark.parametrize("name", ["wikitext-2", "ptb"])

@@ -169,7 +169,12 @@ def _cases(root: Path, corpus: Path, base: list[str]) -> list[tuple[list[str], s
         (["sample", mdlm, "--prompt", "it \udcff is"], "--prompt is not valid UTF-8 text"),  # argv's undecodable byte
         (["sample", mdlm, "--template", "\ud800 [MASK]"], "--template is not valid UTF-8 text"),
         (["sample", mdlm, "--seed", str(2**64)], "--seed: a seed is a 64-bit integer"),
+        # sizes no machine holds (tests/test_sizes.py: the issue's own sizes against a fixed free memory)
+        (["sample", mdlm, "--num-samples", str(10**12)], "needs at least"),
+        (["sample", mdlm, "--length", str(10**13), "--num-samples", "1"], "needs at least"),
+        (["eval", mdlm, "--num-t", str(10**12)], "needs at least"),
         (["sample", ar, "--order", "confidence"], "an AR model decodes left to right"),
+        (["sample", ar, "--template", "it is [MASK:3] acknowledged"], "never sees text after a [MASK]"),
         (["sample", mdlm, "--json", missing_dir], "does not exist; create it first"),
         (["sample", mdlm, "--step", "7"], "no complete checkpoint of step 7; steps saved: 2"),
         (["sample", str(root / "nowhere")], "does not exist"),
@@ -189,6 +194,9 @@ def _cases(root: Path, corpus: Path, base: list[str]) -> list[tuple[list[str], s
         ([*train, "optim.lr=-1"], "optim.lr must be > 0"),
         ([*train, "optim.lr=nan"], "optim.lr must be > 0"),
         ([*train, "optim.lr=inf"], "optim.lr must be a finite number, got inf"),
+        ([*train, "model.n_layers=10000000000"], "needs at least"),
+        ([*train, "model.hidden=100000000"], "needs at least"),
+        ([*train, "--nproc", "100000"], "is more processes than this machine has devices"),
         ([*train, "optim.grad_clip=inf"], "optim.grad_clip must be a finite number"),
         (["train", "--out", str(root / "new"), "--preset", str(root / "bad.yaml"), "--data", str(corpus)],
          "model.hidden must be >= 1, got -256"),

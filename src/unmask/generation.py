@@ -24,10 +24,12 @@ from torch import Tensor
 from unmask.data import Tokenizer
 from unmask.errors import OptionError
 from unmask.kinds.base import SLIDING, WINDOWS
+from unmask.models import DiTConfig
 from unmask.pipeline import Pipeline
-from unmask.runtime import SEED_RANGE, autocast
+from unmask.runtime import SEED_RANGE, autocast, resolve_precision
 from unmask.sampling import SampleOutput, SamplerConfig
 from unmask.sampling.run import Run, run_to_end
+from unmask.sizes import SAMPLER_STATE_BYTES, activation_bytes, available_bytes, check_fits
 
 PLACEHOLDER = re.compile(r"\[MASK(?::(\d+))?\]")
 MASK_MARK = "[MASK]"  # one masked position, in templates and in texts being generated
@@ -144,14 +146,37 @@ def prepare(
         raise PromptError(f"{{0}} counts every token, BOS included: at least 2, got {length}", "length")
     pipeline.kind.check_sampling(sampling)
     tokenizer, window = pipeline.tokenizer, pipeline.config.data.length
+    check_sampling_size(pipeline, num_samples, length or window)
     if in_windows(pipeline, length):
         if template is not None:
             raise PromptError(f"a template must fit the model's length {window}; {{0}} extends only prompts", "length")
         prefix = build_template(tokenizer, model_length=window, length=window, prompt=prompt)
         return prefix[prefix != tokenizer.mask_id]
-    if pipeline.kind.beyond_window == SLIDING:  # any length: --length or the template decides
-        window = length or (window if template is None else sys.maxsize)
-    return build_template(tokenizer, model_length=window, length=length, prompt=prompt, template=template)
+    if pipeline.kind.beyond_window == SLIDING:  # any length: --length or the template decides, within memory
+        window = length or (window if template is None else longest_sample(pipeline, num_samples))
+    fixed = build_template(tokenizer, model_length=window, length=length, prompt=prompt, template=template)
+    pipeline.kind.check_template(fixed, tokenizer.mask_id)
+    return fixed
+
+
+def check_sampling_size(pipeline: Pipeline, num_samples: int, length: int) -> None:
+    """Refuse ``num_samples`` texts of ``length`` tokens when the sampler's state and one denoiser call over them
+    (at most the model's length at a time) need more memory than the device has free (:mod:`unmask.sizes`)."""
+    device, window = pipeline.device, pipeline.config.data.length
+    needed = num_samples * length * SAMPLER_STATE_BYTES
+    model = getattr(pipeline.model, "config", None)
+    if isinstance(model, DiTConfig):
+        element = 2 if resolve_precision("auto", device) == "bf16" else 4
+        call = min(length, window)
+        needed += activation_bytes(model, num_samples, call, element=element, outputs=num_samples * call)
+    check_fits(needed, device, f"sampling {num_samples:,} texts of {length:,} tokens",
+               "ask for fewer samples ({0}) or a shorter {1}", options=("num_samples", "length"))
+
+
+def longest_sample(pipeline: Pipeline, num_samples: int) -> int:
+    """The most tokens per text whose sampler state fits in the memory free (any length where it cannot be told)."""
+    free = available_bytes(pipeline.device)
+    return sys.maxsize if free is None else max(free // (num_samples * SAMPLER_STATE_BYTES), 2)
 
 
 def start_run(pipeline: Pipeline, sampling: SamplerConfig, fixed: Tensor, *, num_samples: int, seed: int,

@@ -33,6 +33,7 @@ from unmask.kinds import ModelKind, get_kind
 from unmask.models import DiT
 from unmask.runtime import resolve_device
 from unmask.sampling import Process
+from unmask.sizes import check_fits, describe, model_bytes
 
 READERS = (RELEASED_MDLM, MASKED_LM)  # folder formats read by unmask.interop
 
@@ -141,7 +142,12 @@ def load(path: str | Path, *, weights: str = "ema", device: str = "auto", step: 
         if not (checkpoint / TOKENIZER_DIR).is_dir():
             raise CheckpointError(f"{checkpoint} has no tokenizer folder; the checkpoint is incomplete")
         tokenizer = load_tokenizer(checkpoint / TOKENIZER_DIR)
-        model = DiT(load_model_config(checkpoint, config, tokenizer.vocab_size))
+        model_config = load_model_config(checkpoint, config, tokenizer.vocab_size)
+        for place in {torch.device("cpu"), target}:  # built on the CPU, then moved
+            check_fits(model_bytes(model_config), place, f"loading {describe(model_config)}",
+                       "load it where more memory is free ({0}), or check the checkpoint's model.json",
+                       options=("device",))
+        model = DiT(model_config)
         load_weights(model, model_weights(checkpoint, weights), checkpoint)
         trained_step = read_state(checkpoint)["step"]
     model.to(target).eval()

@@ -121,10 +121,10 @@ def resolve_checkpoint(path: str | Path, *, step: int | None = None) -> Path:
 
 def load_config(checkpoint: Path) -> Config:
     """The run's configuration saved with ``checkpoint``, checked as the command line's is (a file edited by hand
-    is trusted no more than an override)."""
+    is trusted no more than an override); the kind's training rules are checked when it is trained again."""
     try:
         config = Config.load(checkpoint / CONFIG_FILE)
-        validate(config)
+        validate(config, training=False)
     except ConfigError as err:
         raise CheckpointError(f"checkpoint {checkpoint} has an unusable config: {err}") from None
     return config

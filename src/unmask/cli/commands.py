@@ -12,6 +12,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import torch
+from tqdm import tqdm
+
 from unmask.checkpoint import export_checkpoint
 from unmask.cli.parser import DEFAULT_PRESET, GEN_PPL_SAMPLES
 from unmask.config import apply_overrides, load_preset
@@ -20,7 +23,7 @@ from unmask.distributed.process import is_main_process
 from unmask.errors import UserError
 from unmask.evaluate import EvalConfig, EvalReport, evaluate_checkpoint, generative_perplexity, load_evaluator
 from unmask.evaluate.frontier import format_table, run_frontier
-from unmask.generation import generate_text
+from unmask.generation import generate_text, masked_text
 from unmask.interop import convert_lightning, export_hf
 from unmask.pipeline import load
 from unmask.sampling import SamplerConfig
@@ -137,14 +140,25 @@ def eval_command(args: argparse.Namespace) -> int:
 def sample_command(args: argparse.Namespace) -> int:
     sampling = sampler_config(args)
     pipeline = load(args.checkpoint, step=args.step, device=args.device, trust_remote_code=args.trust_remote_code)
-    on_step = None
-    if args.show_steps:
-        def on_step(x):
-            print(pipeline.tokenizer.decode(x[0].tolist(), skip_special=False), flush=True)
+    # A long run shows that it advances (on a terminal); --show-steps prints each state, labelled, instead.
+    progress = tqdm(desc="sampling", unit=" steps", file=sys.stderr, leave=False, dynamic_ncols=True,
+                    disable=args.show_steps or not sys.stderr.isatty())
+    shown = 0
 
-    samples = generate_text(pipeline, sampling, length=args.length, prompt=args.prompt, template=args.template,
-                            overlap=args.overlap, stop_at_eos=args.stop_at_eos, on_step=on_step,
-                            static_shapes=args.static_shapes, **given(num_samples=args.num_samples, seed=args.seed))
+    def on_step(x: torch.Tensor) -> None:
+        nonlocal shown
+        progress.update()
+        if args.show_steps:
+            shown += 1
+            ids = x[0].tolist()
+            print(f"--- state {shown} of sample 0: {ids.count(pipeline.mask_id)} positions masked ---\n"
+                  f"{masked_text(pipeline.tokenizer, ids)}", flush=True)
+
+    with progress:
+        samples = generate_text(pipeline, sampling, length=args.length, prompt=args.prompt, template=args.template,
+                                overlap=args.overlap, stop_at_eos=args.stop_at_eos, on_step=on_step,
+                                static_shapes=args.static_shapes,
+                                **given(num_samples=args.num_samples, seed=args.seed))
     for i, text in enumerate(samples.texts):
         print(f"--- sample {i} ---\n{text}")
     print(f"({samples.num_calls} denoiser calls, {samples.seconds:.2f} s)", file=sys.stderr)

@@ -36,7 +36,7 @@ import torch
 from unmask.errors import install_hint
 from unmask.evaluate.generative import Evaluator, generative_perplexity, load_evaluator
 from unmask.evaluate.plotting import MARKERS, has_matplotlib, pyplot
-from unmask.generation import build_template, sample_tokens
+from unmask.generation import build_template, check_sampling_size, sample_tokens
 from unmask.kinds.base import SLIDING
 from unmask.pipeline import load
 from unmask.runtime import autocast
@@ -159,6 +159,7 @@ def sweep(
     window = pipeline.config.data.length
     if pipeline.kind.beyond_window == SLIDING:  # block diffusion samples any length
         window = max(window, length or 0)
+    check_sampling_size(pipeline, batch_size, length or window)
     template = build_template(tokenizer, model_length=window, length=length)
     template = template.to(pipeline.device)
     generated = template == tokenizer.mask_id  # the positions the samplers fill (not the BOS)

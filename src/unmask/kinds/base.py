@@ -99,6 +99,9 @@ class ModelKind:
     def check_sampling(self, sampling: SamplerConfig) -> None:
         """Refuse sampler options this kind cannot honour (one line naming the fix)."""
 
+    def check_template(self, fixed: Tensor, mask_id: int) -> None:
+        """Refuse fixed tokens [L] (MASK where to generate) this kind would not honour (one line naming the fix)."""
+
     def sampling_run(self, model: Denoiser, sampling: SamplerConfig, fixed: Tensor, *, process: Process,
                      num_samples: int, window: int, length: int | None = None, overlap: int | None = None,
                      stop_id: int | None = None, generator: torch.Generator | None = None) -> Run:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -40,8 +41,9 @@ from unmask.distributed.process import Parallel, setup
 from unmask.errors import UserError
 from unmask.evaluate.likelihood import evaluate_dataset
 from unmask.kinds import get_kind
-from unmask.models import DiT
+from unmask.models import DiT, DiTConfig
 from unmask.runtime import autocast, derive_seed, resolve_precision, seeded_generator
+from unmask.sizes import check_fits, describe, training_bytes
 from unmask.train.metrics import MetricsLogger, NoLogger
 from unmask.train.optim import EMA, build_optimizer, lr_factor
 from unmask.train.run_dir import RunLock, open_datasets, prepare_tokenizer, start_or_resume
@@ -137,11 +139,12 @@ class Trainer:
         self.tokenizer = parallel.main_first(lambda: prepare_tokenizer(config, self.run_dir,
                                                                        trust_remote_code=self.trust_remote_code))
         self.mask_id = self.tokenizer.mask_id
+        model_config = config.model_config(self.tokenizer.vocab_size)
+        self._check_size(model_config)  # before the corpus is tokenized and the model built
         self.train_set, self.valid_set = parallel.main_first(lambda: open_datasets(config, self.tokenizer, parallel))
 
         self.kind = get_kind(config.objective.name)
         torch.manual_seed(config.train.seed)
-        model_config = config.model_config(self.tokenizer.vocab_size)
         self.model = DiT(model_config).to(self.device)
         # What the loop calls: DDP's wrapper, or the model itself (maybe sharded, compiled, checkpointed).
         self.forward = parallelize(self.model, parallel, config.parallel, precision=self.precision,
@@ -157,6 +160,15 @@ class Trainer:
             self.step = self.checkpointer.restore(start, self.parts())["step"]
         elif parallel.is_distributed:
             torch.manual_seed(derive_seed(config.train.seed, "dropout", 0, parallel.rank))
+
+    def _check_size(self, model_config: DiTConfig) -> None:
+        """Refuse a model and micro-batch this process's device cannot hold (processes on one CPU share it)."""
+        sharing = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if self.device.type == "cpu" else 1
+        needed = training_bytes(model_config, self.config.train.micro_batch, element=2 if self.precision == "bf16"
+                                else 4, ema=self.config.optim.ema > 0)
+        check_fits(needed, self.device, f"training {describe(model_config)} on micro-batches of "
+                   f"{self.config.train.micro_batch}", "lower model.n_layers, model.hidden, data.length or "
+                   "train.micro_batch (train.global_batch is kept by accumulation)", processes=sharing)
 
     def close(self) -> None:
         """Release the run directory."""
