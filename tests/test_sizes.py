@@ -94,7 +94,8 @@ def test_the_server_refuses_a_batch_too_large_in_its_own_words(tmp_path):
 
     run, _ = untrained_run(tmp_path, "mdlm")
     limits = Limits(max_num_samples=10**9, max_length=10**10)
-    with TestClient(create_app(load(run, device="cpu"), max_batch=10**9, limits=limits)) as client:
+    app = create_app(load(run, device="cpu"), max_batch=10**9, limits=limits)
+    with TestClient(app, base_url="http://localhost") as client:
         response = client.post("/v1/completions", json={"prompt": "it", "n": 100_000_000, "max_tokens": 8})
         assert response.status_code == 400
         assert "needs at least" in response.json()["error"]["message"]

@@ -169,7 +169,7 @@ def sample_command(args: argparse.Namespace) -> int:
 
 def serve_command(args: argparse.Namespace) -> int:
     serve(args.checkpoint, device=args.device, step=args.step, trust_remote_code=args.trust_remote_code,
-          **given(host=args.host, port=args.port, max_batch=args.max_batch))
+          **given(host=args.host, port=args.port, max_batch=args.max_batch, allowed_hosts=args.allowed_hosts))
     return 0
 
 

@@ -177,6 +177,11 @@ def _serve(sub) -> None:
     p.add_argument("--host", help="address to listen on (0.0.0.0: every interface; anyone who reaches it can "
                                   "generate)" + default(serve, "host"))
     p.add_argument("--port", type=port, help="port to listen on (0: any free one)" + default(serve, "port"))
+    p.add_argument("--allowed-hosts", type=lambda text: [item.strip() for item in text.split(",") if item.strip()],
+                   metavar="NAME,...",
+                   help="host names requests may address the server by, besides localhost and --host (a name "
+                        "clients use for this machine, or a proxy's); * answers any: only behind a proxy that "
+                        "checks them")
     p.add_argument("--max-batch", type=at_least(1), metavar="N",
                    help="rows per denoiser call (sequences from all requests); also the most samples per request"
                         + default(serve, "max_batch"))
