@@ -132,6 +132,7 @@ def _damaged_cases(root: Path) -> list[tuple[list[str], str]]:
         (["sample", str(released)], "not a readable safetensors file"),
         (["sample", str(outside)], "outside"),
         (["eval", str(root / "mdlm"), "--gen-ppl", str(root / "damaged" / "notes.txt")], "is a file but not a .gguf"),
+        (["sample", str(root / "damaged" / "notes.txt")], "is a file; pass a run directory or a checkpoint folder"),
         (["frontier", str(root / "mdlm"), "--evaluator", str(root / "damaged" / "notes.txt")],
          "is a file but not a .gguf"),
     ]
@@ -338,3 +339,33 @@ def test_a_latest_pointer_out_of_the_run_is_not_followed(runs, tmp_path):
         (run / "checkpoints" / "latest").write_text(pointer)
         with pytest.warns(CheckpointNotice, match="outside the run's checkpoints folder"):
             assert resolve_checkpoint(run) == Path(own)
+
+
+def test_an_unwritable_frontier_folder_is_said_before_any_sampling(runs, tmp_path, capsys, monkeypatch):
+    import unmask.evaluate.frontier as frontier
+
+    root, _, _ = runs
+    locked = _read_only_folder(tmp_path)
+    if locked is None:
+        pytest.skip("no folder here that this process cannot write into")
+
+    def no_sweep(*args, **kwargs):
+        raise AssertionError("the samplers ran before the output folder was checked")
+
+    monkeypatch.setattr(frontier, "sweep", no_sweep)
+    try:
+        err = _refused(capsys, ["frontier", str(root / "mdlm"), "--evaluator", str(root / "ar"),
+                                "--out", str(locked / "frontier")])
+        assert any(word in err.lower() for word in ("permission denied", "not permitted", "read-only")), err
+    finally:
+        if locked.is_relative_to(tmp_path):
+            locked.chmod(0o700)
+
+
+def test_one_validation_sequence_has_no_standard_error_rather_than_nan(runs, tmp_path, capsys):
+    root, _, _ = runs
+    one = tmp_path / "one.txt"
+    one.write_text("it is a truth")  # under one block of 32 tokens
+    assert main(["eval", str(root / "mdlm"), "--data", str(one)]) == 0
+    out = capsys.readouterr().out
+    assert "1 sequences" in out and "one sequence: no standard error" in out and "nan" not in out

@@ -170,3 +170,17 @@ def test_resuming_a_finished_run_says_so(run, capsys):
     assert main(["train", "--out", str(run), "--quiet", "--resume"]) == 0
     captured = capsys.readouterr()
     assert captured.out == "" and "is finished: it is at step 2" in captured.err and "--max-steps 4" in captured.err
+
+
+def test_a_start_says_what_takes_its_time(tmp_path, corpus_file, tiny_overrides, capsys):
+    """Training a BPE tokenizer and tokenizing a corpus take seconds per 10 MB: each is a line, not silence."""
+    assert _train(tmp_path, corpus_file, [], *tiny_overrides, "data.tokenizer=bpe", "data.vocab_size=300",
+                  "--max-steps", "1") == 0
+    quiet = capsys.readouterr().err
+    assert "tokenizing" not in quiet  # --quiet: nothing
+    assert main(["train", "--data", str(corpus_file), "--out", str(tmp_path / "loud"), *tiny_overrides,
+                 "data.tokenizer=bpe", "data.vocab_size=300", "--max-steps", "1",
+                 f"data.cache_dir={tmp_path / 'other-cache'}"]) == 0
+    err = capsys.readouterr().err
+    assert "unmask train: training a BPE tokenizer of 300 ids on" in err
+    assert f"unmask train: tokenizing {corpus_file} (train split)" in err

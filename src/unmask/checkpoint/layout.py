@@ -90,6 +90,9 @@ def resolve_checkpoint(path: str | Path, *, step: int | None = None) -> Path:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path} does not exist; pass a run directory or a checkpoint folder")
+    if not path.is_dir():
+        raise CheckpointError(f"{path} is a file; pass a run directory or a checkpoint folder (the folder that "
+                              f"holds {CONFIG_FILE} and the weights)")
     if step is None and is_checkpoint(path):
         return path
     folders = step_folders(path)

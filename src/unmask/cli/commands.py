@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import logging
+import math
 import shlex
 import signal
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +48,28 @@ def sampler_config(args: argparse.Namespace) -> SamplerConfig:
         eta=args.eta, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
 
 
+@contextlib.contextmanager
+def _told_about_data(enabled: bool) -> Iterator[None]:
+    """The slow first steps of a run (training its BPE tokenizer, tokenizing its corpus: seconds per 10 MB), one
+    line each on stderr, so that a start is not silence."""
+    if not enabled:
+        yield
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("unmask train: %(message)s"))
+    loggers = [logging.getLogger(name) for name in ("unmask.data", "unmask.train")]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        for log, level in zip(loggers, levels):
+            log.removeHandler(handler)
+            log.setLevel(level)
+
+
 def train_command(args: argparse.Namespace) -> int:
     if args.step is not None and not args.resume:
         raise UserError("--step picks the checkpoint to resume from: give --resume with it")
@@ -59,8 +85,9 @@ def train_command(args: argparse.Namespace) -> int:
                           "--preset is not used", stacklevel=1)
     else:
         config = apply_overrides(load_preset(args.preset or DEFAULT_PRESET), overrides)
-    result = train(config, args.out, resume=args.resume, step=args.step, progress=not args.quiet,
-                   trust_remote_code=args.trust_remote_code)
+    with _told_about_data(not args.quiet and is_main_process()):
+        result = train(config, args.out, resume=args.resume, step=args.step, progress=not args.quiet,
+                       trust_remote_code=args.trust_remote_code)
     # A stop by a signal exits as the shell reports one (128 + its number: 143 for SIGTERM), Ctrl-C with 130.
     status = 128 + result.stop_signal if result.stop_signal else 130
     if not is_main_process():
@@ -75,8 +102,10 @@ def train_command(args: argparse.Namespace) -> int:
               f"{config.train.max_steps}; to train further: unmask train --out {shlex.quote(str(args.out))} --resume "
               f"--max-steps {2 * result.step}", file=sys.stderr)
         return 0
+    # JSON has no NaN: a standard error over one validation sequence is null.
+    validation = {key: value if math.isfinite(value) else None for key, value in result.validation.items()}
     summary = {"step": result.step, "checkpoint": str(result.checkpoint), "tokens_per_s": round(result.tokens_per_s),
-               **result.validation}
+               **validation}
     print(json.dumps(summary))
     return 0
 
@@ -85,12 +114,15 @@ def _format_report(report: EvalReport) -> str:
     main = report.likelihood
     unit = "BPC" if report.character_level else "PPL" if report.exact else "PPL bound"
     figure = main.bits_per_token if report.character_level else main.perplexity
+    # One sequence has no spread to estimate a standard error from: said instead of "+- nan".
+    spread = (f"+- {main.stderr:.4f}" if math.isfinite(main.stderr)
+              else "(one sequence: no standard error; evaluate more data)")
     rows = [
         ("checkpoint", report.checkpoint),
         ("data", f"{report.data} ({report.split}), {main.tokens:,} tokens, {main.sequences} sequences"
                  f" of {report.length}"),
         ("NLL / token" if report.exact else "NELBO / token",
-         f"{main.nelbo_per_token:.4f} nats +- {main.stderr:.4f} (K={main.num_t})"),
+         f"{main.nelbo_per_token:.4f} nats {spread} (K={main.num_t})"),
         (unit, f"{figure:.3f}"),
     ]
     if report.detokenizer is not None:

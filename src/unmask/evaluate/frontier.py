@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -282,10 +283,12 @@ def run_frontier(checkpoint: str | Path, *, out_dir: str | Path, **options: obje
 
     Without matplotlib the table and the JSON are still written; a warning says what the plot needs.
     """
-    done = sweep(checkpoint, **options)
-    points, name = done.points, done.evaluator.name
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=out):  # a folder that cannot be written is said before the sampling, not after
+        pass
+    done = sweep(checkpoint, **options)
+    points, name = done.points, done.evaluator.name
     record = {"checkpoint": str(checkpoint), "evaluator": name, "num_samples": done.num_samples,
               "batch_size": done.batch_size, "length": done.length, "seed": done.seed,
               "points": [p.to_dict() for p in _sorted(points)]}

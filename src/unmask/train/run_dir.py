@@ -9,6 +9,7 @@ the saved configuration (:func:`resume_config`); only the keys in ``RESUMABLE_CH
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -22,6 +23,8 @@ from unmask.data import TokenBlocks, Tokenizer, get_tokenizer, iter_documents, l
 from unmask.data.streaming import BlockList, StreamingBlocks
 from unmask.distributed.process import Parallel
 from unmask.fileio import publish_folder, staging_folder
+
+logger = logging.getLogger(__name__)
 
 # Fields that may change between a run and its resume: they do not change the optimisation.
 RESUMABLE_CHANGES = {
@@ -148,6 +151,9 @@ def prepare_tokenizer(config: Config, run_dir: Path, *, trust_remote_code: bool 
         return load_tokenizer(folder)
     spec = config.data.tokenizer
     corpus = iter_documents(config.data.source, "train", text_field=config.data.text_field) if spec == "bpe" else None
+    if corpus is not None:
+        logger.info("training a BPE tokenizer of %d ids on %s (once per run)", config.data.vocab_size,
+                    config.data.source)
     tokenizer = get_tokenizer(spec, corpus=corpus, vocab_size=config.data.vocab_size,
                               trust_remote_code=trust_remote_code)
     with staging_folder(folder) as tmp:
