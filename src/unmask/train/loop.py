@@ -171,9 +171,9 @@ class Trainer:
                    "train.micro_batch (train.global_batch is kept by accumulation)", processes=sharing)
 
     def close(self) -> None:
-        """Release the run directory."""
+        """Release the run directory, removing what this session added if it saved no checkpoint there."""
         if self.lock is not None:
-            self.lock.release()
+            self.lock.release(discard=True)
 
     def parts(self) -> dict[str, Stateful]:
         """The run's state, part by part, as the checkpointer saves and restores it."""

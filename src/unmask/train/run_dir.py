@@ -38,10 +38,10 @@ LOCK_FILE = ".lock"
 class RunLock:
     """An exclusive lock on a run directory for as long as one training process uses it.
 
-    The lock file goes when the lock is released, and so does everything the session added to a folder that
-    still holds no checkpoint (its config, tokenizer, metrics): a training that failed or was stopped before
-    its first checkpoint leaves the folder as it found it, and a new start there does not pick up a tokenizer
-    made for another config.
+    The lock file goes when the lock is released. A training session releases it with ``discard``: then
+    everything it added to a run directory that still holds no checkpoint goes too (its config, tokenizer,
+    metrics), so that a training that failed or was stopped before its first checkpoint leaves the folder as
+    it found it, and a new start there does not pick up a tokenizer made for another config.
     """
 
     def __init__(self, run_dir: Path) -> None:
@@ -68,16 +68,17 @@ class RunLock:
         self.file.write(str(os.getpid()))
         self.file.flush()
 
-    def release(self) -> None:
+    def release(self, *, discard: bool = False) -> None:
+        """Release the lock; with ``discard``, first remove what this session added to a run without checkpoints."""
         if self.file.closed:
             return
-        if not has_run(self.run_dir):
+        if discard and not has_run(self.run_dir):
             for entry in self.run_dir.iterdir():
                 if entry.name not in self.before and entry.name != LOCK_FILE:
                     shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
         self.path.unlink(missing_ok=True)  # while the lock is held: see the loop in __init__
         self.file.close()  # closing releases the lock
-        if self.made and not any(self.run_dir.iterdir()):
+        if discard and self.made and not any(self.run_dir.iterdir()):
             self.run_dir.rmdir()
 
 
