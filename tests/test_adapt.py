@@ -2,6 +2,8 @@
 block diffusion passes and cache equal to recomputing, LoRA that changes nothing at first and merges into the
 same logits, and checkpoints that need nothing of the original model."""
 
+import json
+
 import pytest
 import torch
 
@@ -12,6 +14,7 @@ from unmask.adapt_config import AdaptConfig  # noqa: E402
 from unmask.bounds.blocks import bd3lm_nelbo, time_range  # noqa: E402
 from unmask.config import Config  # noqa: E402
 from unmask.data import get_tokenizer  # noqa: E402
+from unmask.errors import ConfigError  # noqa: E402
 from unmask.interop.pretrained import adapt_pretrained  # noqa: E402
 from unmask.models import build_model, describe  # noqa: E402
 from unmask.models.causal_lm import annealed_mask  # noqa: E402
@@ -19,6 +22,7 @@ from unmask.pipeline import Pipeline, load  # noqa: E402
 from unmask.sampling import SamplerConfig  # noqa: E402
 from unmask.sampling.blocks import CachedContext, RecomputedContext, generate_blocks  # noqa: E402
 from unmask.schedules import get_schedule  # noqa: E402
+from unmask.validation import check_model_description  # noqa: E402
 
 LENGTH = 16
 
@@ -196,3 +200,15 @@ def test_an_adapted_model_rebuilds_from_its_description_without_the_original(fol
     x_t[:, 3:] = tokenizer.mask_id
     with torch.no_grad():
         assert torch.equal(rebuilt(x_t), model(x_t))
+
+
+def test_a_damaged_adapted_model_description_is_refused_in_one_line(folder, tokenizer):
+    description = json.loads(json.dumps(describe(_adapted(folder, tokenizer))))  # as model.json holds it
+    assert check_model_description(description) == description
+    damaged = [({**description, "lora_rnak": 4}, "unknown causal_lm model field 'lora_rnak'"),
+               ({k: v for k, v in description.items() if k != "hf_config"}, "lacks hf_config"),
+               ({**description, "length": 0}, "must be integers >= 1"),
+               ({**description, "architecture": "mamba"}, "unknown architecture 'mamba'")]
+    for values, message in damaged:
+        with pytest.raises(ConfigError, match=message):
+            check_model_description(values)

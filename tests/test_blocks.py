@@ -180,7 +180,7 @@ def test_the_server_samples_a_bd3lm_model_block_by_block(bd3lm_run):
     from unmask.serve import Limits, create_app
 
     pipeline = load(bd3lm_run, device="cpu")
-    with TestClient(create_app(pipeline, limits=Limits(max_length=96))) as client:
+    with TestClient(create_app(pipeline, limits=Limits(max_length=96)), base_url="http://localhost") as client:
         for body in ({"prompt": "it is", "length": 80, "steps": 4, "seed": 2}, {"num_samples": 2, "seed": 3}):
             answer = client.post("/v1/generate", json=body).json()
             assert [s["tokens"] for s in answer["samples"]] == alone(pipeline, body).tokens.tolist()

@@ -48,8 +48,13 @@ def test_train_resume_eval_sample_infill(tmp_path, corpus_file, tiny_overrides, 
                  "--json", str(tmp_path / "p.json")]) == 0
     assert json.loads((tmp_path / "p.json").read_text())["samples"][0]["text"].startswith("it is a truth")
 
-    assert main(["sample", str(run), "--template", "a single [MASK:4] in possession",
-                 "--json", str(tmp_path / "t.json")]) == 0
+    infill = ["sample", str(run), "--template", "a single [MASK:4] in possession", "--json", str(tmp_path / "t.json")]
+    if objective == "ar":  # it never sees text after a [MASK]: refused, not ignored
+        assert main(infill) == 2 and "never sees text after a [MASK]" in capsys.readouterr().err
+        assert main([*infill[:3], "a single [MASK:4]", *infill[4:]]) == 0
+        assert json.loads((tmp_path / "t.json").read_text())["samples"][0]["text"].startswith("a single")
+        return
+    assert main(infill) == 0
     text = json.loads((tmp_path / "t.json").read_text())["samples"][0]["text"]
     assert text.startswith("a single") and text.endswith(" in possession")
 
@@ -95,7 +100,8 @@ def test_discrete_eval_and_show_steps(trained, capsys):
     assert "discrete T=10" in out and "discrete T=100" in out
     assert main(["sample", str(trained), "--num-samples", "1", "--steps", "4", "--length", "16",
                  "--show-steps"]) == 0
-    assert "[MASK]" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "[MASK]" in out and "--- state 1 of sample 0: " in out and "positions masked ---" in out
 
 
 @pytest.mark.parametrize("name", ["wikitext-2", "ptb"])

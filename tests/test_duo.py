@@ -141,7 +141,8 @@ def test_a_duo_run_through_every_command(tmp_path, corpus_file, tiny_overrides, 
     long = generate_text(pipeline, SamplerConfig(steps=2), num_samples=1, length=80, prompt="it is")
     assert long.tokens.shape == (1, 80) and long.num_calls == 2 * 4  # four windows of 32, two steps each
     fastapi = pytest.importorskip("fastapi.testclient")
-    with fastapi.TestClient(create_app(pipeline)) as client:  # the server samples a duo run as unmask sample does
+    # The server samples a duo run as unmask sample does.
+    with fastapi.TestClient(create_app(pipeline), base_url="http://localhost") as client:
         body = {"prompt": "it is", "steps": 4, "seed": 3, "num_samples": 2, "sampler": "psi", "top_k": 5}
         served = client.post("/v1/generate", json=body).json()
     expected = generate_text(pipeline, SamplerConfig(sampler="psi", steps=4, draw=DrawConfig(top_k=5)), num_samples=2,

@@ -82,13 +82,17 @@ def test_run_frontier_writes_one_point_per_sampler_and_steps(swept):
     assert rows == sorted(rows) and len(rows) == len(points)
 
 
-def test_same_seed_same_samples_ancestral_and_cached_agree(runs):
+def test_same_seed_same_samples_and_cached_calls_less(runs):
+    """The cached sampler draws each position's step at once (the ancestral distribution, other draws): a seed
+    repeats its point, and it calls the network only where something unmasks."""
     mdlm, ar = runs
     points = sweep(mdlm, evaluator=str(ar), samplers=["ancestral", "cached", "cached"], steps=[6, 6], num_samples=3,
                    batch_size=2, device="cpu").points
     ancestral, cached = points  # duplicates dropped
     assert ancestral.num_calls == 6 >= cached.num_calls  # mean over the batches of 2 and 1 samples
-    assert ancestral.gen_ppl == pytest.approx(cached.gen_ppl) and ancestral.entropy == pytest.approx(cached.entropy)
+    again = sweep(mdlm, evaluator=str(ar), samplers=["cached"], steps=[6], num_samples=3, batch_size=2,
+                  device="cpu").points[0]
+    assert (again.gen_ppl, again.entropy, again.num_calls) == (cached.gen_ppl, cached.entropy, cached.num_calls)
 
 
 def test_errors(runs, tmp_path, monkeypatch):

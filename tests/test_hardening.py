@@ -1,9 +1,15 @@
 """What the hardening probe found besides bad options: a full disk, leftovers, a dangling pointer,
 resuming the README's way, a damaged export source, file modes, the progress bar, help texts."""
 
+import importlib.util
+import json
 import os
+import signal
 import stat
+import subprocess
 import sys
+import time
+import warnings
 
 import pytest
 from safetensors import SafetensorError
@@ -109,4 +115,72 @@ def test_missing_tensorboard_is_said_once(tmp_path, monkeypatch):
 
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
     with pytest.warns(UserWarning, match="TensorBoard logging is skipped: tensorboard is not installed"):
+        MetricsLogger(tmp_path, tensorboard=True).close()  # asked for (train.tensorboard=true)
+    # The default (train.tensorboard unset) follows what is installed: nothing to say where it is not.
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         MetricsLogger(tmp_path).close()
+    assert not (tmp_path / "tensorboard").exists()
+
+
+@pytest.mark.slow
+def test_sigterm_saves_the_step_and_the_resume_logs_every_step_once(tmp_path, corpus_file, tiny_overrides):
+    """kill, timeout, a scheduler's preemption: SIGTERM through the CLI saves as Ctrl-C does; resuming logs
+    each step once in metrics.jsonl."""
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "unmask", "train", "--preset", "tiny", "--data", str(corpus_file), "--out", str(run),
+           "--quiet", *tiny_overrides, "train.max_steps=100000", "train.save_every=100000", "train.eval_every=100000"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 3):
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "stopped by SIGTERM at step" in err and "--resume" in err and "Traceback" not in err, err
+    step = int((run / "checkpoints" / "latest").read_text().strip().removeprefix("step_"))
+    assert step >= 3
+    # A session that logged past its last checkpoint (killed with SIGKILL, say): those lines go on resume.
+    with metrics.open("a") as file:
+        file.write(json.dumps({"step": step + 1, "loss": 9.9}) + "\n" + '{"step": ' + str(step + 2))
+    assert main(["train", "--out", str(run), "--quiet", "--resume", "--max-steps", str(step + 2)]) == 0
+    steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines() if '"loss"' in line]
+    assert steps == list(range(1, step + 3)) and 9.9 not in [json.loads(x).get("loss") for x in metrics.read_text()
+                                                               .splitlines()]
+
+
+def test_stop_signals_interrupt_as_ctrl_c_does():
+    from unmask.train.signals import Stopped, stop_signals
+
+    before = signal.getsignal(signal.SIGUSR1)
+    with pytest.raises(Stopped) as stopped, stop_signals():
+        os.kill(os.getpid(), signal.SIGUSR1)
+        time.sleep(5)  # the handler runs at the next bytecode: never reached
+    assert isinstance(stopped.value, KeyboardInterrupt) and stopped.value.name == "SIGUSR1"
+    assert signal.getsignal(signal.SIGUSR1) is before
+
+
+def test_resuming_a_finished_run_says_so(run, capsys):
+    capsys.readouterr()
+    assert main(["train", "--out", str(run), "--quiet", "--resume"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "" and "is finished: it is at step 2" in captured.err and "--max-steps 4" in captured.err
+
+
+def test_a_start_says_what_takes_its_time(tmp_path, corpus_file, tiny_overrides, capsys):
+    """Training a BPE tokenizer and tokenizing a corpus take seconds per 10 MB: each is a line, not silence."""
+    assert _train(tmp_path, corpus_file, [], *tiny_overrides, "data.tokenizer=bpe", "data.vocab_size=300",
+                  "--max-steps", "1") == 0
+    quiet = capsys.readouterr().err
+    assert "tokenizing" not in quiet  # --quiet: nothing
+    assert main(["train", "--data", str(corpus_file), "--out", str(tmp_path / "loud"), *tiny_overrides,
+                 "data.tokenizer=bpe", "data.vocab_size=300", "--max-steps", "1",
+                 f"data.cache_dir={tmp_path / 'other-cache'}"]) == 0
+    err = capsys.readouterr().err
+    assert "unmask train: training a BPE tokenizer of 300 ids on" in err
+    assert f"unmask train: tokenizing {corpus_file} (train split)" in err

@@ -69,6 +69,24 @@ def test_discrete_bound_is_above_continuous_and_falls_with_T(toy, device):
     assert gaps[0] > 0.3
 
 
+def test_the_discrete_bound_is_above_the_continuous_one_in_expectation_only(toy):
+    """docs/math.md section 6: with the exact denoiser the one-step bound of x0 is -log of the product of its
+    marginals. For a sequence whose tokens go together that is below -log p(x0), the continuous bound (exact
+    here); over the data its mean is the sum of the marginal entropies, above the entropy."""
+    marginals = toy.product_of_marginals()
+    entropy = float(-(toy.probs * toy.probs.log()).sum())
+    assert float(-(toy.probs * marginals.log()).sum()) > entropy + 0.3  # in expectation: above
+    favoured = (marginals > toy.probs).nonzero().flatten()
+    i = int(favoured[(marginals[favoured] / toy.probs[favoured]).argmax()])
+    x0 = toy.sequences[i : i + 1]
+    one_step = nelbo_discrete(toy.denoiser(), x0, schedule="loglinear", mask_id=toy.mask_id, steps=1, num_t=4096,
+                              generator=torch.Generator().manual_seed(0))
+    nll = float(-toy.log_prob(x0)[0])
+    # At t = 1 a position is masked with probability 1 - 1e-3: the one step is (almost) all positions at once.
+    assert float(one_step[0]) == pytest.approx(-float(marginals[i].log()), abs=0.02)
+    assert float(one_step[0]) < nll - 0.2  # this sequence: below
+
+
 def test_wrong_denoiser_gives_a_larger_bound_on_average(toy):
     g = torch.Generator().manual_seed(4)
     x0 = toy.draw(300, g)

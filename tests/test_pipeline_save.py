@@ -63,7 +63,7 @@ def test_the_server_takes_the_folder(saved):
     from unmask.serve import create_app
 
     folder, pipeline, _ = saved
-    with TestClient(create_app(load(folder))) as client:
+    with TestClient(create_app(load(folder)), base_url="http://localhost") as client:
         answer = client.post("/v1/generate", json={"steps": 4, "seed": 5, "num_samples": 1}).json()
     expected = generate_text(pipeline, SamplerConfig(steps=4), num_samples=1, seed=5).tokens
     assert answer["samples"][0]["tokens"] == expected[0].tolist()

@@ -3,8 +3,10 @@ every kind of bad input, the OpenAI-compatible completions, the batcher on its o
 
 import importlib.util
 import json
+import logging
 import socket
 import threading
+import time
 
 import pytest
 
@@ -18,11 +20,13 @@ from served import alone, sampling_of, sse_events  # noqa: E402
 from unmask.cli import main  # noqa: E402
 from unmask.generation import prepare  # noqa: E402
 from unmask.pipeline import load  # noqa: E402
-from unmask.serve import Batcher, Limits, create_app  # noqa: E402
+from unmask.serve import Batcher, Limits, create_app, serving  # noqa: E402
+from unmask.serve.app import answered_hosts  # noqa: E402
 from unmask.serve.batcher import Finished, Progress  # noqa: E402
 from unmask.serve.requests import GenerationRequest  # noqa: E402
 
 LIMITS = Limits(max_num_samples=4, max_steps=128, max_length=96)
+JSON = {"Content-Type": "application/json"}
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +42,8 @@ def pipeline(runs):
 
 @pytest.fixture(scope="module")
 def client(pipeline):
-    with TestClient(create_app(pipeline, model="tiny", max_batch=8, limits=LIMITS)) as client:
+    app = create_app(pipeline, model="tiny", max_batch=8, limits=LIMITS)
+    with TestClient(app, base_url="http://localhost") as client:
         yield client
 
 
@@ -141,9 +146,16 @@ def test_bad_input_gets_a_4xx_with_the_cli_wording(client, runs, capsys):
     ('{"temperature": Infinity}', 400, "temperature must be a finite number"),
     ('{"seed": 18446744073709551616}', 400, "seed must be a 64-bit integer"),
     ('{"prompt": "' + "a" * (1 << 20) + '"}', 413, "over 1 MiB"),
+    ('{"prompt": "it \\udcff"}', 400, "prompt is not valid UTF-8 text"),  # a lone surrogate, as JSON escapes it
+    ('{"template": "\\ud800 [MASK]"}', 400, "template is not valid UTF-8 text"),
+    (b'{"prompt": "\xff\xfe"}', 400, "not valid JSON"),  # bytes that are not UTF-8
+    ("[" * 100_000 + "]" * 100_000, 400, "nests arrays or objects too deeply"),
+    ('{"steps": ' + "9" * 5000 + "}", 400, "not valid JSON"),
+    ('{"template": "a [MASK:99999999999999999999]"}', 400, "asks for more tokens than fit"),
+    ('{"seed": ' + "9" * 4000 + "}", 400, "seed must be a 64-bit integer"),
 ])
 def test_each_bad_input_is_refused_and_the_server_goes_on(client, content, status, fix):
-    response = client.post("/v1/generate", content=content)
+    response = client.post("/v1/generate", content=content, headers=JSON)
     assert response.status_code == status and fix in response.json()["error"]["message"]
     assert client.post("/v1/generate", json={"steps": 2, "seed": 0}).status_code == 200
 
@@ -156,7 +168,7 @@ def test_unknown_endpoints_and_methods(client):
 
 def test_an_ar_model_and_long_texts_are_served_as_unmask_sample_serves_them(runs, pipeline):
     ar = load(runs["ar"], device="cpu")
-    with TestClient(create_app(ar, limits=LIMITS)) as client:
+    with TestClient(create_app(ar, limits=LIMITS), base_url="http://localhost") as client:
         body = {"prompt": "it is", "length": 16, "num_samples": 2, "seed": 5}
         answer = client.post("/v1/generate", json=body).json()
         assert [s["text"] for s in answer["samples"]] == alone(ar, body).texts
@@ -167,7 +179,8 @@ def test_an_ar_model_and_long_texts_are_served_as_unmask_sample_serves_them(runs
         assert refused.status_code == 400 and "exceeds the model's length 32" in refused.json()["error"]["message"]
         refused = client.post("/v1/generate", json={"order": "confidence"})
         assert "apply to diffusion models only" in refused.json()["error"]["message"]
-    with TestClient(create_app(pipeline, limits=LIMITS)) as client:  # beyond the model's 32: in windows
+    # beyond the model's 32: in windows
+    with TestClient(create_app(pipeline, limits=LIMITS), base_url="http://localhost") as client:
         body = {"prompt": "it is", "length": 80, "steps": 8, "seed": 2}
         answer = client.post("/v1/generate", json=body).json()
         assert answer["samples"][0]["tokens"] == alone(pipeline, body).tokens[0].tolist()
@@ -193,8 +206,10 @@ def test_completions_as_openai_clients_send_them(client, pipeline):
     assert client.post("/v1/completions", json=neutral).status_code == 200
     for bad, fix in [({"stop": ["\n"]}, "stop is not supported"), ({"prompt": ["a", "b"]}, "one string"),
                      ({"max_tokens": 0}, "max_tokens must be at least 1"), ({"n": 0}, "n must be at least 1"),
-                     ({"n": 9}, "n is at most 4"), ({"max_tokens": 200}, "ask for a smaller max_tokens")]:
-        response = client.post("/v1/completions", json=bad)
+                     ({"n": 9}, "n is at most 4"), ({"max_tokens": 200}, "ask for a smaller max_tokens"),
+                     ({"prompt": "it \udcff"}, "prompt is not valid UTF-8 text")]:
+        # json.dumps writes ASCII: a lone surrogate goes as its escape, as any JSON library sends it
+        response = client.post("/v1/completions", content=json.dumps(bad), headers=JSON)
         assert response.status_code == 400 and fix in response.json()["error"]["message"]
 
 
@@ -250,3 +265,79 @@ def test_unmask_serve_cli(runs, capsys, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *rest: None if name == "fastapi"
                         else find_spec(name, *rest))
     assert 'pip install "unmask[serve]"' in _cli_error(capsys, ["serve", str(runs["mdlm"])])
+
+
+@pytest.mark.parametrize(("host", "status"), [
+    ("localhost:8000", 200), ("127.0.0.1", 200), ("[::1]:8000", 200), ("LOCALHOST", 200),
+    ("evil.example", 403), ("evil.example:8000", 403), ("127.0.0.1.evil.example", 403), ("", 400),
+])
+def test_only_the_hosts_it_answers_to_are_answered(client, host, status):
+    """DNS rebinding: a page at evil.example whose name now points at 127.0.0.1 sends Host: evil.example."""
+    for method, path, body in (("GET", "/health", None), ("POST", "/v1/generate", {"steps": 2, "seed": 0})):
+        response = client.request(method, path, json=body, headers={"Host": host})
+        assert response.status_code == status, response.text
+        if status != 200:
+            message = response.json()["error"]["message"]
+            assert len(message.splitlines()) == 1 and ("--allowed-hosts" in message or "no Host header" in message)
+
+
+def test_allowed_hosts_widen_what_is_answered(pipeline):
+    with TestClient(create_app(pipeline, limits=LIMITS, allowed_hosts=("model.lan",)),
+                    base_url="http://model.lan") as client:
+        assert client.get("/health").status_code == 200
+        assert client.get("/health", headers={"Host": "localhost"}).status_code == 403
+    with TestClient(create_app(pipeline, limits=LIMITS, allowed_hosts=("*",)), base_url="http://any.where") as client:
+        assert client.get("/health").status_code == 200
+    assert {"localhost", "127.0.0.1", "::1", "10.0.0.5"} <= set(answered_hosts("10.0.0.5"))
+    assert socket.gethostname().lower() in answered_hosts("0.0.0.0", ["proxy.lan"])
+    assert "proxy.lan" in answered_hosts("0.0.0.0", ["proxy.lan"])
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded",
+                                          "multipart/form-data; boundary=x", "application/jsonx"])
+def test_a_post_must_say_its_body_is_json(client, content_type):
+    """A web page can post a form (or text/plain) anywhere without a CORS preflight: such a body is refused."""
+    headers = {"Content-Type": content_type} if content_type else {}
+    for path in ("/v1/generate", "/v1/completions"):
+        response = client.post(path, content='{"steps": 2, "seed": 0}', headers=headers)
+        assert response.status_code == 415 and "Content-Type: application/json" in response.json()["error"]["message"]
+    ok = client.post("/v1/generate", content='{"steps": 2, "seed": 0}',
+                     headers={"Content-Type": "Application/JSON; charset=utf-8"})
+    assert ok.status_code == 200
+
+
+def test_no_permissive_cors_headers(client):
+    origin = {"Origin": "http://evil.example"}
+    for response in (client.get("/health", headers=origin), client.get("/", headers=origin),
+                     client.post("/v1/generate", json={"steps": 2, "seed": 0}, headers=origin),
+                     client.options("/v1/generate", headers={**origin, "Access-Control-Request-Method": "POST"})):
+        assert not any(name.lower().startswith("access-control-") for name in response.headers), response.headers
+
+
+def test_a_client_leaving_while_sending_its_body_is_one_log_line(pipeline, caplog):
+    """500 such clients wrote 2 MB of tracebacks: now each is one line, and the server goes on."""
+    pytest.importorskip("uvicorn")
+    httpx = pytest.importorskip("httpx")
+    errors: list[logging.LogRecord] = []
+    collector = logging.Handler()
+    collector.emit = errors.append
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    uvicorn_log.addHandler(collector)
+    try:
+        with caplog.at_level(logging.INFO, logger="unmask.serve"), \
+                serving(create_app(pipeline, limits=LIMITS)) as url:
+            host, port = url.removeprefix("http://").rsplit(":", 1)
+            for _ in range(3):
+                with socket.create_connection((host, int(port))) as sock:
+                    sock.sendall(b"POST /v1/generate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json"
+                                 b"\r\nContent-Length: 1000\r\n\r\n{\"prompt\": ")
+            deadline = time.time() + 30
+            while len([r for r in caplog.records if r.name == "unmask.serve"]) < 3 and time.time() < deadline:
+                time.sleep(0.05)
+            assert httpx.get(f"{url}/health", timeout=30).status_code == 200
+    finally:
+        uvicorn_log.removeHandler(collector)
+    lines = [r for r in caplog.records if r.name == "unmask.serve"]
+    assert len(lines) == 3 and all("disconnected while sending its request" in r.getMessage() for r in lines)
+    assert all(r.exc_info is None for r in lines)
+    assert not [r for r in errors if r.exc_info or "Exception" in r.getMessage()]

@@ -119,7 +119,7 @@ class TrainConfig:
     precision: str = "auto"  # "auto" (bf16 on CUDA and on CPUs with native bf16), "bf16", "fp32"
     compile: bool = False
     device: str = "auto"
-    tensorboard: bool = True
+    tensorboard: bool | None = None  # None: log to TensorBoard when it is installed (pip install "unmask[logging]")
     wandb: bool = False
 
 
@@ -221,8 +221,8 @@ def _derived_keys() -> dict[str, str]:
     return {f"model.{f.name}": f.metadata["derived"] for f in dataclasses.fields(DiTConfig) if _is_derived(f)}
 
 
-def _coerce(value: Any, key: str) -> Any:
-    """Check (and where harmless convert) a value against a field's annotation."""
+def coerce(value: Any, key: str) -> Any:
+    """Check (and where harmless convert) a value against the annotation of a dotted key's field."""
     section, name = key.split(".")
     hint = typing.get_type_hints(_FIELD_OWNERS[section])[name]
     if typing.get_origin(hint) is list:
@@ -270,7 +270,7 @@ def set_value(config: Config, key: str, value: Any) -> None:
         hint = f"; did you mean {close[0]}?" if close else f"; valid keys: {', '.join(keys)}"
         raise ConfigError(f"unknown config key {key!r}{hint}")
     section, name = key.split(".")
-    setattr(getattr(config, section), name, _coerce(value, key))
+    setattr(getattr(config, section), name, coerce(value, key))
 
 
 def apply_overrides(config: Config, overrides: list[str]) -> Config:

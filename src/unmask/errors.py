@@ -40,6 +40,20 @@ def option_flag(option: str) -> str:
     return "--" + option.replace("_", "-")
 
 
+class RemoteCodeRefused(OptionError):
+    """A model or tokenizer that loads only by running Python code shipped with it (an ``auto_map``)."""
+
+    def __init__(self, source: str) -> None:
+        super().__init__(f"{source} asks to run Python code of its own (an auto_map in its config); unmask runs no "
+                         "code from a model folder unless told to: pass {0} only if you trust where it came from",
+                         "trust_remote_code")
+
+
+def asks_for_remote_code(error: BaseException) -> bool:
+    """True for transformers' refusal of a folder whose custom code was not trusted (``trust_remote_code=False``)."""
+    return isinstance(error, ValueError) and "trust_remote_code" in str(error)
+
+
 class ConfigError(UserError):
     """A user-facing configuration mistake; the message names the fix."""
 

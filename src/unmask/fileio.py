@@ -30,6 +30,22 @@ def _umask() -> int:
 FILE_MODE = 0o666 & ~_umask()
 
 
+def within(folder: Path, name: str) -> Path | None:
+    """``folder / name`` when that path stays inside ``folder`` (symbolic links followed), else None.
+
+    A name read from a file in the folder (a tokenizer's data file, a checkpoint pointer, a shard of an
+    index) is the folder's own word, not the user's: it may not lead elsewhere (``../``, an absolute path).
+    """
+    if not isinstance(name, str) or not name or "\0" in name:
+        return None
+    path = folder / name
+    try:
+        path.resolve().relative_to(folder.resolve())
+    except (ValueError, OSError):
+        return None
+    return path
+
+
 def fsync_dir(path: Path) -> None:
     descriptor = os.open(path, os.O_RDONLY)
     try:

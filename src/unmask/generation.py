@@ -27,10 +27,12 @@ from unmask.data import Tokenizer
 from unmask.data.chat import Messages, checked_messages, prompt_ids
 from unmask.errors import OptionError
 from unmask.kinds.base import SLIDING, WINDOWS
+from unmask.models import DiTConfig
 from unmask.pipeline import Pipeline
-from unmask.runtime import autocast
+from unmask.runtime import SEED_RANGE, autocast, resolve_precision
 from unmask.sampling import SampleOutput, SamplerConfig
 from unmask.sampling.run import Run, run_to_end
+from unmask.sizes import SAMPLER_STATE_BYTES, activation_bytes, available_bytes, check_fits
 
 PLACEHOLDER = re.compile(r"\[MASK(?::(\d+))?\]")
 MASK_MARK = "[MASK]"  # one masked position, in templates and in texts being generated
@@ -41,17 +43,36 @@ class PromptError(OptionError):
     """A prompt or template that cannot be used; the message names the fix."""
 
 
-def parse_template(text: str, tokenizer: Tokenizer) -> list[int]:
-    """Token ids of a template, with ``tokenizer.mask_id`` wherever a placeholder stands."""
+def check_text(text: str, option: str) -> str:
+    """``text`` if it is valid Unicode (a lone surrogate is what undecodable bytes of a command line, or a
+    JSON escape such as \\udcff, leave in a str; no tokenizer can encode it)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise PromptError(f"{{0}} is not valid UTF-8 text (character {err.start} is {text[err.start]!r}, a lone "
+                          "surrogate or an undecodable byte); pass UTF-8 text", option) from None
+    return text
+
+
+def parse_template(text: str, tokenizer: Tokenizer, max_tokens: int | None = None) -> list[int]:
+    """Token ids of a template, with ``tokenizer.mask_id`` wherever a placeholder stands; more than
+    ``max_tokens`` ids are refused before they are made."""
     ids: list[int] = []
     position = 0
     for match in PLACEHOLDER.finditer(text):
         # A piece before a placeholder drops its trailing spaces: the generated token carries its
         # own leading space in byte-level BPE, as in ordinary text.
         ids += tokenizer.encode(text[position : match.start()].rstrip(" "))
-        count = int(match.group(1) or 1)
-        if count < 1:
+        digits = match.group(1) or "1"
+        # Compared as digits first: int() of thousands of digits is refused by Python itself.
+        count = int(digits) if len(digits) <= 18 else None
+        if count is not None and count < 1:
             raise PromptError(f"placeholder {match.group(0)} must ask for at least one token")
+        if max_tokens is not None and (count is None or len(ids) + count > max_tokens):
+            room = max(max_tokens - len(ids), 0)
+            shown = match.group(0) if len(digits) <= 18 else "[MASK:" + digits[:18] + "...]"
+            raise PromptError(f"placeholder {shown} asks for more tokens than fit (at most {room} here, "
+                              f"{max_tokens} in the whole template); ask for fewer")
         ids += [tokenizer.mask_id] * count
         position = match.end()
     ids += tokenizer.encode(text[position:])
@@ -79,9 +100,9 @@ def build_template(
                           "template")
     fixed = [tokenizer.bos_id] if prefix is None else list(prefix)
     if template is not None:
-        fixed += parse_template(template, tokenizer)
+        fixed += parse_template(check_text(template, "template"), tokenizer, max_tokens=model_length - 1)
     elif prompt:
-        fixed += tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        fixed += tokenizer.encode(check_text(prompt, "prompt")) if isinstance(prompt, str) else list(prompt)
     target = length or (len(fixed) if template is not None else model_length)
     if target > model_length:
         raise PromptError(f"length {target} exceeds the model's length {model_length}; shorten the prompt or {{0}}",
@@ -146,15 +167,38 @@ def prepare(
         raise PromptError(f"{{0}} counts every token, BOS included: at least 2, got {length}", "length")
     pipeline.kind.check_sampling(sampling)
     tokenizer, window = pipeline.tokenizer, pipeline.config.data.length
+    check_sampling_size(pipeline, num_samples, length or window)
     if in_windows(pipeline, length):
         if template is not None:
             raise PromptError(f"a template must fit the model's length {window}; {{0}} extends only prompts", "length")
         fixed = build_template(tokenizer, model_length=window, length=window, prompt=prompt, prefix=prefix)
         return fixed[fixed != tokenizer.mask_id]
-    if pipeline.kind.beyond_window == SLIDING:  # any length: --length or the template decides
-        window = length or (window if template is None else sys.maxsize)
-    return build_template(tokenizer, model_length=window, length=length, prompt=prompt, template=template,
-                          prefix=prefix)
+    if pipeline.kind.beyond_window == SLIDING:  # any length: --length or the template decides, within memory
+        window = length or (window if template is None else longest_sample(pipeline, num_samples))
+    fixed = build_template(tokenizer, model_length=window, length=length, prompt=prompt, template=template,
+                           prefix=prefix)
+    pipeline.kind.check_template(fixed, tokenizer.mask_id)
+    return fixed
+
+
+def check_sampling_size(pipeline: Pipeline, num_samples: int, length: int) -> None:
+    """Refuse ``num_samples`` texts of ``length`` tokens when the sampler's state and one denoiser call over them
+    (at most the model's length at a time) need more memory than the device has free (:mod:`unmask.sizes`)."""
+    device, window = pipeline.device, pipeline.config.data.length
+    needed = num_samples * length * SAMPLER_STATE_BYTES
+    model = getattr(pipeline.model, "config", None)
+    if isinstance(model, DiTConfig):
+        element = 2 if resolve_precision("auto", device) == "bf16" else 4
+        call = min(length, window)
+        needed += activation_bytes(model, num_samples, call, element=element, outputs=num_samples * call)
+    check_fits(needed, device, f"sampling {num_samples:,} texts of {length:,} tokens",
+               "ask for fewer samples ({0}) or a shorter {1}", options=("num_samples", "length"))
+
+
+def longest_sample(pipeline: Pipeline, num_samples: int) -> int:
+    """The most tokens per text whose sampler state fits in the memory free (any length where it cannot be told)."""
+    free = available_bytes(pipeline.device)
+    return sys.maxsize if free is None else max(free // (num_samples * SAMPLER_STATE_BYTES), 2)
 
 
 def start_run(pipeline: Pipeline, sampling: SamplerConfig, fixed: Tensor, *, num_samples: int, seed: int,
@@ -164,6 +208,8 @@ def start_run(pipeline: Pipeline, sampling: SamplerConfig, fixed: Tensor, *, num
     if overlap is not None and pipeline.kind.beyond_window != WINDOWS:
         raise PromptError(f"{{0}} sets the semi-autoregressive windows of a masked diffusion model; a "
                           f"{pipeline.kind.name} model does not generate in windows: drop {{0}}", "overlap")
+    if not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+        raise PromptError(f"{{0}} must be a 64-bit integer ({SEED_RANGE[0]} to {SEED_RANGE[1]}), got {seed}", "seed")
     device = pipeline.device
     return pipeline.kind.sampling_run(
         pipeline.model, sampling, fixed.to(device), process=pipeline.process, num_samples=num_samples,

@@ -41,8 +41,10 @@ from unmask.interop import (
 )
 from unmask.kinds import ModelKind, get_kind
 from unmask.models import DiTConfig, build_model, describe
+from unmask.models import model_config as model_config_of
 from unmask.runtime import resolve_device
 from unmask.sampling import Process
+from unmask.sizes import check_fits, model_bytes, summary
 from unmask.validation import validate
 
 READERS = {RELEASED_MDLM: load_released, RELEASED_DUO: load_released_duo, MASKED_LM: load_masked_lm}
@@ -140,12 +142,15 @@ class Pipeline:
         return dataclasses.replace(self, model=self.model.merged(), config=config)
 
 
-def load(path: str | Path, *, weights: str = "ema", device: str = "auto", step: int | None = None) -> Pipeline:
+def load(path: str | Path, *, weights: str = "ema", device: str = "auto", step: int | None = None,
+         trust_remote_code: bool = False) -> Pipeline:
     """Load a model for inference: an unmask run directory (its latest checkpoint, or ``step``) or
     checkpoint folder, a released MDLM or Duo folder, a Hugging Face masked-LM folder, or a hub name of any.
 
     ``weights="ema"`` (default, as the paper evaluates) uses the EMA weights of an unmask
     checkpoint when saved, ``"model"`` the raw trained weights. The model is returned in eval mode.
+    A Hugging Face folder that needs Python code of its own is refused unless ``trust_remote_code``
+    (nothing else unmask reads runs code).
     """
     if weights not in WEIGHTS:
         raise ValueError(f"weights must be 'ema' or 'model', got {weights!r}")
@@ -156,7 +161,8 @@ def load(path: str | Path, *, weights: str = "ema", device: str = "auto", step: 
     if kind in READERS:
         if step is not None:
             raise CheckpointError(f"--step picks a checkpoint of an unmask run; {path} is a single model")
-        model, tokenizer, config = READERS[kind](folder)
+        options = {"trust_remote_code": trust_remote_code} if kind == MASKED_LM else {}
+        model, tokenizer, config = READERS[kind](folder, **options)
         checkpoint = folder
     else:
         checkpoint = resolve_checkpoint(folder, step=step)
@@ -164,7 +170,14 @@ def load(path: str | Path, *, weights: str = "ema", device: str = "auto", step: 
         if not (checkpoint / TOKENIZER_DIR).is_dir():
             raise CheckpointError(f"{checkpoint} has no tokenizer folder; the checkpoint is incomplete")
         tokenizer = load_tokenizer(checkpoint / TOKENIZER_DIR)
-        model = build_model(load_model_description(checkpoint, config, tokenizer.vocab_size))
+        description = load_model_description(checkpoint, config, tokenizer.vocab_size)
+        model_config = model_config_of(description)
+        if isinstance(model_config, DiTConfig):  # an adapted causal LM's size is its source's
+            for place in {torch.device("cpu"), target}:  # built on the CPU, then moved
+                check_fits(model_bytes(model_config), place, f"loading {summary(model_config)}",
+                           "load it where more memory is free ({0}), or check the checkpoint's model.json",
+                           options=("device",))
+        model = build_model(description)
         load_weights(model, model_weights(checkpoint, weights), checkpoint)
         trained_step = read_state(checkpoint)["step"]
     model.to(target).eval()

@@ -21,6 +21,7 @@ import torch
 from unmask.errors import UserError
 
 PRECISIONS = ("auto", "bf16", "fp32")
+SEED_RANGE = (-(1 << 63), (1 << 64) - 1)  # what torch.Generator.manual_seed takes
 
 
 class DeviceError(UserError):

@@ -4,14 +4,19 @@ fix. The kind of the run checks its own rules (:meth:`unmask.kinds.base.ModelKin
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from typing import Any
+
 from unmask.adapt_config import validate_adapt
-from unmask.config import Config, ObjectiveConfig
+from unmask.config import Config, ObjectiveConfig, coerce
 from unmask.data.chat import FORMATS as CHAT_FORMATS
 from unmask.distill.losses import DIVERGENCES
 from unmask.errors import ConfigError
 from unmask.kinds import KINDS, get_kind
+from unmask.models import ARCHITECTURES, DEFAULT_ARCHITECTURE
 from unmask.models.block_attention import ATTENTIONS
-from unmask.models.dit import GELUS, TIME_INPUTS
+from unmask.models.dit import GELUS, TIME_INPUTS, DiTConfig
 from unmask.schedules import SCHEDULES
 
 # Numeric keys and their ranges: (low, high or None, low excluded, high excluded).
@@ -41,16 +46,15 @@ RANGES: dict[str, tuple[float, float | None, bool, bool]] = {
 }
 
 
-def validate(config: Config) -> None:
-    """Reject combinations that cannot run, with the fix in the message."""
+def validate(config: Config, *, training: bool = True) -> None:
+    """Reject combinations that cannot run, with the fix in the message (a preset or a checkpoint's config
+    as much as the command line's overrides). ``training`` False leaves out the rules for training (a
+    checkpoint that is only used is checked for what reading and running it needs)."""
     choices = {
         "objective.name": (config.objective.name, tuple(KINDS)),
         "data.layout": (config.data.layout, ("wrapped", "padded")),
         "optim.decay": (config.optim.decay, ("constant", "cosine")),
         "train.precision": (config.train.precision, ("auto", "bf16", "fp32")),
-        "model.gelu": (config.model.gelu, GELUS),
-        "model.attention": (config.model.attention, ATTENTIONS),
-        "model.time_input": (config.model.time_input, TIME_INPUTS),
         "parallel.strategy": (config.parallel.strategy, ("ddp", "fsdp")),
         "distill.divergence": (config.distill.divergence, DIVERGENCES),
         "data.format": (config.data.format, CHAT_FORMATS),
@@ -58,19 +62,9 @@ def validate(config: Config) -> None:
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
-    for key, (low, high, low_open, high_open) in RANGES.items():
-        section, name = key.split(".")
-        value = getattr(getattr(config, section), name)
-        if value is None:
-            continue
-        below = value <= low if low_open else value < low
-        above = high is not None and (value >= high if high_open else value > high)
-        if below or above or value != value:  # value != value: nan
-            if high is None:
-                wanted = f"{'>' if low_open else '>='} {low}"
-            else:
-                wanted = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-            raise ConfigError(f"{key} must be {wanted}, got {value!r}")
+    _check_ranges({f"{section}.{name}": value for section, items in config.to_dict().items()
+                   for name, value in items.items()})
+    _check_model(config.model)
     if config.objective.schedule not in SCHEDULES:
         names = ", ".join(SCHEDULES)
         raise ConfigError(f"objective.schedule must be one of {names}, got {config.objective.schedule!r}")
@@ -84,12 +78,71 @@ def validate(config: Config) -> None:
             f"train.global_batch ({config.train.global_batch}) must be a multiple of train.micro_batch "
             f"({config.train.micro_batch})"
         )
-    if config.model.hidden % config.model.n_heads:
-        raise ConfigError(f"model.hidden ({config.model.hidden}) must be divisible by model.n_heads")
     _validate_kind_fields(config)
     validate_adapt(config)
-    get_kind(config.objective.name).validate(config)
-    _validate_distillation(config)
+    if training:
+        get_kind(config.objective.name).validate(config)
+        _validate_distillation(config)
+
+
+def _check_ranges(values: dict[str, Any]) -> None:
+    """Every dotted key of ``values`` that has a range (``RANGES``) within it, and every float finite."""
+    for key, value in values.items():
+        if key in RANGES and value is not None:
+            low, high, low_open, high_open = RANGES[key]
+            below = value <= low if low_open else value < low
+            above = high is not None and (value >= high if high_open else value > high)
+            if below or above or value != value:  # value != value: nan
+                if high is None:
+                    wanted = f"{'>' if low_open else '>='} {low}"
+                else:
+                    wanted = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+                raise ConfigError(f"{key} must be {wanted}, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):  # inf passes a range without an upper end
+            raise ConfigError(f"{key} must be a finite number, got {value!r}")
+
+
+def _check_model(model: DiTConfig) -> None:
+    """The model section's choices and shapes (its ranges are checked with the rest)."""
+    for key, value, allowed in (("model.gelu", model.gelu, GELUS), ("model.attention", model.attention, ATTENTIONS),
+                                ("model.time_input", model.time_input, TIME_INPUTS)):
+        if value not in allowed:
+            raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
+    if model.hidden % model.n_heads:
+        raise ConfigError(f"model.hidden ({model.hidden}) must be divisible by model.n_heads")
+
+
+def check_model_description(values: Any) -> dict[str, Any]:
+    """A model's description (a checkpoint's ``model.json``: :func:`unmask.models.describe`), every field
+    checked as a run's config is: a file edited by hand, or damaged, is refused in one line before any model
+    is built. Returns the description with its values converted to their fields' types."""
+    if not isinstance(values, dict):
+        raise ConfigError("a model description must be a JSON object of its configuration's fields")
+    fields = dict(values)
+    architecture = fields.pop("architecture", DEFAULT_ARCHITECTURE)
+    if architecture not in ARCHITECTURES:
+        raise ConfigError(f"unknown architecture {architecture!r}; unmask builds {', '.join(ARCHITECTURES)}")
+    config_class = ARCHITECTURES[architecture][1]
+    known = {f.name for f in dataclasses.fields(config_class)}
+    stray = next((key for key in fields if key not in known), None)
+    if stray is not None:
+        raise ConfigError(f"unknown {architecture} model field {stray!r}; the fields are {', '.join(sorted(known))}")
+    if config_class is DiTConfig:
+        fields = {key: coerce(value, f"model.{key}") for key, value in fields.items()}
+        model = DiTConfig(**fields)
+        _check_ranges({f"model.{key}": value for key, value in fields.items()})
+        _check_model(model)
+    else:
+        required = {f.name for f in dataclasses.fields(config_class)
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+        missing = sorted(required - set(fields))
+        if missing:
+            raise ConfigError(f"the {architecture} model description lacks {', '.join(missing)}")
+    sizes = {key: fields.get(key) for key in ("vocab_size", "length")}
+    if any(not isinstance(value, int) or isinstance(value, bool) or value < 1 for value in sizes.values()):
+        raise ConfigError(f"model vocab_size and length must be integers >= 1, got {sizes['vocab_size']!r} and "
+                          f"{sizes['length']!r}")
+    return {"architecture": architecture, **fields}
 
 
 def _validate_distillation(config: Config) -> None:

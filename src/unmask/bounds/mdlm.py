@@ -96,7 +96,9 @@ def nelbo_discrete(
 
         T * E[ (alpha_s - alpha_t) / (1 - alpha_t) * sum_{masked} -log p_theta(x0^i | x_t) ].
 
-    It is >= the continuous bound and falls towards it as T grows. The ablations:
+    It falls towards the continuous bound as T grows and lies above it in expectation over the data, not
+    for every sequence: with the exact denoiser at T = 1 it is -log of the product of x0's marginals, below
+    -log p(x0) (the continuous bound) where x0's tokens go together (docs/math.md section 6). The ablations:
     ``carry_over=False`` also scores unmasked positions; ``zero_masking=False`` lets the denoiser
     put mass on MASK and uses the D3PM posterior KL (which copies unmasked tokens by itself).
     ``loss_mask`` and ``attention_mask`` as for :func:`nelbo`.

@@ -32,8 +32,9 @@ from safetensors.torch import load_file
 from unmask.config import Config, ConfigError
 from unmask.data import Tokenizer
 from unmask.errors import UserError
-from unmask.fileio import write_tensors
+from unmask.fileio import within, write_tensors
 from unmask.models import DiTConfig, model_config
+from unmask.validation import check_model_description, validate
 
 LATEST = "latest"
 CHECKPOINTS_DIR = "checkpoints"
@@ -92,6 +93,9 @@ def resolve_checkpoint(path: str | Path, *, step: int | None = None) -> Path:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path} does not exist; pass a run directory or a checkpoint folder")
+    if not path.is_dir():
+        raise CheckpointError(f"{path} is a file; pass a run directory or a checkpoint folder (the folder that "
+                              f"holds {CONFIG_FILE} and the weights)")
     if step is None and is_checkpoint(path):
         return path
     folders = step_folders(path)
@@ -102,13 +106,19 @@ def resolve_checkpoint(path: str | Path, *, step: int | None = None) -> Path:
             raise CheckpointError(f"{path} has no complete checkpoint of step {step}; steps saved: {have}")
         return chosen
     latest = path / CHECKPOINTS_DIR / LATEST
-    named = path / CHECKPOINTS_DIR / latest.read_text().strip() if latest.is_file() else None
+    name = latest.read_text(errors="replace").strip() if latest.is_file() else None
+    # The pointer names a folder beside it: one that leads elsewhere (../another-run) is not followed.
+    named = within(path / CHECKPOINTS_DIR, name) if name and name == Path(name).name else None
     if named is not None and is_checkpoint(named):
         return named
     complete = [f for f in folders if is_checkpoint(f)]
     if complete:
-        pointer = (f"checkpoints/latest names {named.name}, which is incomplete" if named
-                   else "checkpoints/latest is missing")
+        if name is None:
+            pointer = "checkpoints/latest is missing"
+        elif named is None:
+            pointer = f"checkpoints/latest names {name!r}, outside the run's checkpoints folder"
+        else:
+            pointer = f"checkpoints/latest names {named.name}, which is incomplete"
         warnings.warn(f"{pointer}; using {complete[-1].name}, the newest complete checkpoint", CheckpointNotice,
                       stacklevel=2)
         return complete[-1]
@@ -116,10 +126,14 @@ def resolve_checkpoint(path: str | Path, *, step: int | None = None) -> Path:
 
 
 def load_config(checkpoint: Path) -> Config:
+    """The run's configuration saved with ``checkpoint``, checked as the command line's is (a file edited by hand
+    is trusted no more than an override); the kind's training rules are checked when it is trained again."""
     try:
-        return Config.load(checkpoint / CONFIG_FILE)
+        config = Config.load(checkpoint / CONFIG_FILE)
+        validate(config, training=False)
     except ConfigError as err:
-        raise CheckpointError(f"checkpoint {checkpoint} has an unreadable config: {err}") from None
+        raise CheckpointError(f"checkpoint {checkpoint} has an unusable config: {err}") from None
+    return config
 
 
 def read_state(checkpoint: Path) -> dict[str, Any]:
@@ -168,9 +182,8 @@ def load_model_description(checkpoint: Path, config: Config, vocab_size: int) ->
     if not path.is_file():
         return {"architecture": "dit", **config.model_config(vocab_size).to_dict()}
     try:
-        values = json.loads(path.read_text())
-        model_config(values)
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError, ValueError, AttributeError) as err:
+        values = check_model_description(json.loads(path.read_text()))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, ConfigError) as err:
         raise CheckpointError(f"{path} is unreadable or not a model description ({err}); "
                               "pick an earlier checkpoint with --step") from None
     return values

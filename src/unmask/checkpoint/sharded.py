@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 
@@ -104,10 +105,18 @@ def load(state: dict[str, Any], folder: Path, *, distributed: bool) -> None:
     except pickle.UnpicklingError as err:
         raise CheckpointError(f"{folder} was not written by unmask ({err}); unmask does not load it, since "
                               "reading it could run code from the folder") from None
-    except Exception as err:  # noqa: BLE001 - DCP raises several types for a bad folder
-        raise CheckpointError(f"{folder} is corrupt or incomplete ({type(err).__name__}: "
-                              f"{str(err).strip().splitlines()[0] if str(err).strip() else ''}); "
+    except (Exception, CheckpointException) as err:  # noqa: BLE001 - DCP raises several types for a bad folder
+        raise CheckpointError(f"{folder} is corrupt, incomplete or not an unmask checkpoint ({_reason(err)}); "
                               "pick an earlier checkpoint with --step") from None
+
+
+def _reason(err: BaseException) -> str:
+    """One line for a failed DCP read: the first failing rank's own error (DCP wraps each rank's with its
+    traceback in a CheckpointException, which is no Exception)."""
+    if isinstance(err, CheckpointException) and err.failures:
+        err = next(iter(err.failures.values()))[0]
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
 
 
 def saved_tensors(folder: Path) -> dict[str, TensorStorageMetadata]:
@@ -117,8 +126,8 @@ def saved_tensors(folder: Path) -> dict[str, TensorStorageMetadata]:
     except pickle.UnpicklingError as err:
         raise CheckpointError(f"{folder} was not written by unmask ({err}); unmask does not load it, since "
                               "reading it could run code from the folder") from None
-    except Exception as err:  # noqa: BLE001 - a truncated or garbled index
-        raise CheckpointError(f"{folder} is corrupt or incomplete ({type(err).__name__}); "
+    except (Exception, CheckpointException) as err:  # noqa: BLE001 - a truncated or garbled index
+        raise CheckpointError(f"{folder} is corrupt or incomplete ({_reason(err)}); "
                               "pick an earlier checkpoint with --step") from None
     return {name: meta for name, meta in metadata.state_dict_metadata.items()
             if isinstance(meta, TensorStorageMetadata)}

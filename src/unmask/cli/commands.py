@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import logging
+import math
 import shlex
+import signal
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import torch
+from tqdm import tqdm
 
 from unmask.checkpoint import export_checkpoint
 from unmask.cli.parser import ADAPT_PRESET, DEFAULT_PRESET, GEN_PPL_SAMPLES
@@ -21,7 +29,7 @@ from unmask.errors import UserError
 from unmask.evaluate import EvalConfig, EvalReport, evaluate_checkpoint, generative_perplexity, load_evaluator
 from unmask.evaluate.frontier import format_table, run_frontier
 from unmask.evaluate.harness import lm_class, results_table, run_tasks
-from unmask.generation import generate_text
+from unmask.generation import generate_text, masked_text
 from unmask.interop import convert_lightning, export_hf
 from unmask.pipeline import load
 from unmask.sampling import SamplerConfig
@@ -40,6 +48,28 @@ def sampler_config(args: argparse.Namespace) -> SamplerConfig:
     return SamplerConfig.from_options(
         sampler=args.sampler, steps=args.steps, order=args.order, threshold=args.threshold, remask=args.remask,
         eta=args.eta, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, final_step=args.final_step)
+
+
+@contextlib.contextmanager
+def _told_about_data(enabled: bool) -> Iterator[None]:
+    """The slow first steps of a run (training its BPE tokenizer, tokenizing its corpus: seconds per 10 MB), one
+    line each on stderr, so that a start is not silence."""
+    if not enabled:
+        yield
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("unmask train: %(message)s"))
+    loggers = [logging.getLogger(name) for name in ("unmask.data", "unmask.train")]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        for log, level in zip(loggers, levels):
+            log.removeHandler(handler)
+            log.setLevel(level)
 
 
 def train_command(args: argparse.Namespace) -> int:
@@ -63,15 +93,27 @@ def train_command(args: argparse.Namespace) -> int:
         if args.init is not None:  # the pretrained model brings its own tokenizer
             set_value(config, "adapt.init", args.init)
             set_value(config, "data.tokenizer", args.init)
-    result = train(config, args.out, resume=args.resume, step=args.step, progress=not args.quiet)
+    with _told_about_data(not args.quiet and is_main_process()):
+        result = train(config, args.out, resume=args.resume, step=args.step, progress=not args.quiet,
+                       trust_remote_code=args.trust_remote_code)
+    # A stop by a signal exits as the shell reports one (128 + its number: 143 for SIGTERM), Ctrl-C with 130.
+    status = 128 + result.stop_signal if result.stop_signal else 130
     if not is_main_process():
-        return 130 if result.interrupted else 0
+        return status if result.interrupted else 0
     if result.interrupted:
-        print(f"interrupted at step {result.step}; continue with: unmask train --out {shlex.quote(str(args.out))} "
+        how = f"stopped by {signal.Signals(result.stop_signal).name}" if result.stop_signal else "interrupted"
+        print(f"{how} at step {result.step}; continue with: unmask train --out {shlex.quote(str(args.out))} "
               "--resume", file=sys.stderr)
-        return 130
+        return status
+    if result.checkpoint is None:  # resumed at (or past) train.max_steps: there was nothing to train
+        print(f"the run in {args.out} is finished: it is at step {result.step}, train.max_steps is "
+              f"{config.train.max_steps}; to train further: unmask train --out {shlex.quote(str(args.out))} --resume "
+              f"--max-steps {2 * result.step}", file=sys.stderr)
+        return 0
+    # JSON has no NaN: a standard error over one validation sequence is null.
+    validation = {key: value if math.isfinite(value) else None for key, value in result.validation.items()}
     summary = {"step": result.step, "checkpoint": str(result.checkpoint), "tokens_per_s": round(result.tokens_per_s),
-               **result.validation}
+               **validation}
     print(json.dumps(summary))
     return 0
 
@@ -80,6 +122,9 @@ def _format_report(report: EvalReport) -> str:
     main = report.likelihood
     unit = "BPC" if report.character_level else "PPL" if report.exact else "PPL bound"
     figure = main.bits_per_token if report.character_level else main.perplexity
+    # One sequence has no spread to estimate a standard error from: said instead of "+- nan".
+    spread = (f"+- {main.stderr:.4f}" if math.isfinite(main.stderr)
+              else "(one sequence: no standard error; evaluate more data)")
     figure_name = "NLL / token" if report.exact else "NELBO / token"
     if report.continuations is not None:
         data = (f"{report.data}: {main.sequences} continuations given their contexts, {main.tokens:,} continuation "
@@ -90,7 +135,7 @@ def _format_report(report: EvalReport) -> str:
     rows = [
         ("checkpoint", report.checkpoint),
         ("data", data),
-        (figure_name, f"{main.nelbo_per_token:.4f} nats +- {main.stderr:.4f} (K={main.num_t})"),
+        (figure_name, f"{main.nelbo_per_token:.4f} nats {spread} (K={main.num_t})"),
         (unit, f"{figure:.3f}"),
     ]
     if report.detokenizer is not None:
@@ -121,12 +166,14 @@ def eval_command(args: argparse.Namespace) -> int:
         mask_rate_ranges=args.mask_rate_ranges, prompt_file=args.prompt_file))
     sampling = SamplerConfig.from_options(steps=args.steps)
     # The evaluator is loaded first: a bad one is refused before the evaluation, not after it.
-    evaluator = load_evaluator(args.gen_ppl, device="cpu") if args.gen_ppl and is_main_process() else None
-    report = evaluate_checkpoint(args.checkpoint, config, step=args.step, device=args.device)
+    trust = args.trust_remote_code
+    evaluator = (load_evaluator(args.gen_ppl, device="cpu", trust_remote_code=trust)
+                 if args.gen_ppl and is_main_process() else None)
+    report = evaluate_checkpoint(args.checkpoint, config, step=args.step, device=args.device, trust_remote_code=trust)
     if not is_main_process():  # under torchrun: rank 0 reports
         return 0
     if evaluator is not None:
-        pipeline = load(args.checkpoint, step=args.step, device=args.device)
+        pipeline = load(args.checkpoint, step=args.step, device=args.device, trust_remote_code=trust)
         samples = generate_text(pipeline, sampling, num_samples=args.num_samples or GEN_PPL_SAMPLES, seed=config.seed)
         report.generative = generative_perplexity(samples.texts, evaluator, sample_token_ids=samples.tokens)
     print(_format_report(report))
@@ -139,10 +186,11 @@ def lm_eval_command(args: argparse.Namespace) -> int:
     sampler_options = given(sampler=args.sampler, steps=args.steps, order=args.order, threshold=args.threshold,
                             remask=args.remask, eta=args.eta, temperature=args.temperature, top_k=args.top_k,
                             top_p=args.top_p)
+    options = given(num_t=args.num_t, rolling_num_t=args.rolling_num_t, seed=args.seed, batch_size=args.batch_size,
+                    precision=args.precision)
     model = lm_class()(args.checkpoint, step=args.step, device=args.device, greedy=not args.no_greedy,
-                       progress=not args.quiet, **given(num_t=args.num_t, rolling_num_t=args.rolling_num_t,
-                                                        seed=args.seed, batch_size=args.batch_size,
-                                                        precision=args.precision), **sampler_options)
+                       progress=not args.quiet, trust_remote_code=args.trust_remote_code, **options,
+                       **sampler_options)
     if args.log_samples and args.output_path is None:
         raise UserError("--log-samples writes into --output-path: give --output-path DIR")
     limit = args.limit if args.limit is None or args.limit < 1 else int(args.limit)
@@ -157,16 +205,26 @@ def lm_eval_command(args: argparse.Namespace) -> int:
 
 def sample_command(args: argparse.Namespace) -> int:
     sampling = sampler_config(args)
-    pipeline = load(args.checkpoint, step=args.step, device=args.device)
-    on_step = None
-    if args.show_steps:
-        def on_step(x):
-            print(pipeline.tokenizer.decode(x[0].tolist(), skip_special=False), flush=True)
+    pipeline = load(args.checkpoint, step=args.step, device=args.device, trust_remote_code=args.trust_remote_code)
+    # A long run shows that it advances (on a terminal); --show-steps prints each state, labelled, instead.
+    progress = tqdm(desc="sampling", unit=" steps", file=sys.stderr, leave=False, dynamic_ncols=True,
+                    disable=args.show_steps or not sys.stderr.isatty())
+    shown = 0
 
-    samples = generate_text(pipeline, sampling, length=args.length, prompt=args.prompt, template=args.template,
-                            chat=args.chat, max_tokens=args.max_tokens, overlap=args.overlap,
-                            stop_at_eos=args.stop_at_eos, on_step=on_step, static_shapes=args.static_shapes,
-                            **given(num_samples=args.num_samples, seed=args.seed))
+    def on_step(x: torch.Tensor) -> None:
+        nonlocal shown
+        progress.update()
+        if args.show_steps:
+            shown += 1
+            ids = x[0].tolist()
+            print(f"--- state {shown} of sample 0: {ids.count(pipeline.mask_id)} positions masked ---\n"
+                  f"{masked_text(pipeline.tokenizer, ids)}", flush=True)
+
+    with progress:
+        samples = generate_text(pipeline, sampling, length=args.length, prompt=args.prompt, template=args.template,
+                                chat=args.chat, max_tokens=args.max_tokens, overlap=args.overlap,
+                                stop_at_eos=args.stop_at_eos, on_step=on_step, static_shapes=args.static_shapes,
+                                **given(num_samples=args.num_samples, seed=args.seed))
     for i, text in enumerate(samples.texts):
         print(f"--- {'answer' if args.chat is not None else 'sample'} {i} ---\n{text}")
     print(f"({samples.num_calls} denoiser calls, {samples.seconds:.2f} s)", file=sys.stderr)
@@ -176,8 +234,8 @@ def sample_command(args: argparse.Namespace) -> int:
 
 
 def serve_command(args: argparse.Namespace) -> int:
-    serve(args.checkpoint, device=args.device, step=args.step,
-          **given(host=args.host, port=args.port, max_batch=args.max_batch))
+    serve(args.checkpoint, device=args.device, step=args.step, trust_remote_code=args.trust_remote_code,
+          **given(host=args.host, port=args.port, max_batch=args.max_batch, allowed_hosts=args.allowed_hosts))
     return 0
 
 
@@ -226,7 +284,7 @@ def frontier_command(args: argparse.Namespace) -> int:
 
     points, written = run_frontier(
         args.checkpoint, step=args.step, out_dir=Path(args.out), evaluator=args.evaluator, length=args.length,
-        device=args.device, on_point=on_point,
+        device=args.device, on_point=on_point, trust_remote_code=args.trust_remote_code,
         **given(samplers=args.samplers, steps=args.steps, num_samples=args.num_samples, batch_size=args.batch_size,
                 seed=args.seed))
     print(format_table(points))

@@ -7,6 +7,8 @@ import math
 import tempfile
 from pathlib import Path
 
+from unmask.runtime import SEED_RANGE
+
 
 def _number(text: str, kind: type) -> int | float:
     try:
@@ -30,6 +32,14 @@ def at_least(low: int):
 
     parse.__name__ = f"integer >= {low}"
     return parse
+
+
+def seed(text: str) -> int:
+    """A seed torch takes: a 64-bit integer, signed or not."""
+    value = _number(text, int)
+    if not SEED_RANGE[0] <= value <= SEED_RANGE[1]:
+        raise argparse.ArgumentTypeError(f"a seed is a 64-bit integer ({SEED_RANGE[0]} to {SEED_RANGE[1]}), got {text}")
+    return value
 
 
 def port(text: str) -> int:
@@ -71,6 +81,13 @@ def output_file(text: str) -> Path:
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{path} is a folder; give a file name")
     return path
+
+
+def folder(text: str) -> Path:
+    """A folder to write (a run, an export): a name is needed, since an empty one would mean the current folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path would write into the current folder; give a folder name")
+    return Path(text)
 
 
 def step_counts(text: str) -> list[int]:

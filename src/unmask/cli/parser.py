@@ -16,10 +16,12 @@ from unmask.cli.options import (
     at_least,
     comma_list,
     float_in,
+    folder,
     names_from,
     output_file,
     port,
     rate_range,
+    seed,
     step_counts,
 )
 from unmask.cli.overview import COMMANDS, DESCRIPTION, Parser
@@ -75,6 +77,12 @@ def _checkpoint_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--step", type=at_least(0), help="use this step's checkpoint of the run instead of the latest")
 
 
+def _trust_remote_code(p: argparse.ArgumentParser, what: str = "the model") -> None:
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help=f"let a Hugging Face folder of {what} run the Python code it ships (an auto_map in its "
+                        "config): only for folders from a source you trust; without it such a folder is refused")
+
+
 def _sampling_arguments(p: argparse.ArgumentParser, temperature: str = default(DrawConfig, "temperature")) -> None:
     """The options of a :class:`SamplerConfig` (``temperature``: how the help names its default)."""
     p.add_argument("--steps", type=at_least(1),
@@ -107,7 +115,7 @@ def _train(sub) -> None:
     p.add_argument("--preset", help=f"one of {', '.join(preset_names())} or a .yaml file (default: {DEFAULT_PRESET}; "
                                     "with --resume: the saved run's config)")
     p.add_argument("--data", help="corpus: 'default' (embedded), a file or folder, or a dataset name")
-    p.add_argument("--out", required=True, help="run directory (config, tokenizer, checkpoints, metrics)")
+    p.add_argument("--out", type=folder, required=True, help="run directory (config, tokenizer, checkpoints, metrics)")
     p.add_argument("--init", metavar="MODEL",
                    help="start from this pretrained causal LM (a hub name, a model folder or a .gguf file), adapted "
                         "into a diffusion LM (objective.name mdlm or bd3lm): sets adapt.init and data.tokenizer; "
@@ -119,6 +127,7 @@ def _train(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--nproc", type=at_least(1), metavar="N",
                    help="train in N processes on this machine (one per GPU), as torchrun --nproc-per-node N does")
+    _trust_remote_code(p, "the tokenizer (data.tokenizer)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=1e-4")
 
 
@@ -150,8 +159,9 @@ def _eval(sub) -> None:
     p.add_argument("--prompt-file", metavar="PAIRS.jsonl",
                    help='prompted evaluation instead: one {"context": ..., "continuation": ...} per line, each '
                         "continuation bounded given its context (per continuation token)")
-    p.add_argument("--seed", type=int, help="seed of the noise and the samples" + default(EvalConfig, "seed"))
+    p.add_argument("--seed", type=seed, help="seed of the noise and the samples" + default(EvalConfig, "seed"))
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    _trust_remote_code(p, "the model or the --gen-ppl evaluator")
     p.add_argument("--json", type=output_file, help="also write the results to this JSON file")
 
 
@@ -184,11 +194,12 @@ def _lm_eval(sub) -> None:
     p.add_argument("--bootstrap-iters", type=at_least(0),
                    help="bootstrap resamples for the standard errors of non-mean metrics (0: none)"
                         + default(run_tasks, "bootstrap_iters"))
-    p.add_argument("--seed", type=int, help="seed of every answer's noise and of lm-eval's few-shot draws"
+    p.add_argument("--seed", type=seed, help="seed of every answer's noise and of lm-eval's few-shot draws"
                                             + default(HarnessModel, "seed"))
     p.add_argument("--precision", choices=PRECISIONS, help="auto: bf16 where the CPU or GPU has it natively"
                                                            + default(HarnessModel, "precision"))
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    _trust_remote_code(p, "the model")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -209,10 +220,11 @@ def _sample(sub) -> None:
                         "turn (a model fine-tuned on conversations answers best)")
     p.add_argument("--max-tokens", type=at_least(1),
                    help=f"with --chat: tokens of the answer (default: {CHAT_TOKENS})")
-    p.add_argument("--seed", type=int,
+    p.add_argument("--seed", type=seed,
                    help="seed of the sampler: the same seed gives the same texts" + default(generate_text, "seed"))
     p.add_argument("--show-steps", action="store_true", help="print the first sample as it unmasks")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    _trust_remote_code(p, "the model")
     p.add_argument("--static-shapes", action="store_true",
                    help="run every denoiser call at one fixed shape, replayed from a CUDA graph on a GPU (far less "
                         "launch overhead at small batches; the same samples)")
@@ -225,10 +237,16 @@ def _serve(sub) -> None:
     p.add_argument("--host", help="address to listen on (0.0.0.0: every interface; anyone who reaches it can "
                                   "generate)" + default(serve, "host"))
     p.add_argument("--port", type=port, help="port to listen on (0: any free one)" + default(serve, "port"))
+    p.add_argument("--allowed-hosts", type=lambda text: [item.strip() for item in text.split(",") if item.strip()],
+                   metavar="NAME,...",
+                   help="host names requests may address the server by, besides localhost and --host (a name "
+                        "clients use for this machine, or a proxy's); * answers any: only behind a proxy that "
+                        "checks them")
     p.add_argument("--max-batch", type=at_least(1), metavar="N",
                    help="rows per denoiser call (sequences from all requests); also the most samples per request"
                         + default(serve, "max_batch"))
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    _trust_remote_code(p, "the model")
 
 
 def _frontier(sub) -> None:
@@ -244,15 +262,16 @@ def _frontier(sub) -> None:
     p.add_argument("--num-samples", type=at_least(1), help="samples per point" + default(sweep, "num_samples"))
     p.add_argument("--batch-size", type=at_least(1), help="samples per generation call" + default(sweep, "batch_size"))
     p.add_argument("--length", type=at_least(2), help="tokens per sample, BOS included (default: the model's)")
-    p.add_argument("--out", default="frontier", help="folder for frontier.md, frontier.json, frontier.png")
-    p.add_argument("--seed", type=int, help="seed of every point's samples" + default(sweep, "seed"))
+    p.add_argument("--out", type=folder, default="frontier", help="folder for frontier.md, frontier.json, frontier.png")
+    p.add_argument("--seed", type=seed, help="seed of every point's samples" + default(sweep, "seed"))
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    _trust_remote_code(p, "the model or the evaluator")
 
 
 def _export(sub) -> None:
     p = sub.add_parser("export", help=COMMANDS["export"], formatter_class=_Help)
     _checkpoint_arguments(p)
-    p.add_argument("--out", required=True, help="new folder for the exported model")
+    p.add_argument("--out", type=folder, required=True, help="new folder for the exported model")
     p.add_argument("--format", choices=("unmask", "hf"), default="unmask",
                    help="unmask: model/ema safetensors, config, tokenizer, state (resumes training); hf: the released "
                         "MDLM or Duo layout (config.json, model.safetensors, tokenizer files) for the reference code "
@@ -268,7 +287,7 @@ def _export(sub) -> None:
 def _convert(sub) -> None:
     p = sub.add_parser("convert", help=COMMANDS["convert"], formatter_class=_Help)
     p.add_argument("ckpt", metavar="CHECKPOINT.ckpt", help="the reference code's PyTorch Lightning checkpoint")
-    p.add_argument("--out", required=True, help="new folder for the unmask checkpoint")
+    p.add_argument("--out", type=folder, required=True, help="new folder for the unmask checkpoint")
     p.add_argument("--no-ema", action="store_true", help="convert the trained weights instead of their EMA")
     p.add_argument("--trust-pickle", action="store_true",
                    help="read the .ckpt although it is a pickle, which runs any code it contains: only for files "
@@ -277,7 +296,8 @@ def _convert(sub) -> None:
 
 def _demo(sub) -> None:
     p = sub.add_parser("demo", help=COMMANDS["demo"], formatter_class=_Help)
-    p.add_argument("--out", default="runs/demo", help="folder for the two runs (a new one if it holds runs)")
+    p.add_argument("--out", type=folder, default="runs/demo",
+                   help="folder for the two runs (a new one if it holds runs)")
     p.add_argument("--minutes", type=float_in(0.0, None, low_open=True),
                    help="training budget per model" + default(run_demo, "minutes"))
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"),
@@ -292,7 +312,7 @@ def _study(sub) -> None:
                                   "settings every model shares")
     p.add_argument("--data", help="corpus: 'default' (embedded), a file or folder, or a dataset name "
                                   "(default: the preset's)")
-    p.add_argument("--out", required=True,
+    p.add_argument("--out", type=folder, required=True,
                    help="study folder: one run per model, the shared tokenizer, study.md/json/png; run the same "
                         "command again to continue an interrupted study")
     p.add_argument("--budget", type=float_in(0.0, None, low_open=True), metavar="MINUTES",
@@ -314,7 +334,7 @@ def _study(sub) -> None:
     p.add_argument("--eval-batches", type=at_least(1), help="evaluate on the first batches only (default: all)")
     p.add_argument("--eval-batch-size", type=at_least(1),
                    help="sequences per evaluation pass" + default(STUDY_EVALUATION, "batch_size"))
-    p.add_argument("--seed", type=int, help="seed of the evaluation's noise" + default(STUDY_EVALUATION, "seed"))
+    p.add_argument("--seed", type=seed, help="seed of the evaluation's noise" + default(STUDY_EVALUATION, "seed"))
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="config overrides for every model, e.g. train.device=cuda model.n_layers=8")
@@ -324,7 +344,7 @@ def _distill(sub) -> None:
     p = sub.add_parser("distill", help=COMMANDS["distill"], formatter_class=_Help)
     p.add_argument("teacher", help="the teacher: a run directory or checkpoint folder (an MDLM run for sdtt, a Duo run "
                                    "for dcd), or a released model")
-    p.add_argument("--out", required=True, help="new run directory for the student (an ordinary run)")
+    p.add_argument("--out", type=folder, required=True, help="new run directory for the student (an ordinary run)")
     p.add_argument("--method", choices=("sdtt", "dcd"),
                    help="sdtt: self-distillation through time (MDLM); dcd: discrete consistency distillation (Duo)")
     p.add_argument("--rounds", type=at_least(1), help="rounds K: each halves the student's steps")

@@ -3,8 +3,11 @@ errors become one line on stderr (see :mod:`unmask.cli` for the commands and the
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 import warnings
+from collections.abc import Iterator
 
 from unmask.cli.commands import COMMANDS
 from unmask.cli.parser import build_parser
@@ -29,7 +32,7 @@ def run(argv: list[str]) -> int:
     if getattr(args, "nproc", None) is not None:
         return launch(args.nproc, _without_nproc(argv), args.command)
     prefix = f"unmask {args.command}"
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _no_input():
         warnings.showwarning = lambda message, *_: _say(f"{prefix}: warning: {message}")
         try:
             status = COMMANDS[args.command](args)
@@ -46,9 +49,9 @@ def run(argv: list[str]) -> int:
             where = f" ({err.filename})" if err.filename else ""
             _say(f"{prefix}: error: {err.strerror or err}{where}; check the path, its permissions and the free space")
             return 2
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as stop:  # Ctrl-C, or a stop signal while training (unmask.train.signals)
             _say(f"{prefix}: interrupted")
-            return 130
+            return 128 + stop.signum if hasattr(stop, "signum") else 130
         except BaseException as err:  # a bug, or a lost peer in a multi-process job
             if isinstance(err, SystemExit):
                 raise
@@ -58,6 +61,20 @@ def run(argv: list[str]) -> int:
             raise
         finally:
             shutdown()
+
+
+@contextlib.contextmanager
+def _no_input() -> Iterator[None]:
+    """Standard input at its end while a command runs: unmask reads nothing there, so a library that asks
+    there (transformers' "Do you wish to run the custom code? [y/N]") gets no answer at once, instead of
+    waiting for one or taking a piped "y"."""
+    saved = sys.stdin
+    with open(os.devnull) as nothing:
+        sys.stdin = nothing
+        try:
+            yield
+        finally:
+            sys.stdin = saved
 
 
 def _say(line: str) -> None:

@@ -127,7 +127,10 @@ def _build(folder: Path, identity: dict[str, Any], documents: Iterable[str],
            tokenizer: Tokenizer) -> None:
     dtype = token_dtype(tokenizer.vocab_size)
     started = time.time()
-    logger.info("tokenizing %s into %s", identity.get("source", identity), folder.parent)
+    source = identity.get("source")
+    named = source.get("path") or source.get("name") if isinstance(source, dict) else source
+    logger.info("tokenizing %s (%s split) into %s", named or "the corpus", identity.get("split", "all"),
+                folder.parent)
     num_tokens = num_documents = 0
     with open(folder / TOKENS_FILE, "wb") as tokens_out, \
             open(folder / STARTS_FILE, "wb") as starts_out:

@@ -26,7 +26,8 @@ from typing import Any
 
 import tokenizers
 
-from unmask.errors import install_hint, require
+from unmask.errors import RemoteCodeRefused, asks_for_remote_code, install_hint, require
+from unmask.fileio import within
 
 from .char_tokenizer import CharTokenizer
 from .env import offline, package_path
@@ -52,10 +53,11 @@ HF_FOLDER_FILES = (HF_TOKENIZER_FILE, "tokenizer_config.json", "vocab.txt", "voc
 
 
 def get_tokenizer(spec: str, *, corpus: Iterable[str] | None = None,
-                  vocab_size: int = 8192) -> Tokenizer:
+                  vocab_size: int = 8192, trust_remote_code: bool = False) -> Tokenizer:
     """Build the tokenizer named by ``spec`` (see the module docstring for the choices).
 
-    ``corpus`` and ``vocab_size`` are used by "bpe" only.
+    ``corpus`` and ``vocab_size`` are used by "bpe" only. A Hugging Face tokenizer that needs code of its
+    own (an ``auto_map``) is refused unless ``trust_remote_code``.
     """
     if spec == "char":
         return CharTokenizer()
@@ -78,7 +80,7 @@ def get_tokenizer(spec: str, *, corpus: Iterable[str] | None = None,
         if (path / CONFIG_FILE).is_file():
             return load_tokenizer(path)
         if any((path / name).is_file() for name in HF_FOLDER_FILES):
-            return _from_hf_folder(path, path.resolve().name)
+            return _from_hf_folder(path, path.resolve().name, trust_remote_code)
         raise DataError(f"folder {spec} holds no tokenizer: expected {CONFIG_FILE} "
                         f"(a saved unmask tokenizer) or one of {', '.join(HF_FOLDER_FILES)}")
     if path.is_file() and path.suffix.lower() == GGUF_SUFFIX:
@@ -88,7 +90,7 @@ def get_tokenizer(spec: str, *, corpus: Iterable[str] | None = None,
     # Hub names are "name" or "org/name"; anything else path-like is a missing folder.
     if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
         raise DataError(f"tokenizer folder {spec} does not exist")
-    return _from_hub(spec, None)
+    return _from_hub(spec, None, trust_remote_code)
 
 
 def load_tokenizer(directory: str | Path) -> Tokenizer:
@@ -106,42 +108,62 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
     if config.get("format") != CONFIG_FORMAT:
         raise DataError(f"{config_path} has format {config.get('format')!r}; this version of "
                         f"unmask reads format {CONFIG_FORMAT}")
-    if kind == "char":
-        tokenizer: Tokenizer = CharTokenizer()
-    elif kind == "tiktoken":
-        ranks = _read_saved_file(directory, config, "ranks_file").read_bytes()
-        tokenizer = TiktokenTokenizer(ranks, config["name"], pattern=config["pattern"],
-                                      special_tokens=config["special_tokens"])
-    elif kind == "hf":
-        backend = tokenizers.Tokenizer.from_file(str(_read_saved_file(directory, config,
-                                                                      "tokenizer_file")))
-        tokenizer = HFTokenizer(backend, config["name"], bos_id=config["bos_id"],
-                                eos_id=config["eos_id"], pad_id=config["pad_id"],
-                                mask_id=config["mask_id"], chat_template=config.get("chat_template"))
-    else:
-        raise DataError(f"{config_path} names an unknown tokenizer kind {kind!r}")
-    if tokenizer.vocab_size != config["vocab_size"] or tokenizer.mask_id != config["mask_id"]:
+    try:
+        tokenizer = _rebuild(directory, config, kind)
+        matches = tokenizer.vocab_size == config["vocab_size"] and tokenizer.mask_id == config["mask_id"]
+    except DataError:
+        raise
+    except Exception as error:  # noqa: BLE001 - tokenizers raises a bare Exception for a file that is not its own
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise DataError(f"the tokenizer in {directory} is corrupt ({type(error).__name__}: {reason}); "
+                        "save the tokenizer again") from None
+    if not matches:
         raise DataError(f"tokenizer in {directory} does not match its {CONFIG_FILE} "
                         f"(vocab_size {tokenizer.vocab_size} vs {config['vocab_size']}); "
                         f"save it again")
     return tokenizer
 
 
+def _rebuild(directory: Path, config: dict, kind: str) -> Tokenizer:
+    """The tokenizer a saved folder describes (its config's fields may be missing or wrong: the caller says so)."""
+    if kind == "char":
+        return CharTokenizer()
+    if kind == "tiktoken":
+        ranks = _read_saved_file(directory, config, "ranks_file").read_bytes()
+        return TiktokenTokenizer(ranks, config["name"], pattern=config["pattern"],
+                                 special_tokens=config["special_tokens"])
+    if kind == "hf":
+        backend = tokenizers.Tokenizer.from_file(str(_read_saved_file(directory, config, "tokenizer_file")))
+        return HFTokenizer(backend, config["name"], bos_id=config["bos_id"], eos_id=config["eos_id"],
+                           pad_id=config["pad_id"], mask_id=config["mask_id"],
+                           chat_template=config.get("chat_template"))
+    raise DataError(f"{directory / CONFIG_FILE} names an unknown tokenizer kind {kind!r}")
+
+
 def _read_saved_file(directory: Path, config: dict, key: str) -> Path:
-    path = directory / config.get(key, "")
+    """The data file ``config[key]`` names: inside ``directory`` only (a saved tokenizer is a folder of its own)."""
+    name = config.get(key)
+    path = within(directory, name)
+    if path is None:
+        raise DataError(f"{directory / CONFIG_FILE} names {key} {name!r}, which is not a file inside the tokenizer "
+                        "folder; unmask reads nothing outside it: save the tokenizer again")
     if not path.is_file():
-        raise DataError(f"{directory} is missing {config.get(key, key)}; save the tokenizer again")
+        raise DataError(f"{directory} is missing {name}; save the tokenizer again")
     return path
 
 
-def _from_hf_folder(folder: Path, name: str) -> HFTokenizer:
+def _from_hf_folder(folder: Path, name: str, trust_remote_code: bool = False) -> HFTokenizer:
     """A local Hugging Face tokenizer folder. With a tokenizer.json we read it and the special
     token names directly (fast, no transformers import); otherwise transformers converts the
     vocabulary files."""
     if (folder / HF_TOKENIZER_FILE).is_file():
-        backend = tokenizers.Tokenizer.from_file(str(folder / HF_TOKENIZER_FILE))
+        try:
+            backend = tokenizers.Tokenizer.from_file(str(folder / HF_TOKENIZER_FILE))
+        except Exception as error:  # noqa: BLE001 - tokenizers raises a bare Exception for a file that is not its own
+            raise DataError(f"{folder / HF_TOKENIZER_FILE} is not a tokenizer file ({str(error).strip()[:120]}); "
+                            "download or copy the model's tokenizer files again") from None
         return from_hf_backend(backend, name, _special_tokens_from_folder(folder), _chat_template_of(folder))
-    return _from_transformers(str(folder), name, None)
+    return _from_transformers(str(folder), name, None, trust_remote_code)
 
 
 def _chat_template_of(folder: Path) -> str | None:
@@ -211,7 +233,7 @@ def _roles(tokens: dict[str, str | None]) -> dict[str, str | None]:
     }
 
 
-def _from_hub(name: str, offline_fix: str | None) -> HFTokenizer:
+def _from_hub(name: str, offline_fix: str | None, trust_remote_code: bool = False) -> HFTokenizer:
     if importlib.util.find_spec("transformers") is None:
         local = f"`{offline_fix}` (works offline), or " if offline_fix else ""
         raise DataError(f"tokenizer {name!r} needs {local}transformers and network access "
@@ -221,15 +243,18 @@ def _from_hub(name: str, offline_fix: str | None) -> HFTokenizer:
         raise DataError(f"tokenizer {name!r} needs network access (offline mode is set); "
                         f"{hint} a local tokenizer folder, or one of: "
                         f"{', '.join(OFFLINE_TOKENIZERS)}")
-    return _from_transformers(name, name, offline_fix)
+    return _from_transformers(name, name, offline_fix, trust_remote_code)
 
 
-def _from_transformers(source: str, name: str, offline_fix: str | None) -> HFTokenizer:
+def _from_transformers(source: str, name: str, offline_fix: str | None, trust_remote_code: bool) -> HFTokenizer:
     from transformers import AutoTokenizer  # slow to import; only needed here
 
     try:
-        loaded = AutoTokenizer.from_pretrained(source)
+        # Said explicitly: left unset, transformers asks on the terminal whether to run a folder's code.
+        loaded = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     except Exception as error:  # transformers raises many types: network, missing files, ...
+        if asks_for_remote_code(error):
+            raise RemoteCodeRefused(f"tokenizer {source}") from None
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         hint = f" (offline: `{offline_fix}`)" if offline_fix else ""
         raise DataError(f"could not load tokenizer {source!r}: {reason}. It needs network access "

@@ -22,6 +22,7 @@ import signal
 import sys
 import uuid
 
+import torch
 from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ErrorHandler
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
@@ -44,10 +45,25 @@ def record_failure(error: BaseException) -> None:
         ErrorHandler().record_exception(error)
 
 
+def devices_present() -> tuple[int, str]:
+    """How many processes this machine can run one per device (a GPU each, else a CPU core each), and those
+    devices in words."""
+    if torch.cuda.is_available():
+        count = torch.cuda.device_count()
+        return count, f"{count} GPU{'s' if count != 1 else ''}"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return cores, f"{cores} CPU core{'s' if cores != 1 else ''} and no GPU"
+
+
 def launch(nproc: int, argv: list[str], command: str = "train") -> int:
     """Run ``unmask ARGV`` in ``nproc`` worker processes; returns the exit status for the user."""
     if nproc < 1:
         print(f"unmask {command}: error: --nproc must be at least 1", file=sys.stderr)
+        return 2
+    most, what = devices_present()
+    if nproc > most:  # more would share devices: each process holds a whole model, and they all compete
+        print(f"unmask {command}: error: --nproc {nproc} is more processes than this machine has devices ({what}); "
+              f"give at most --nproc {most}", file=sys.stderr)
         return 2
     # The elastic agent logs every step of a teardown; the one line below says what matters.
     for name in list(logging.root.manager.loggerDict):

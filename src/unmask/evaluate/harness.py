@@ -63,26 +63,28 @@ class HarnessModel:
     of every answer's noise; ``greedy``: compute ``is_greedy`` (otherwise always False, which only
     lambada-style ``acc`` reads); ``sampling`` (or its options by name: sampler, steps, order, threshold,
     remask, eta, temperature, top_k, top_p) for generation. lm-eval's ``max_batch_size`` is accepted and
-    not used; ``batch_size="auto"`` takes the default.
+    not used; ``batch_size="auto"`` takes the default. ``trust_remote_code`` lets a Hugging Face model folder
+    run the Python code it ships (lm-eval's argument of that name).
     """
 
     def __init__(self, pretrained: str | Path | Pipeline, *, num_t: int = DEFAULT_SAMPLES,
                  rolling_num_t: int = EvalConfig.num_t, seed: int = 0, batch_size: int | str = DEFAULT_ROWS,
                  precision: str = "auto", device: str | None = None, step: int | None = None, greedy: bool = True,
                  sampling: SamplerConfig | None = None, progress: bool = True, max_batch_size: int | None = None,
-                 **sampler_options: Any) -> None:
+                 trust_remote_code: bool = False, **sampler_options: Any) -> None:
         super().__init__()  # lm-eval's LM, when this is UnmaskLM
         unknown = sorted(set(sampler_options) - set(SAMPLER_OPTIONS))
         if unknown:
             raise UserError(f"unknown model argument {unknown[0]!r}; unmask takes num_t, rolling_num_t, seed, "
-                            f"batch_size, precision, device, step, greedy and {', '.join(SAMPLER_OPTIONS)}")
+                            "batch_size, precision, device, step, greedy, trust_remote_code and "
+                            f"{', '.join(SAMPLER_OPTIONS)}")
         if sampling is not None and sampler_options:
             raise UserError(f"give either sampling or its options ({', '.join(sampler_options)}), not both")
         for name, value in (("num_t", num_t), ("rolling_num_t", rolling_num_t)):
             if value < 1:
                 raise UserError(f"{name} is a number of Monte Carlo samples: at least 1, got {value}")
-        self.pipeline = pretrained if isinstance(pretrained, Pipeline) else load(pretrained, step=step,
-                                                                                 device=device or "auto")
+        self.pipeline = (pretrained if isinstance(pretrained, Pipeline) else
+                         load(pretrained, step=step, device=device or "auto", trust_remote_code=trust_remote_code))
         self.num_t, self.rolling_num_t, self.seed = int(num_t), int(rolling_num_t), int(seed)
         self.batch_size = DEFAULT_ROWS if str(batch_size).startswith("auto") else int(batch_size)
         if self.batch_size < 1:

@@ -10,11 +10,27 @@ from unmask.distributed.process import setup
 from unmask.evaluate.conditional import evaluate_prompts
 from unmask.evaluate.config import EvalConfig, EvalError, EvalReport
 from unmask.evaluate.likelihood import block_loss_variance, evaluate_dataset
-from unmask.pipeline import load
+from unmask.models import DiTConfig
+from unmask.pipeline import Pipeline, load
+from unmask.runtime import resolve_precision
+from unmask.sizes import activation_bytes, check_fits
+
+
+def _check_size(pipeline: Pipeline, config: EvalConfig) -> None:
+    """Refuse a pass of batch_size x num_t sequences (every one scored at every position, at worst) that the
+    device cannot hold, before any data is read."""
+    model = getattr(pipeline.model, "config", None)
+    if not isinstance(model, DiTConfig):
+        return
+    rows, length = config.batch_size * config.num_t, pipeline.config.data.length
+    element = 2 if resolve_precision(config.precision, pipeline.device) == "bf16" else 4
+    check_fits(activation_bytes(model, rows, length, element=element), pipeline.device,
+               f"evaluating {config.batch_size:,} sequences x {config.num_t:,} time samples of {length} tokens in "
+               "one pass", "lower {0} or {1}", options=("num_t", "batch_size"))
 
 
 def evaluate_checkpoint(path: str | Path, config: EvalConfig | None = None, *, step: int | None = None,
-                        device: str = "auto") -> EvalReport:
+                        device: str = "auto", trust_remote_code: bool = False) -> EvalReport:
     """NELBO per token (or the exact NLL of a kind whose figure is exact), its standard error and
     perplexity / bits per character, as ``config`` (default: ``EvalConfig()``) says.
 
@@ -34,7 +50,7 @@ def evaluate_checkpoint(path: str | Path, config: EvalConfig | None = None, *, s
     """
     config = config or EvalConfig()
     parallel = setup(device)  # under torchrun: join the job; each process evaluates its share of the batches
-    pipeline = load(path, step=step, device=str(parallel.device))
+    pipeline = load(path, step=step, device=str(parallel.device), trust_remote_code=trust_remote_code)
     run, kind = pipeline.config, pipeline.kind
     if config.prompt_file is not None:
         likelihood, continuations = evaluate_prompts(pipeline, config)
@@ -49,6 +65,7 @@ def evaluate_checkpoint(path: str | Path, config: EvalConfig | None = None, *, s
                         f"{kind.label} checkpoint, not block diffusion")
     if config.data is None and config.detokenizer is not None:
         raise DataError("a detokenizer applies to zero-shot data: give --data with --detokenizer")
+    _check_size(pipeline, config)
     # A file or folder, and the run's valid_source, are used whole; a corpus gives its validation split.
     if config.data is not None:
         source, whole = config.data, Path(config.data).exists()

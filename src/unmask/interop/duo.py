@@ -24,6 +24,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from unmask.checkpoint import CheckpointError
 from unmask.config import Config
 from unmask.data import Tokenizer
@@ -38,6 +40,7 @@ from unmask.interop.reference import MLP_RATIO, PREFIX, ROPE_BASE, UNMASK_FIELD,
 from unmask.interop.released import released_tokenizer
 from unmask.kinds.duo import DUO
 from unmask.models import DiT, DiTConfig
+from unmask.sizes import check_fits, model_bytes, summary
 
 SHAPE_FIELDS = ("hidden_size", "cond_dim", "n_blocks", "n_heads", "length")
 
@@ -83,6 +86,8 @@ def load_released_duo(folder: Path) -> tuple[DiT, Tokenizer, Config]:
     """The DiT, tokenizer and run configuration (a duo run) of a released Duo folder."""
     values = read_config_json(folder)
     model_config = duo_model_config(values, folder / CONFIG_JSON)
+    check_fits(model_bytes(model_config), torch.device("cpu"), f"loading {summary(model_config)}",
+               f"check {folder / CONFIG_JSON}, or free memory")
     tokenizer, spec = released_tokenizer(folder, model_config.vocab_size)
     tensors = read_safetensors_folder(folder)
     # The mixin saves the state dict as it is; the transformers form nests it under ``backbone.``.

@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 from unmask.checkpoint import CheckpointError, read_tensors
 from unmask.data.env import offline
 from unmask.errors import require
+from unmask.fileio import within
 
 CONFIG_JSON = "config.json"
 SAFETENSORS = "model.safetensors"
@@ -110,17 +112,39 @@ def refuse_pickled_weights(folder: Path) -> None:
     raise CheckpointError(f"{folder} has no {SAFETENSORS}; the model folder is incomplete")
 
 
-def read_safetensors_folder(folder: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of ``model.safetensors``, or of the shards its index names."""
+def safetensors_files(folder: Path) -> list[Path]:
+    """``model.safetensors``, or the shards its index names: files inside ``folder`` only, each with a readable
+    safetensors header (checked without reading the tensors)."""
     refuse_pickled_weights(folder)
     if (folder / SAFETENSORS).is_file():
-        return read_tensors(folder / SAFETENSORS)
-    try:
-        weight_map = json.loads((folder / SAFETENSORS_INDEX).read_text())["weight_map"]
-        shards = sorted(set(weight_map.values()))
-    except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
-        raise CheckpointError(f"{folder / SAFETENSORS_INDEX} is unreadable ({err}); download the model again") from None
+        files = [folder / SAFETENSORS]
+    else:
+        index = folder / SAFETENSORS_INDEX
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+            names = sorted(set(weight_map.values()))
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as err:
+            raise CheckpointError(f"{index} is unreadable ({err}); download the model again") from None
+        files = []
+        for name in names:
+            path = within(folder, name)
+            if path is None:
+                raise CheckpointError(f"{index} names the shard {name!r}, outside {folder}; unmask reads no file "
+                                      "outside a model folder: download the model again")
+            files.append(path)
+    for file in files:
+        try:
+            with safe_open(file, "pt") as opened:
+                opened.keys()
+        except (SafetensorError, OSError, ValueError) as err:
+            raise CheckpointError(f"{file} is not a readable safetensors file ({err}); download the model "
+                                  "again") from None
+    return files
+
+
+def read_safetensors_folder(folder: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of ``model.safetensors``, or of the shards its index names."""
     tensors: dict[str, torch.Tensor] = {}
-    for shard in shards:
-        tensors.update(read_tensors(folder / shard))
+    for file in safetensors_files(folder):
+        tensors.update(read_tensors(file))
     return tensors

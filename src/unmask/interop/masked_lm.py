@@ -20,8 +20,8 @@ from torch import Tensor, nn
 from unmask.checkpoint import CheckpointError
 from unmask.config import Config
 from unmask.data import Tokenizer, get_tokenizer
-from unmask.errors import require
-from unmask.interop.folders import CONFIG_JSON, read_config_json, refuse_pickled_weights
+from unmask.errors import RemoteCodeRefused, asks_for_remote_code, require
+from unmask.interop.folders import CONFIG_JSON, read_config_json, safetensors_files
 
 # Above this a tokenizer's model_max_length is transformers' "no limit" placeholder.
 _NO_LIMIT = 1_000_000
@@ -75,29 +75,46 @@ def model_length(folder: Path, max_positions: int | None) -> int:
     return min(lengths)
 
 
-def load_masked_lm(folder: Path) -> tuple[MaskedLMDenoiser, Tokenizer, Config]:
-    """A Hugging Face ``AutoModelForMaskedLM`` folder as a denoiser, with its tokenizer and a run config."""
+def load_masked_lm(folder: Path, *, trust_remote_code: bool = False) -> tuple[MaskedLMDenoiser, Tokenizer, Config]:
+    """A Hugging Face ``AutoModelForMaskedLM`` folder as a denoiser, with its tokenizer and a run config.
+
+    A folder whose config names code of its own (``auto_map``) for a model type transformers does not know
+    is refused unless ``trust_remote_code``: loading it would run that code. transformers is told so
+    explicitly, so that it never asks on the terminal.
+    """
     require("transformers", "loading a Hugging Face masked LM")
     from transformers import MODEL_FOR_MASKED_LM_MAPPING, AutoConfig, AutoModelForMaskedLM
 
-    model_type = read_config_json(folder).get("model_type")
+    values = read_config_json(folder)
+    model_type = values.get("model_type")
     try:
-        hf_config = AutoConfig.from_pretrained(folder)
-    except (ValueError, KeyError, OSError):
+        hf_config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    except (ValueError, KeyError, OSError) as err:
+        if asks_for_remote_code(err):
+            raise RemoteCodeRefused(str(folder)) from None
         raise CheckpointError(f"{folder} holds a model of type {model_type!r}, which is neither an MDLM nor a masked "
                               "LM this version of transformers knows; unmask loads unmask runs, MDLM checkpoints "
                               "and Hugging Face masked LMs") from None
-    if type(hf_config) not in MODEL_FOR_MASKED_LM_MAPPING:
+    custom = trust_remote_code and "AutoModelForMaskedLM" in (values.get("auto_map") or {})
+    if type(hf_config) not in MODEL_FOR_MASKED_LM_MAPPING and not custom:
         raise CheckpointError(f"{folder} holds a {model_type!r} model, which has no masked-LM form; unmask loads "
                               "unmask runs, MDLM checkpoints and masked LMs (BERT, RoBERTa, ModernBERT, ...)")
-    refuse_pickled_weights(folder)
-    with _quiet_transformers():
-        model, info = AutoModelForMaskedLM.from_pretrained(folder, use_safetensors=True, output_loading_info=True)
+    safetensors_files(folder)  # a damaged weights file is named here, not deep inside transformers
+    try:
+        with _quiet_transformers():
+            model, info = AutoModelForMaskedLM.from_pretrained(folder, use_safetensors=True, output_loading_info=True,
+                                                               trust_remote_code=trust_remote_code)
+    except Exception as err:  # noqa: BLE001 - transformers raises many types for a folder it cannot load
+        if asks_for_remote_code(err):
+            raise RemoteCodeRefused(str(folder)) from None
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"transformers cannot load the model in {folder} ({type(err).__name__}: {reason}); "
+                              "download the model again") from None
     missing = sorted(info.get("missing_keys") or [])
     if missing:
         raise CheckpointError(f"{folder} lacks trained weights for {missing[0]} (and {len(missing) - 1} more): it is "
                               f"a {model_type} model without its masked-LM head, which unmask would have to invent")
-    tokenizer = get_tokenizer(str(folder))
+    tokenizer = get_tokenizer(str(folder), trust_remote_code=trust_remote_code)
     outputs = model.get_output_embeddings().weight.shape[0]
     special = {"MASK": tokenizer.mask_id, "BOS": tokenizer.bos_id, "EOS": tokenizer.eos_id}
     unknown = next((role for role, token_id in special.items() if token_id >= outputs), None)

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from unmask.checkpoint import CheckpointError
 from unmask.config import Config
 from unmask.data import Tokenizer, get_tokenizer
@@ -25,6 +27,7 @@ from unmask.interop.folders import CONFIG_JSON, SAFETENSORS, read_config_json, r
 from unmask.interop.reference import PREFIX, config_from_json, run_config, to_unmask
 from unmask.kinds.bd3lm import BD3LM
 from unmask.models import DiT
+from unmask.sizes import check_fits, model_bytes, summary
 
 BLOCK_MODEL_TYPE = "bd3lm"  # config.json's model_type of a released BD3-LM
 GPT2_VOCAB = 50258  # GPT-2's 50,257 ids and MASK
@@ -52,6 +55,8 @@ def load_released(folder: Path) -> tuple[DiT, Tokenizer, Config]:
     tensor checked."""
     values = read_config_json(folder)
     model_config, schedule = config_from_json(values, folder / CONFIG_JSON)
+    check_fits(model_bytes(model_config), torch.device("cpu"), f"loading {summary(model_config)}",
+               f"check {folder / CONFIG_JSON}, or free memory")
     block_size = _block_size(values, model_config.length, folder / CONFIG_JSON)
     tokenizer, spec = released_tokenizer(folder, model_config.vocab_size)
     tensors = read_safetensors_folder(folder)

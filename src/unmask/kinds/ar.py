@@ -54,6 +54,13 @@ class ARKind(ModelKind):
                                 "{3} first_hitting, {3} analytic and {3} psi apply to diffusion models only",
                                 "order", "threshold", "remask", "sampler")
 
+    def check_template(self, fixed: Tensor, mask_id: int) -> None:
+        masked = (fixed == mask_id).nonzero()
+        if len(masked) and bool((fixed[int(masked[0]):] != mask_id).any()):
+            raise SamplingError("an AR model writes left to right and never sees text after a [MASK]: put the "
+                                "placeholders of the {0} at its end, or fill it in with a diffusion model",
+                                "template")
+
     def sampling_run(self, model: Denoiser, sampling: SamplerConfig, fixed: Tensor, *, process: Process,
                      num_samples: int, window: int, length: int | None = None, overlap: int | None = None,
                      stop_id: int | None = None, generator: torch.Generator | None = None) -> Run:

@@ -147,6 +147,9 @@ class ModelKind:
             raise SamplingError(f"a {self.label} model samples with {{0}} {', '.join(self.samplers)}; "
                                 f"{sampling.sampler} is for another kind of model", "sampler")
 
+    def check_template(self, fixed: Tensor, mask_id: int) -> None:
+        """Refuse fixed tokens [L] (MASK where to generate) this kind would not honour (one line naming the fix)."""
+
     def sampling_run(self, model: Denoiser, sampling: SamplerConfig, fixed: Tensor, *, process: Process,
                      num_samples: int, window: int, length: int | None = None, overlap: int | None = None,
                      stop_id: int | None = None, generator: torch.Generator | None = None) -> Run:

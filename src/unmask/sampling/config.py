@@ -38,12 +38,12 @@ class DrawConfig:
 class SamplerConfig:
     """How to sample: which sampler, how many steps, in which order, how tokens are drawn.
 
-    - ``sampler``: "ancestral" (the network called at every step), "cached" (the same samples,
-      no call where nothing unmasks), "first_hitting" (exact, one position per call; ``steps``
-      does not apply) or "analytic" (SEDD's Tweedie tau-leaping: how many positions unmask
-      follows the model's score; for an x0 prediction it draws as "ancestral" does); for uniform-state
-      (Duo) models "ancestral" and "cached" are the ancestral sampler and "psi" a Psi-sampler (its
-      corrector's rate is ``remasking.eta``, strategy "cap").
+    - ``sampler``: "ancestral" (the network called at every step), "cached" (the same distribution,
+      each position's step drawn at once: no call, and no work, where nothing unmasks), "first_hitting"
+      (exact, one position per call; ``steps`` does not apply) or "analytic" (SEDD's Tweedie tau-leaping:
+      how many positions unmask follows the model's score; for an x0 prediction it draws as "ancestral" does);
+      for uniform-state (Duo) models "ancestral" and "cached" are the ancestral sampler and "psi" a
+      Psi-sampler (its corrector's rate is ``remasking.eta``, strategy "cap").
     - ``steps``: T, the steps of the time grid (grid samplers).
     - ``order``: "random" (exact) or most certain first ("confidence", "margin", "entropy").
     - ``threshold``: parallel decoding: also unmask every position whose confidence exceeds it.

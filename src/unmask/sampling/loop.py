@@ -5,9 +5,14 @@ Every sampler is the same loop; they differ only in which positions unmask at ea
 - ``ancestral``: T steps on the grid t_k = 1 - k / T. A masked position unmasks between t and s
   with probability (alpha_s - alpha_t) / (1 - alpha_t) (paper eq. 7) and takes a token drawn from
   p_theta(x0 | x_t). The network is called at every step, as in the reference code.
-- ``cached``: the same draws, but no network call at a step where nothing unmasks, and only the
+- ``cached``: the same process, but no network call at a step where nothing unmasks, and only the
   rows that unmask something are run. Under SUBS unmasked tokens never change and which
-  positions unmask does not depend on the network, so the samples are identical.
+  positions unmask does not depend on the network, so each masked position's step can be drawn
+  at once: it stays masked down to time s with probability (1 - alpha_s) / (1 - alpha_1), so with
+  u uniform it unmasks in the step whose interval holds the time where 1 - alpha = u (1 - alpha_1).
+  The loop then visits only the steps where something unmasks: its cost follows its calls, not T
+  (T = 10^6 at length 16 is 16 calls at most). The samples have the ancestral sampler's distribution;
+  a seed gives other samples than it (the draws differ).
 - ``first_hitting``: the exact T -> infinity sampler (Zheng et al. 2024): one position unmasks
   per network call. Among n masked positions the next one to unmask is uniform, and the time
   at which it does solves 1 - alpha_s = (1 - alpha_t) u^(1/n).
@@ -151,8 +156,9 @@ class SamplingRun:
         call = DenoiserCall(self.x[rows], t[rows], where[rows], rows) if subset else DenoiserCall(self.x, t, where)
         return (yield call)
 
-    def _step_done(self) -> Generator[Event, Tensor | None, None]:
-        self.num_steps += 1
+    def _step_done(self, step: int | None = None) -> Generator[Event, Tensor | None, None]:
+        """The step ``step`` of the grid (default: the next one) is done."""
+        self.num_steps = self.num_steps + 1 if step is None else step
         yield StepDone(self.num_steps, self.x)
 
     def _unmask(self, chosen: Tensor, t: Tensor, *, argmax: bool = False,
@@ -193,14 +199,20 @@ class SamplingRun:
         self.x[chosen] = drawn[chosen]
         self.confidence[chosen] = chosen_probs[chosen]
 
+    def _time(self, k: int) -> Tensor:
+        """t_k = 1 - k / T on the uniform grid 1 = t_0 > t_1 > ... > t_T = 0 (computed, never a table of T + 1)."""
+        return torch.tensor(1.0 - k / self.config.steps, dtype=torch.float64, device=self.x.device)
+
     def _grid(self) -> Generator[Event, Tensor | None, None]:
         """Ancestral sampling on the uniform grid 1 = t_0 > t_1 > ... > t_T = 0."""
         config, schedule = self.config, self.schedule
+        if config.sampler == "cached" and not config.uses_strategy:
+            yield from self._unmask_steps()
+            return
         remasking, skip_idle = config.remasking, config.sampler == "cached"
         batch = self.x.shape[0]
-        times = torch.linspace(1.0, 0.0, config.steps + 1, dtype=torch.float64, device=self.x.device)
         for k in range(config.steps):
-            t, s = times[k], times[k + 1]
+            t, s = self._time(k), self._time(k + 1)
             masked = self.x == self.mask_id
             remask = None
             if remasking is None:
@@ -221,6 +233,26 @@ class SamplingRun:
             if remask is not None:
                 self.x[remask] = self.mask_id
             yield from self._step_done()
+
+    def _unmask_steps(self) -> Generator[Event, Tensor | None, None]:
+        """The cached random-order sampler: every masked position's step drawn at once (see the module docstring),
+        then a call at each step where something unmasks, in order. A position that stays masked at t_T = 0
+        (alpha_0 < 1) is left to the final step, as on the grid."""
+        steps, batch = self.config.steps, self.x.shape[0]
+        masked = self.x == self.mask_id
+        one = torch.ones((), dtype=torch.float64, device=self.x.device)
+        target = self._rand(self.x.shape) * self.schedule.one_minus_alpha(one)  # 1 - alpha at the unmasking time
+        when = self.schedule.time_of_alpha(1 - target)
+        # Masked at t_j while t_j > when: the last such j (the step from t_j to t_j+1) is where it unmasks.
+        step = (torch.ceil(steps * (1 - when)) - 1).clamp(0, steps - 1).long()
+        never = target < self.schedule.one_minus_alpha(torch.zeros_like(one))
+        step = torch.where(masked & ~never, step, steps)
+        for k in torch.unique(step[step < steps]).tolist():  # ascending
+            t = self._time(k).float().expand(batch)
+            yield from self._unmask(step == k, t)
+            yield from self._step_done(k + 1)
+        if self.num_steps < steps:
+            yield from self._step_done(steps)
 
     def _first_hitting(self) -> Generator[Event, Tensor | None, None]:
         """One position per row and per network call, at the exact first-hitting times."""
@@ -245,13 +277,13 @@ class SamplingRun:
     def _analytic(self) -> Generator[Event, Tensor | None, None]:
         """SEDD's Tweedie tau-leaping on the uniform grid 1 = t_0 > t_1 > ... > t_T = 0."""
         batch = self.x.shape[0]
-        times = torch.linspace(1.0, 0.0, self.config.steps + 1, dtype=torch.float64, device=self.x.device)
-        sigmas = self.schedule.sigma(times)
         for k in range(self.config.steps):
             masked = self.x == self.mask_id
-            logits = yield from self._call(masked, times[k].float().expand(batch))
+            t, s = self._time(k), self._time(k + 1)
+            logits = yield from self._call(masked, t.float().expand(batch))
             if logits is not None:
-                leave = tweedie_unmask_probability(logits, sigmas[k], sigmas[k + 1], mask_id=self.mask_id,
+                leave = tweedie_unmask_probability(logits, self.schedule.sigma(t), self.schedule.sigma(s),
+                                                   mask_id=self.mask_id,
                                                    parameterization=self.process.parameterization)
                 unmasking = self._rand(leave.shape) < leave
                 if bool(unmasking.any()):

@@ -59,21 +59,29 @@ class WindowedRun:
         self.window_run = window_run
         self.config, self.prefix, self.overlap, self.process = config, prefix, overlap, process
         self.stop_id, self.generator = stop_id, generator
-        self.tokens = prefix.clone()
+        # The whole text's room at once, filled window by window: each step costs its window, not the text so far.
+        self.buffer = torch.full((prefix.shape[0], prefix.shape[1] + sum(self.plan)), process.mask_id,
+                                 dtype=torch.long, device=prefix.device)
+        self.buffer[:, : prefix.shape[1]] = prefix
+        self.end = prefix.shape[1]
         self.calls = self.steps = 0
+
+    @property
+    def tokens(self) -> Tensor:
+        """The text so far [B, end]."""
+        return self.buffer[:, : self.end]
 
     def output(self) -> SampleOutput:
         return SampleOutput(tokens=self.tokens, num_calls=self.calls, num_steps=self.steps)
 
     def events(self) -> Events:
         batch, mask_id = self.prefix.shape[0], self.process.mask_id
+        stopped = torch.zeros(batch, dtype=torch.bool, device=self.buffer.device)
         for i, new in enumerate(self.plan):
-            tokens = self.tokens
-            context = self.prefix if i == 0 else tokens[:, tokens.shape[1] - self.overlap:]
-            masks = torch.full((batch, new), mask_id, dtype=torch.long, device=tokens.device)
-            run = self.window_run(self.config, torch.cat([context, masks], dim=1), process=self.process,
-                                  generator=self.generator)
-            done = tokens[:, : tokens.shape[1] - context.shape[1]]
+            start = self.end - (self.prefix.shape[1] if i == 0 else self.overlap)  # the window's fixed context
+            masks = torch.full((batch, new), mask_id, dtype=torch.long, device=self.buffer.device)
+            run = self.window_run(self.config, torch.cat([self.buffer[:, start : self.end], masks], dim=1),
+                                  process=self.process, generator=self.generator)
             events, reply = run.events(), None
             while True:
                 try:
@@ -83,13 +91,16 @@ class WindowedRun:
                 if isinstance(event, DenoiserCall):
                     reply = yield event
                 else:
-                    reply = yield StepDone(self.steps + event.step, torch.cat([done, event.x], dim=1))
+                    self.buffer[:, start : self.end + new] = event.x
+                    reply = yield StepDone(self.steps + event.step, self.buffer[:, : self.end + new])
             out = run.output()
-            self.tokens = torch.cat([tokens, out.tokens[:, context.shape[1]:]], dim=1)
+            self.buffer[:, start : self.end + new] = out.tokens
+            self.end += new
             self.calls, self.steps = self.calls + out.num_calls, self.steps + out.num_steps
-            generated = self.tokens[:, self.prefix.shape[1]:]
-            if self.stop_id is not None and bool((generated == self.stop_id).any(1).all()):
-                return
+            if self.stop_id is not None:
+                stopped |= (out.tokens[:, out.tokens.shape[1] - new :] == self.stop_id).any(1)
+                if bool(stopped.all()):
+                    return
 
 
 def generate_long(

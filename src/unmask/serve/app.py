@@ -11,11 +11,12 @@ and stops. A second Ctrl-C stops at once.
 # No ``from __future__ import annotations`` here: FastAPI reads the routes' annotations at run time,
 # and their types are imported inside create_app.
 import asyncio
+import logging
 import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from importlib import resources
 from pathlib import Path
@@ -24,9 +25,10 @@ from typing import Any
 from unmask.errors import UserError, require
 from unmask.pipeline import Pipeline, load
 from unmask.serve.endpoints import Answer, ClientGone, Endpoints, error_data
-from unmask.serve.requests import MAX_BODY_BYTES, Limits, RequestError
+from unmask.serve.requests import LOOPBACK_HOSTS, MAX_BODY_BYTES, Limits, RequestError, check_origin
 
 PURPOSE = "unmask serve"
+LOG = logging.getLogger("unmask.serve")
 
 
 class ServeError(UserError):
@@ -38,12 +40,40 @@ def page() -> str:
     return (resources.files("unmask.serve") / "static" / "index.html").read_text(encoding="utf-8")
 
 
-def create_app(pipeline: Pipeline, *, model: str = "unmask", max_batch: int = 64, limits: Limits | None = None) -> Any:
-    """A FastAPI app serving ``pipeline`` (``model`` is its name in the API); see docs/serving.md."""
+class OriginGuard:
+    """ASGI middleware: every HTTP request passes :func:`check_origin` first (the Host it names, the type of a
+    POST's body), or is answered with its 4xx here."""
+
+    def __init__(self, app: Any, allowed_hosts: Sequence[str]) -> None:
+        self.app, self.allowed_hosts = app, tuple(host.lower() for host in allowed_hosts)
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
+            try:
+                check_origin(scope["method"], headers.get("host"), headers.get("content-type"), self.allowed_hosts)
+            except RequestError as err:
+                from fastapi.responses import JSONResponse
+
+                status, body = error_data(err)
+                await JSONResponse(body, status_code=status)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def create_app(pipeline: Pipeline, *, model: str = "unmask", max_batch: int = 64, limits: Limits | None = None,
+               allowed_hosts: Sequence[str] = LOOPBACK_HOSTS) -> Any:
+    """A FastAPI app serving ``pipeline`` (``model`` is its name in the API); see docs/serving.md.
+
+    It answers requests that name one of ``allowed_hosts`` in their Host header ("*": any), takes POST
+    bodies declared JSON only, and sends no CORS headers: a web page elsewhere can neither read its
+    answers nor make it generate (:func:`unmask.serve.requests.check_origin`).
+    """
     require("fastapi", PURPOSE)
     from fastapi import FastAPI, Request
     from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
     from starlette.exceptions import HTTPException
+    from starlette.requests import ClientDisconnect
 
     endpoints = Endpoints(pipeline, model=model, max_batch=max_batch, limits=limits)
 
@@ -57,6 +87,7 @@ def create_app(pipeline: Pipeline, *, model: str = "unmask", max_batch: int = 64
 
     # No generated docs: their pages load assets from elsewhere, and the bodies are checked by hand.
     app = FastAPI(title="unmask", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(OriginGuard, allowed_hosts=allowed_hosts)
     app.state.endpoints = endpoints
 
     def error_response(err: Exception) -> JSONResponse:
@@ -70,12 +101,18 @@ def create_app(pipeline: Pipeline, *, model: str = "unmask", max_batch: int = 64
 
     async def body(request: Request) -> bytes:
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > MAX_BODY_BYTES:
-                raise RequestError(f"the request body is over {MAX_BODY_BYTES >> 20} MiB; send a shorter prompt",
-                                   status=413)
-            chunks.append(chunk)
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > MAX_BODY_BYTES:
+                    raise RequestError(f"the request body is over {MAX_BODY_BYTES >> 20} MiB; send a shorter "
+                                       "prompt", status=413)
+                chunks.append(chunk)
+        except ClientDisconnect:
+            # Not a server error: one line in the log, not a traceback per client (ClientGone's handler).
+            client = request.client.host if request.client else "a client"
+            LOG.warning("%s disconnected while sending its request to %s", client, request.url.path)
+            raise ClientGone from None
         return b"".join(chunks)
 
     @app.exception_handler(UserError)
@@ -168,16 +205,28 @@ def serving(app: Any, *, host: str = "127.0.0.1", port: int = 0) -> Iterator[str
         sock.close()
 
 
+def answered_hosts(host: str, extra: Sequence[str] = ()) -> tuple[str, ...]:
+    """The Host names a server listening on ``host`` answers to: the loopback names, the address itself, this
+    machine's names when it listens on every interface, and ``extra``."""
+    names = [*LOOPBACK_HOSTS, host.strip("[]").lower()]
+    if host in ("0.0.0.0", "::", ""):
+        names += [socket.gethostname().lower(), socket.getfqdn().lower()]
+    return tuple(dict.fromkeys(name for name in [*names, *(e.lower() for e in extra)] if name))
+
+
 def serve(path: str | Path, *, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 64,
-          device: str = "auto", step: int | None = None, limits: Limits | None = None) -> None:
-    """Serve the model at ``path`` (a run directory or checkpoint folder) until Ctrl-C, then drain and stop."""
+          device: str = "auto", step: int | None = None, limits: Limits | None = None,
+          trust_remote_code: bool = False, allowed_hosts: Sequence[str] = ()) -> None:
+    """Serve the model at ``path`` (a run directory or checkpoint folder) until Ctrl-C, then drain and stop.
+    Requests must name ``host`` (or a loopback name, or one of ``allowed_hosts``) in their Host header."""
     require("fastapi", PURPOSE)
     require("uvicorn", PURPOSE)
     import uvicorn
 
-    pipeline = load(path, step=step, device=device)
+    pipeline = load(path, step=step, device=device, trust_remote_code=trust_remote_code)
     model = Path(path).resolve().name
-    app = create_app(pipeline, model=model, max_batch=max_batch, limits=limits)
+    app = create_app(pipeline, model=model, max_batch=max_batch, limits=limits,
+                     allowed_hosts=answered_hosts(host, allowed_hosts))
     sock = listening_socket(host, port)
     print(f"unmask serve: {model} at {url_of(sock)}/ (Ctrl-C drains and stops)", file=sys.stderr, flush=True)
     server = uvicorn.Server(uvicorn.Config(app, log_level="info"))

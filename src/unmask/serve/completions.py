@@ -21,7 +21,8 @@ from typing import Any
 from torch import Tensor
 
 from unmask.data import Tokenizer
-from unmask.generation import TextSamples, decode_sample
+from unmask.errors import UserError
+from unmask.generation import TextSamples, check_text, decode_sample
 from unmask.pipeline import Pipeline
 from unmask.serve.requests import (
     SAMPLING_FIELDS,
@@ -67,6 +68,10 @@ class Completion:
         if max_tokens < 1:
             raise RequestError(f"max_tokens must be at least 1, got {max_tokens}")
         self.tokenizer = pipeline.tokenizer
+        try:
+            prompt = check_text(prompt, "prompt")
+        except UserError as err:
+            raise RequestError(str(err)) from None
         self.prefix = 1 + len(self.tokenizer.encode(prompt))  # BOS and the prompt
         self.request: GenerationRequest = build_request(
             pipeline, limits, sampler_config(values, RENAMED), num_samples=values.get("n", 1),

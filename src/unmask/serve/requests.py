@@ -14,7 +14,7 @@ import difflib
 import json
 import math
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,10 +23,10 @@ from torch import Tensor
 from unmask.errors import OptionError, UserError
 from unmask.generation import chat_prefix, prepare
 from unmask.pipeline import Pipeline
+from unmask.runtime import SEED_RANGE
 from unmask.sampling import SamplerConfig
 
 MAX_BODY_BYTES = 1 << 20
-SEED_RANGE = (-(1 << 63), (1 << 64) - 1)  # what torch.Generator.manual_seed takes
 
 # The sampling fields every generating endpoint takes, with their JSON types.
 SAMPLING_FIELDS: dict[str, tuple[type, ...]] = {
@@ -84,14 +84,49 @@ class GenerationRequest:
     answer_from: int | None = None
 
 
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+JSON_TYPE = "application/json"
+
+
+def host_name(header: str) -> str:
+    """The host of a ``Host`` header, without its port: ``[::1]:8000`` is ``::1``, ``Example:80`` is ``example``."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1 : header.find("]")] if "]" in header else header
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+def check_origin(method: str, host: str | None, content_type: str | None, allowed: Sequence[str]) -> None:
+    """Refuse a request that a web page could have sent on a visitor's behalf.
+
+    A page elsewhere reaches a local server by DNS rebinding (its own name made to point at 127.0.0.1):
+    its requests name that other host, so only the hosts in ``allowed`` are answered ("*": any). And a
+    page may post a form to any address without the browser asking the server first: a POST is
+    taken only when it says its body is JSON, which a form cannot.
+    """
+    if "*" not in allowed:
+        if not host:
+            raise RequestError("the request has no Host header; send one naming this server")
+        if host_name(host) not in allowed:
+            raise RequestError(f"this server answers to {', '.join(allowed)}, not to Host {host_name(host)!r}; "
+                               "start it with --allowed-hosts naming that host to allow it", status=403)
+    if method == "POST" and (content_type or "").split(";")[0].strip().lower() != JSON_TYPE:
+        raise RequestError(f'send the body as JSON with the header "Content-Type: {JSON_TYPE}" (got '
+                           f"{content_type or 'none'}); curl: -H 'Content-Type: {JSON_TYPE}'", status=415)
+
+
 def parse_body(body: bytes) -> dict[str, Any]:
     """The JSON object of a request body."""
     if len(body) > MAX_BODY_BYTES:
         raise RequestError(f"the request body is over {MAX_BODY_BYTES >> 20} MiB; send a shorter prompt", status=413)
     try:
         value = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise RequestError(f"the request body is not valid JSON ({err}); send an object such as "
+    except RecursionError:
+        raise RequestError("the request body nests arrays or objects too deeply to read; send a flat object such as "
+                           '{"prompt": "The", "length": 64}') from None
+    except ValueError as err:  # malformed JSON, bytes that are not UTF-8, an integer of thousands of digits
+        reason = str(err).splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RequestError(f"the request body is not valid JSON ({reason}); send an object such as "
                            '{"prompt": "The", "length": 64}') from None
     if not isinstance(value, dict):
         raise RequestError('the request body must be a JSON object such as {"prompt": "The", "length": 64}')

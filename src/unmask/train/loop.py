@@ -22,13 +22,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from unmask.checkpoint import Checkpointer
 from unmask.checkpoint.checkpointer import ModelState, OptimizerState, Stateful
@@ -38,22 +38,22 @@ from unmask.data import batch_iterator
 from unmask.data.streaming import StreamingBlocks, stream_batches
 from unmask.distributed.parallelize import gradient_sync, is_sharded, parallelize
 from unmask.distributed.process import Parallel, setup
+from unmask.errors import UserError
 from unmask.evaluate.likelihood import evaluate_dataset
 from unmask.interop.pretrained import adapt_pretrained
 from unmask.kinds import get_kind
-from unmask.models import DiT, build_model, describe
+from unmask.models import DiT, DiTConfig, build_model, describe
 from unmask.runtime import autocast, derive_seed, resolve_precision, seeded_generator
-from unmask.train.metrics import MetricsLogger, NoLogger
+from unmask.sizes import check_fits, summary, training_bytes
+from unmask.train.metrics import MetricsLogger, NoLogger, Progress
 from unmask.train.optim import EMA, build_optimizer, lr_factor
-from unmask.train.run_dir import (
-    RunLock,
-    clear_new_folder,
-    is_new_folder,
-    open_datasets,
-    prepare_tokenizer,
-    start_or_resume,
-)
+from unmask.train.run_dir import RunLock, open_datasets, prepare_tokenizer, start_or_resume
+from unmask.train.signals import Stopped, stop_signals
 from unmask.validation import validate
+
+
+class TrainingDiverged(UserError):
+    """The loss became nan or infinite: the step is named, the checkpoints written before it are kept."""
 
 
 @dataclass
@@ -97,6 +97,7 @@ class TrainResult:
     tokens_per_s: float
     validation: dict = field(default_factory=dict)
     interrupted: bool = False
+    stop_signal: int | None = None  # the signal that stopped it (SIGTERM, ...), None for Ctrl-C or no stop
 
 
 class Trainer:
@@ -108,14 +109,17 @@ class Trainer:
     """
 
     def __init__(self, config: Config, run_dir: str | Path, *, resume: bool = False, step: int | None = None,
-                 progress: bool = True) -> None:
+                 progress: bool = True, trust_remote_code: bool = False) -> None:
         validate(config)
+        if not str(run_dir).strip():  # Path("") is the current folder: a run would scatter its files there
+            raise ConfigError("the run directory is empty; give a folder name (--out)")
         self.config = config
         self.run_dir = Path(run_dir)
         self.parallel = setup(config.train.device)  # one process, or this one's place in a torchrun job
         self.progress = progress and self.parallel.is_main
         self.device = self.parallel.device
         self.precision = resolve_precision(config.train.precision, self.device)
+        self.trust_remote_code = trust_remote_code  # a Hugging Face tokenizer's own code (data.tokenizer)
         micro_batches = config.train.global_batch // config.train.micro_batch
         if micro_batches % self.parallel.world_size:
             raise ConfigError(
@@ -123,22 +127,22 @@ class Trainer:
                 f"over {self.parallel.world_size} processes; change train.micro_batch or the number of processes"
             )
         # Rank 0 claims the run directory and creates the tokenizer and the token caches; the others reuse them.
-        new = not resume and self.parallel.is_main and is_new_folder(self.run_dir)
         self.lock = self.parallel.main_only(lambda: RunLock(self.run_dir))
         try:
             self._build(resume, step)
         except BaseException:
             self.close()
-            if new:  # a run that could not start (a bad model, data or config) leaves nothing behind
-                clear_new_folder(self.run_dir)
             raise
 
     def _build(self, resume: bool, step: int | None) -> None:
         config, parallel = self.config, self.parallel
         start = parallel.main_first(lambda: start_or_resume(self.run_dir, config, resume=resume, step=step,
                                                              write=parallel.is_main))
-        self.tokenizer = parallel.main_first(lambda: prepare_tokenizer(config, self.run_dir))
+        self.tokenizer = parallel.main_first(lambda: prepare_tokenizer(config, self.run_dir,
+                                                                       trust_remote_code=self.trust_remote_code))
         self.mask_id = self.tokenizer.mask_id
+        if config.adapt.init is None:  # an adapted model's size is its source's
+            self._check_size(config.model_config(self.tokenizer.vocab_size))  # before the corpus and the model
         self.train_set, self.valid_set = parallel.main_first(lambda: open_datasets(config, self.tokenizer, parallel))
 
         self.kind = get_kind(config.objective.name)
@@ -181,10 +185,19 @@ class Trainer:
             return adapt_pretrained(self.config.adapt, self.tokenizer, self.config.data.length)
         return DiT(self.config.model_config(vocab_size))
 
+    def _check_size(self, model_config: DiTConfig) -> None:
+        """Refuse a model and micro-batch this process's device cannot hold (processes on one CPU share it)."""
+        sharing = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if self.device.type == "cpu" else 1
+        needed = training_bytes(model_config, self.config.train.micro_batch, element=2 if self.precision == "bf16"
+                                else 4, ema=self.config.optim.ema > 0)
+        check_fits(needed, self.device, f"training {summary(model_config)} on micro-batches of "
+                   f"{self.config.train.micro_batch}", "lower model.n_layers, model.hidden, data.length or "
+                   "train.micro_batch (train.global_batch is kept by accumulation)", processes=sharing)
+
     def close(self) -> None:
-        """Release the run directory."""
+        """Release the run directory, removing what this session added if it saved no checkpoint there."""
         if self.lock is not None:
-            self.lock.release()
+            self.lock.release(discard=True)
 
     def parts(self) -> dict[str, Stateful]:
         """The run's state, part by part, as the checkpointer saves and restores it."""
@@ -293,13 +306,13 @@ class Trainer:
         end = min(cfg.max_steps, max_steps) if max_steps is not None else cfg.max_steps
         main = self.parallel.is_main
         logger = (MetricsLogger(self.run_dir, tensorboard=cfg.tensorboard, wandb=cfg.wandb,
-                                config=self.config.to_dict()) if main else NoLogger())
+                                config=self.config.to_dict(), step=self.step) if main else NoLogger())
         figure = "ppl" if self.kind.exact else "ppl bound"
         tokens_per_step = cfg.global_batch * self.config.data.length
-        progress = _Progress(self.step, end, cfg.max_minutes, enabled=self.progress)
+        progress = Progress(self.step, end, cfg.max_minutes, enabled=self.progress)
         started, trained_steps, validation = time.perf_counter(), 0, {}
         seconds_before = self.train_seconds
-        checkpoint, interrupted = None, False
+        checkpoint, interrupted, stop_signal = None, False, None
         batches = self._batches()
         self.model.train()
         try:
@@ -315,7 +328,9 @@ class Trainer:
                 self.state.train_seconds = seconds_before + elapsed
                 tokens_per_s = trained_steps * tokens_per_step / max(elapsed, 1e-9)
                 if not math.isfinite(loss):
-                    raise FloatingPointError(f"loss became {loss} at step {self.step}; lower optim.lr")
+                    raise TrainingDiverged(f"training diverged: the loss became {loss} at step {self.step}; lower "
+                                           "optim.lr or raise optim.warmup_steps and train into a new --out (the "
+                                           "checkpoints saved before it are kept)")
                 progress.update(self.step, elapsed, loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}")
                 if self.step % cfg.log_every == 0 or self.step == end:
                     logger.log(self.step, {"loss": loss, "lr": self.optimizer.param_groups[0]["lr"],
@@ -333,49 +348,27 @@ class Trainer:
                     checkpoint = self.save({"tokens_per_s": tokens_per_s, **validation})
                 if out_of_time:
                     break
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM and the like (unmask.train.signals)
             interrupted = True
+            stop_signal = stop.signum if isinstance(stop, Stopped) else None
             # Several processes may stop at different points; they resume from the last checkpoint.
             if self.step > 0 and not self.parallel.is_distributed:
                 checkpoint = self.save()
-                progress.write(f"interrupted: saved step {self.step} to {checkpoint}")
+                progress.write(f"{stop.name if isinstance(stop, Stopped) else 'interrupted'}: saved step "
+                               f"{self.step} to {checkpoint}")
         finally:
             progress.close()
             logger.close()
         elapsed = time.perf_counter() - started
         return TrainResult(run_dir=self.run_dir, step=self.step, checkpoint=checkpoint,
                            tokens_per_s=trained_steps * tokens_per_step / max(elapsed, 1e-9),
-                           validation=validation, interrupted=interrupted)
-
-
-class _Progress:
-    """The progress bar: in steps, or in seconds of the budget when ``train.max_minutes`` is what ends the run."""
-
-    def __init__(self, step: int, end: int, max_minutes: float | None, *, enabled: bool) -> None:
-        self.timed = max_minutes is not None
-        if self.timed:
-            self.bar = tqdm(total=round(60 * max_minutes), disable=not enabled, unit="s", dynamic_ncols=True,
-                            bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s of the time budget{postfix}")
-        else:
-            self.bar = tqdm(total=end, initial=step, disable=not enabled, unit="step", dynamic_ncols=True)
-
-    def update(self, step: int, elapsed: float, **postfix: str) -> None:
-        if self.timed:
-            self.bar.n = min(elapsed, self.bar.total)
-            postfix = {"step": str(step), **postfix}
-        else:
-            self.bar.n = step
-        self.bar.set_postfix(postfix, refresh=False)
-        self.bar.refresh()
-
-    def write(self, text: str) -> None:
-        self.bar.write(text)
-
-    def close(self) -> None:
-        self.bar.close()
+                           validation=validation, interrupted=interrupted, stop_signal=stop_signal)
 
 
 def train(config: Config, run_dir: str | Path, *, resume: bool = False, step: int | None = None,
-          max_steps: int | None = None, progress: bool = True) -> TrainResult:
-    """Train (or with ``resume`` continue) the run in ``run_dir``; see :class:`Trainer`."""
-    return Trainer(config, run_dir, resume=resume, step=step, progress=progress).run(max_steps)
+          max_steps: int | None = None, progress: bool = True, trust_remote_code: bool = False) -> TrainResult:
+    """Train (or with ``resume`` continue) the run in ``run_dir``; see :class:`Trainer`. SIGTERM (and SIGUSR1,
+    SIGHUP) stop it as Ctrl-C does, the step it reached saved (:mod:`unmask.train.signals`)."""
+    with stop_signals():
+        return Trainer(config, run_dir, resume=resume, step=step, progress=progress,
+                       trust_remote_code=trust_remote_code).run(max_steps)

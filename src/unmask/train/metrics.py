@@ -1,12 +1,35 @@
-"""Metrics sinks: a JSONL file always, TensorBoard when installed, Weights & Biases when asked."""
+"""Metrics sinks: a JSONL file always, TensorBoard when installed, Weights & Biases when asked; and the
+progress bar of a training."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import time
 import warnings
 from pathlib import Path
 from typing import Any
+
+from tqdm import tqdm
+
+from unmask.fileio import write_atomic
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def _drop_after(path: Path, step: int) -> None:
+    """Keep the lines of ``path`` logged at or before ``step`` (and none that is cut short or not a record)."""
+    lines = path.read_text(errors="replace").splitlines(keepends=True)
+    kept = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    if kept != lines:
+        write_atomic(path, "".join(kept))
 
 
 class NoLogger:
@@ -20,10 +43,23 @@ class NoLogger:
 
 
 class MetricsLogger:
-    def __init__(self, run_dir: Path, *, tensorboard: bool = True, wandb: bool = False, config: dict | None = None):
-        self.file = open(run_dir / "metrics.jsonl", "a")  # noqa: SIM115 - open for the logger's lifetime
+    """The run's metrics from training ``step`` on: lines of ``metrics.jsonl`` past it (logged by a session that
+    stopped before saving them) are dropped first, so that a resumed run logs every step once.
+
+    ``tensorboard`` None (``train.tensorboard``'s default) logs there when TensorBoard is installed, and says
+    nothing when it is not; True asks for it, and its absence is said.
+    """
+
+    def __init__(self, run_dir: Path, *, tensorboard: bool | None = None, wandb: bool = False,
+                 config: dict | None = None, step: int = 0):
+        path = run_dir / METRICS_FILE
+        if path.is_file():
+            _drop_after(path, step)
+        self.file = open(path, "a")  # noqa: SIM115 - open for the logger's lifetime
         self.writer = None
         self.wandb = None
+        if tensorboard is None:
+            tensorboard = importlib.util.find_spec("tensorboard") is not None
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -32,7 +68,8 @@ class MetricsLogger:
                               "\"unmask[logging]\", or train.tensorboard=false to silence this); metrics go to "
                               "metrics.jsonl", stacklevel=2)
             else:
-                self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+                # purge_step: TensorBoard hides its own events past the step resumed from.
+                self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=step + 1)
         if wandb:
             try:
                 import wandb as wandb_module
@@ -59,3 +96,30 @@ class MetricsLogger:
             self.writer.close()
         if self.wandb is not None:
             self.wandb.finish()
+
+
+class Progress:
+    """The progress bar: in steps, or in seconds of the budget when ``train.max_minutes`` is what ends the run."""
+
+    def __init__(self, step: int, end: int, max_minutes: float | None, *, enabled: bool) -> None:
+        self.timed = max_minutes is not None
+        if self.timed:
+            self.bar = tqdm(total=round(60 * max_minutes), disable=not enabled, unit="s", dynamic_ncols=True,
+                            bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s of the time budget{postfix}")
+        else:
+            self.bar = tqdm(total=end, initial=step, disable=not enabled, unit="step", dynamic_ncols=True)
+
+    def update(self, step: int, elapsed: float, **postfix: str) -> None:
+        if self.timed:
+            self.bar.n = min(elapsed, self.bar.total)
+            postfix = {"step": str(step), **postfix}
+        else:
+            self.bar.n = step
+        self.bar.set_postfix(postfix, refresh=False)
+        self.bar.refresh()
+
+    def write(self, text: str) -> None:
+        self.bar.write(text)
+
+    def close(self) -> None:
+        self.bar.close()

@@ -9,6 +9,7 @@ the saved configuration (:func:`resume_config`); only the keys in ``RESUMABLE_CH
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -32,6 +33,8 @@ from unmask.distributed.process import Parallel
 from unmask.fileio import publish_folder, staging_folder
 from unmask.kinds import KINDS, get_kind
 
+logger = logging.getLogger(__name__)
+
 # Fields that may change between a run and its resume: they do not change the optimisation.
 RESUMABLE_CHANGES = {
     "train.max_steps", "train.max_minutes", "train.eval_every", "train.eval_batches", "train.save_every",
@@ -42,38 +45,57 @@ LOCK_FILE = ".lock"
 
 
 class RunLock:
-    """An exclusive lock on a run directory for as long as one training process uses it."""
+    """An exclusive lock on a run directory for as long as one training process uses it.
+
+    The lock file goes when the lock is released. A training session releases it with ``discard``: then
+    everything it added to a run directory that still holds no checkpoint goes too (its config, tokenizer,
+    metrics), so that a training that failed or was stopped before its first checkpoint leaves the folder as
+    it found it, and a new start there does not pick up a tokenizer made for another config.
+    """
 
     def __init__(self, run_dir: Path) -> None:
+        self.run_dir, self.made = run_dir, not run_dir.exists()
         run_dir.mkdir(parents=True, exist_ok=True)
+        self.before = {entry.name for entry in run_dir.iterdir()}
         self.path = run_dir / LOCK_FILE
-        self.file = open(self.path, "a+")  # noqa: SIM115 - held open for the lock's lifetime
-        try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self.file.seek(0)
-            holder = self.file.read().strip() or "unknown"
+        while True:
+            self.file = open(self.path, "a+")  # noqa: SIM115 - held open for the lock's lifetime
+            try:
+                fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                self.file.seek(0)
+                holder = self.file.read().strip() or "unknown"
+                self.file.close()
+                raise ConfigError(f"{run_dir} is in use by another unmask process (pid {holder}); wait for it to "
+                                  "finish or choose another --out") from None
+            # The holder removes the file as it releases: a lock taken on the removed file is no lock.
+            if _same_file(self.file, self.path):
+                break
             self.file.close()
-            raise ConfigError(f"{run_dir} is in use by another unmask process (pid {holder}); wait for it to "
-                              "finish or choose another --out") from None
         self.file.seek(0)
         self.file.truncate()
         self.file.write(str(os.getpid()))
         self.file.flush()
 
-    def release(self) -> None:
-        if not self.file.closed:
-            self.file.close()  # closing releases the lock
+    def release(self, *, discard: bool = False) -> None:
+        """Release the lock; with ``discard``, first remove what this session added to a run without checkpoints."""
+        if self.file.closed:
+            return
+        if discard and not has_run(self.run_dir):
+            for entry in self.run_dir.iterdir():
+                if entry.name not in self.before and entry.name != LOCK_FILE:
+                    shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        self.path.unlink(missing_ok=True)  # while the lock is held: see the loop in __init__
+        self.file.close()  # closing releases the lock
+        if discard and self.made and not any(self.run_dir.iterdir()):
+            self.run_dir.rmdir()
 
 
-def is_new_folder(folder: Path) -> bool:
-    """True when ``folder`` does not exist yet, or is empty: a run starting there owns all of it."""
-    return not folder.exists() or (folder.is_dir() and not any(folder.iterdir()))
-
-
-def clear_new_folder(folder: Path) -> None:
-    """Remove what a run that could not start wrote into its new folder (:func:`is_new_folder`), and the folder."""
-    shutil.rmtree(folder, ignore_errors=True)
+def _same_file(file, path: Path) -> bool:
+    try:
+        return os.fstat(file.fileno()).st_ino == path.stat().st_ino
+    except FileNotFoundError:
+        return False
 
 
 def has_run(run_dir: Path) -> bool:
@@ -131,14 +153,19 @@ def start_or_resume(run_dir: Path, config: Config, *, resume: bool, step: int | 
     return checkpoint
 
 
-def prepare_tokenizer(config: Config, run_dir: Path) -> Tokenizer:
-    """The run's tokenizer: saved in run_dir/tokenizer once, reloaded from there afterwards."""
+def prepare_tokenizer(config: Config, run_dir: Path, *, trust_remote_code: bool = False) -> Tokenizer:
+    """The run's tokenizer: saved in run_dir/tokenizer once, reloaded from there afterwards (unmask's own
+    files: no code of a Hugging Face tokenizer runs again)."""
     folder = run_dir / "tokenizer"
     if folder.is_dir():
         return load_tokenizer(folder)
     spec = config.data.tokenizer
     corpus = iter_documents(config.data.source, "train", text_field=config.data.text_field) if spec == "bpe" else None
-    tokenizer = get_tokenizer(spec, corpus=corpus, vocab_size=config.data.vocab_size)
+    if corpus is not None:
+        logger.info("training a BPE tokenizer of %d ids on %s (once per run)", config.data.vocab_size,
+                    config.data.source)
+    tokenizer = get_tokenizer(spec, corpus=corpus, vocab_size=config.data.vocab_size,
+                              trust_remote_code=trust_remote_code)
     with staging_folder(folder) as tmp:
         tokenizer.save(tmp)
         publish_folder(tmp, folder, replace=False)
